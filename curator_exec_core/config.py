@@ -1,0 +1,100 @@
+"""Validated executor options.
+
+Every executor has one attrs options class (``BaseExecutor.Options``). Options come
+from the ``config`` dict, keyword arguments, or both; an unknown key is a
+:class:`ConfigError` with a did-you-mean and the list of valid keys, and a value
+of the wrong type or range is a :class:`ConfigError` naming the option. Plugins
+subclass :class:`ExecutorOptions` and declare their fields with :func:`option`,
+whose ``doc`` feeds ``curator-exec info`` and the reference docs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from curator_exec_core.errors import ConfigError, did_you_mean
+
+__all__ = ["ExecutorOptions", "option", "build_options", "describe_options"]
+
+_MISSING = object()
+
+
+def option(default: Any, kind: type | tuple[type, ...], doc: str, *, minimum: float | None = None,
+           choices: tuple[Any, ...] | None = None, allow_none: bool = False) -> Any:
+    """Declare an executor option: a default, accepted type(s), a doc line and bounds."""
+
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+
+    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is None and allow_none:
+            return
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if not ok:
+            names = " or ".join(k.__name__ for k in kinds) + (" or None" if allow_none else "")
+            raise ConfigError(f"option {attribute.name!r} must be {names}, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"option {attribute.name!r} must be >= {minimum:g}, got {value!r}")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"option {attribute.name!r} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+    def convert(value: Any) -> Any:
+        # accept ints where floats are expected
+        if float in kinds and int not in kinds and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+
+    factory = attrs.Factory(lambda: dict(default)) if isinstance(default, dict) else default
+    return attrs.field(default=factory, validator=check, converter=convert, metadata={"doc": doc, "kinds": kinds})
+
+
+@attrs.define(kw_only=True)
+class ExecutorOptions:
+    """Options every executor has."""
+
+    ignore_head_node: bool = option(False, bool, "Place no worker on the head node (and leave it out of capacity).")
+    ignore_failures: bool = option(
+        False, bool,
+        "Finish the run when a stage raises; every failed task is on result.failed_tasks and logged. "
+        "False: the first failure aborts the run with StageFailedError.",
+    )
+    max_retries: int = option(0, int, "Retry a task whose stage raised this many times before it counts as failed.",
+                              minimum=0)
+    show_progress: bool = option(True, bool, "Show tqdm progress bars (on stderr, when it is a terminal).")
+    progress_interval: float = option(10.0, float, "Minimum seconds between progress updates.", minimum=0)
+
+
+def build_options(cls: type[ExecutorOptions], values: Mapping[str, Any], executor: str = "") -> ExecutorOptions:
+    """Validate ``values`` into ``cls``; unknown keys and bad values are :class:`ConfigError`."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"config must be a dict, got {type(values).__name__}")
+    known = [f.name for f in attrs.fields(cls)]
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        parts = []
+        for key in unknown:
+            hint = did_you_mean(str(key), known)
+            parts.append(f"{key!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
+        who = f"executor {executor!r}" if executor else cls.__name__
+        raise ConfigError(
+            f"unknown option(s) for {who}: {', '.join(parts)}. Valid options: {', '.join(sorted(known))}."
+        )
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid options for executor {executor!r}: {exc}") from exc
+
+
+def describe_options(cls: type[ExecutorOptions]) -> list[dict[str, Any]]:
+    """Name, type, default and doc of every option (for the CLI and the docs)."""
+    rows = []
+    for f in attrs.fields(cls):
+        default = f.default.factory() if isinstance(f.default, attrs.Factory) else f.default  # type: ignore[attr-defined]
+        kinds = f.metadata.get("kinds", ())
+        rows.append({"name": f.name, "type": " | ".join(k.__name__ for k in kinds), "default": default,
+                     "doc": f.metadata.get("doc", "")})
+    return rows

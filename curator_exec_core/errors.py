@@ -1,0 +1,67 @@
+"""Every error curator-exec raises on purpose. All derive from :class:`CuratorExecError`."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "CuratorExecError",
+    "ConfigError",
+    "PlanError",
+    "UnknownExecutorError",
+    "PluginError",
+    "StageFailedError",
+    "did_you_mean",
+]
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """The closest of ``choices`` to ``word``, if any is close."""
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+class CuratorExecError(Exception):
+    """Base class of curator-exec's errors."""
+
+
+class ConfigError(CuratorExecError, ValueError):
+    """An executor option is unknown or has the wrong type or value."""
+
+
+class PlanError(CuratorExecError, ValueError):
+    """The pipeline cannot run on the capacity at hand (raised before any engine starts)."""
+
+
+class UnknownExecutorError(CuratorExecError, LookupError):
+    """No installed plugin provides the executor name that was asked for."""
+
+
+class PluginError(CuratorExecError):
+    """A plugin is broken or conflicts with another (duplicate executor name)."""
+
+
+class StageFailedError(CuratorExecError, RuntimeError):
+    """A stage raised on a task and the run was aborted (``ignore_failures=False``).
+
+    ``stage`` and ``task_id`` name where it happened; the original exception is
+    chained as ``__cause__`` (when it can cross process boundaries) and its
+    formatted traceback is in ``remote_traceback`` either way.
+    """
+
+    def __init__(self, stage: str, task_id: str, error: str, attempts: int = 1, remote_traceback: str = "") -> None:
+        self.stage = stage
+        self.task_id = task_id
+        self.error = error
+        self.attempts = attempts
+        self.remote_traceback = remote_traceback
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        super().__init__(
+            f"stage {stage!r} failed on task {task_id!r}{tries}: {error}. "
+            "Fix the stage, or pass ignore_failures=True to finish the run and get failed tasks "
+            "on result.failed_tasks, or max_retries=N to retry."
+        )
+
+    def __reduce__(self):  # keep the fields across pickling (Ray ships exceptions)
+        return (type(self), (self.stage, self.task_id, self.error, self.attempts, self.remote_traceback))

@@ -1,0 +1,231 @@
+"""``BaseExecutor``: options, capacity, planning and the run lifecycle.
+
+A backend subclasses :class:`BaseExecutor`, sets ``name`` and ``Options`` (an
+:class:`ExecutorOptions` subclass), and implements :meth:`execute`. Everything
+else (validation, capacity, the plan, managed stages with the shared failure
+semantics, progress, teardown) is done here, the same for every backend.
+
+:meth:`run` drives the lifecycle through the hooks::
+
+    capacity -> plan -> schedule -> execute -> teardown (always)
+
+A third party's executor that only overrides ``execute`` (the NeMo Curator
+"custom executor" shape) works unchanged: the stages it gets are
+:class:`~curator_exec_core.runner.ManagedStage` objects, so calling
+``stage.setup()``, ``stage.process(task)`` and ``stage.teardown()`` on them gives
+it ids, retries, failure records and once-per-node setup for free.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from curator_exec_core.capacity import Capacity, local_capacity
+from curator_exec_core.config import ExecutorOptions, build_options
+from curator_exec_core.errors import StageFailedError
+from curator_exec_core.events import ProgressEvent, ProgressReporter
+from curator_exec_core.planning import ExecutionPlan, plan_stages
+from curator_exec_core.registry import get_plugin_manager
+from curator_exec_core.runner import FailurePolicy, ManagedStage, run_dir
+from curator_exec_core.stages import ProcessingStage
+from curator_exec_core.tasks import EmptyTask, FailedTask, PipelineResult, Task
+
+__all__ = ["BaseExecutor", "find_stage_error", "prepare_initial_tasks"]
+
+logger = logging.getLogger("curator_exec")
+
+
+def find_stage_error(exc: BaseException) -> StageFailedError | None:
+    """The :class:`StageFailedError` inside an engine's exception (cause chains, Ray's ``.cause``)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        cur = todo.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, StageFailedError):
+            return cur
+        todo += [cur.__cause__, cur.__context__, getattr(cur, "cause", None)]
+        todo += [e for e in getattr(cur, "exceptions", ()) if isinstance(e, BaseException)]
+    return None
+
+
+def prepare_initial_tasks(initial_tasks: Sequence[Task] | None) -> list[Task]:
+    """``None`` -> ``[EmptyTask()]``; tasks without an id get their index."""
+    tasks = [EmptyTask()] if initial_tasks is None else list(initial_tasks)
+    for i, task in enumerate(tasks):
+        if not isinstance(task, Task):
+            raise TypeError(f"initial_tasks[{i}] is {type(task).__name__}, not a Task")
+        if not task.task_id:
+            task.task_id = str(i)
+    return tasks
+
+
+class BaseExecutor(ABC):
+    """Base class for all executors.
+
+    ``config`` is a dict of options; keyword ``options`` are merged over it.
+    Unknown keys and bad values raise :class:`ConfigError`. The validated options
+    are on ``self.options``; the original dict stays on ``self.config``.
+    """
+
+    #: the registry name of this executor
+    name: ClassVar[str] = ""
+    #: the options class (subclass :class:`ExecutorOptions` to add options)
+    Options: ClassVar[type[ExecutorOptions]] = ExecutorOptions
+    #: do all stages run at once (streaming)? The planner shares capacity if so.
+    concurrent_stages: ClassVar[bool] = True
+
+    def __init__(self, config: dict[str, Any] | None = None, ignore_head_node: bool = False, **options: Any) -> None:
+        self.config: dict[str, Any] = dict(config or {})
+        values = {**self.config, **options}
+        if ignore_head_node or "ignore_head_node" not in values:
+            values["ignore_head_node"] = ignore_head_node
+        self.options = build_options(self.Options, values, self.executor_name)
+        self.ignore_head_node: bool = self.options.ignore_head_node
+        self.run_id: str = ""
+        self.current_plan: ExecutionPlan | None = None
+        self.progress: ProgressReporter | None = None
+        self.last_result: PipelineResult | None = None
+
+    @property
+    def executor_name(self) -> str:
+        return type(self).name or type(self).__name__
+
+    # -- phases (each called through its hook by run()) ------------------------
+    def capacity(self) -> Capacity:
+        """The compute this executor can use (default: this machine). Honours ``ignore_head_node``."""
+        cap = local_capacity()
+        return cap.without_head() if self.ignore_head_node else cap
+
+    def plan_options(self) -> dict[str, Any]:
+        """Extra keyword arguments for :func:`plan_stages` (reservations, caps)."""
+        return {}
+
+    def plan(self, stages: Sequence[ProcessingStage], capacity: Capacity) -> ExecutionPlan:
+        """Size the stages against ``capacity``; raises :class:`PlanError` if they cannot run."""
+        return plan_stages(list(stages), capacity, executor=self.executor_name,
+                           concurrent=self.concurrent_stages, **self.plan_options())
+
+    def schedule(self, plan: ExecutionPlan) -> Any:
+        """Map the plan onto the engine before execution (default: nothing to do)."""
+        return None
+
+    @abstractmethod
+    def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task] | None = None) -> list[Task]:
+        """Run the stages on the initial tasks and return the last stage's outputs."""
+
+    def teardown(self) -> None:
+        """Release what the run acquired (engine sessions, actors). Called after every run."""
+
+    # -- driver ------------------------------------------------------------
+    def managed_stages(self, stages: Sequence[ProcessingStage], plan: ExecutionPlan | None = None,
+                       run_id: str = "") -> list[ManagedStage]:
+        """Wrap user stages for execution (idempotent: managed stages are returned as they are)."""
+        if all(isinstance(s, ManagedStage) for s in stages):
+            return list(stages)  # type: ignore[arg-type]
+        if plan is None:
+            plan = self.plan(stages, self.capacity())
+        policy = FailurePolicy(self.options.ignore_failures, self.options.max_retries)
+        run_id = run_id or self.run_id or uuid.uuid4().hex[:12]
+        return [ManagedStage(s, index=i, plan=plan.stages[i], policy=policy, run_id=run_id)
+                for i, s in enumerate(stages)]
+
+    def describe(self, stages: Sequence[ProcessingStage]) -> str:
+        """The plan for ``stages`` on this executor's capacity, without running anything."""
+        hook = get_plugin_manager().hook
+        capacity = hook.curator_exec_capacity(executor=self)
+        return hook.curator_exec_plan(executor=self, stages=list(stages), capacity=capacity).describe()
+
+    def run(self, stages: Sequence[ProcessingStage], initial_tasks: Sequence[Task] | None = None) -> PipelineResult:
+        """Run the full lifecycle and return the outputs (a list) with failures and metrics."""
+        stages = list(stages)
+        if not stages:
+            raise ValueError("a pipeline needs at least one stage")
+        tasks = prepare_initial_tasks(initial_tasks)
+        if not tasks:
+            self.last_result = PipelineResult([], executor=self.executor_name)
+            return self.last_result
+        hook = get_plugin_manager().hook
+        self.run_id = run_id = uuid.uuid4().hex[:12]
+        started = time.perf_counter()
+        managed: list[ManagedStage] = []
+        error: BaseException | None = None
+        outputs: list[Task] | None = None
+        self.progress = ProgressReporter(self, run_id, [s.name for s in stages], lambda e: hook.curator_exec_progress(event=e))
+        try:
+            capacity = hook.curator_exec_capacity(executor=self)
+            plan = hook.curator_exec_plan(executor=self, stages=stages, capacity=capacity)
+            self.current_plan = plan
+            managed = self.managed_stages(stages, plan, run_id)
+            for stage in managed:
+                stage.progress = self._count
+            hook.curator_exec_schedule(executor=self, plan=plan)
+            hook.curator_exec_progress(event=ProgressEvent(kind="run_started", executor=self, run_id=run_id,
+                                                           stages=tuple(s.name for s in stages), total=len(tasks)))
+            outputs = hook.curator_exec_execute(executor=self, stages=managed, initial_tasks=tasks)
+            if outputs is None:
+                raise TypeError(f"executor {self.executor_name!r}: execute() returned None, expected a list of tasks")
+        except BaseException as exc:
+            error = exc
+            stage_error = find_stage_error(exc)
+            if stage_error is not None and stage_error is not exc:
+                error = stage_error
+                raise stage_error from exc
+            raise
+        finally:
+            self._finish(managed, error, started)
+        results: list[Task] = []
+        failed: list[FailedTask] = []
+        for task in outputs:
+            (failed if isinstance(task, FailedTask) else results).append(task)
+        for f in failed[:20]:
+            logger.warning("task %s failed in stage %r after %d attempt(s): %s", f.task_id, f.stage, f.attempts, f.error)
+        if len(failed) > 20:
+            logger.warning("... and %d more failed tasks (see result.failed_tasks)", len(failed) - 20)
+        seconds = time.perf_counter() - started
+        metrics = {
+            "seconds": seconds,
+            "stages": {name: {"tasks_in": i, "tasks_out": o}
+                       for name, i, o in zip([s.name for s in stages], self.progress.tasks_in, self.progress.tasks_out)},
+        }
+        logger.info("%s: %d tasks out, %d failed in %.2fs", self.executor_name, len(results), len(failed), seconds)
+        self.last_result = PipelineResult(results, failed_tasks=failed, metrics=metrics, plan=self.current_plan,
+                                          executor=self.executor_name)
+        return self.last_result
+
+    def _count(self, stage: ManagedStage, tasks_in: int, tasks_out: int) -> None:
+        if self.progress is not None:
+            self.progress.add(stage.index, tasks_in, tasks_out)
+
+    def _finish(self, managed: list[ManagedStage], error: BaseException | None, started: float) -> None:
+        hook = get_plugin_manager().hook
+        # Workers that live in this process and ran setup get their teardown, whatever happened.
+        for stage in managed:
+            if stage.is_set_up:
+                try:
+                    stage.teardown()
+                except Exception:
+                    logger.exception("teardown of stage %r failed", stage.name)
+        try:
+            hook.curator_exec_teardown(executor=self, error=error)
+        except Exception:
+            if error is None:
+                raise
+            logger.exception("executor teardown failed after an error")
+        finally:
+            if self.progress is not None:
+                self.progress.flush()
+            hook.curator_exec_progress(event=ProgressEvent(kind="run_finished", executor=self, run_id=self.run_id,
+                                                           seconds=time.perf_counter() - started, error=error))
+            shutil.rmtree(run_dir(self.run_id), ignore_errors=True)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.executor_name!r}>"

@@ -1,0 +1,108 @@
+"""Every curator-exec hook, grouped by phase. Project name: ``curator_exec``.
+
+Implement hooks with :data:`curator_exec_core.hookimpl` in a module or class and
+expose it through the ``curator_exec.executors`` entry point (executor plugins)
+or register it with :func:`curator_exec_core.register_plugin` (observers).
+
+Lifecycle (``BaseExecutor.run``), in this order::
+
+    curator_exec_capacity -> curator_exec_plan -> curator_exec_schedule
+    -> curator_exec_execute -> curator_exec_teardown (always, also after a failure)
+
+Each lifecycle hook is ``firstresult``; the core registers default
+implementations (``trylast``) that call the executor's own method of the same
+name. A plugin can answer a phase first, or wrap it with
+``@hookimpl(wrapper=True)`` (``result = yield``; return it or a replacement) to
+time, log, or change it (a policy that caps workers wraps ``curator_exec_plan``).
+Observers get :class:`~curator_exec_core.events.ProgressEvent` objects through
+``curator_exec_progress``; it is called on the driver, for every backend.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from curator_exec_core.capacity import Capacity
+    from curator_exec_core.events import ProgressEvent
+    from curator_exec_core.executor import BaseExecutor
+    from curator_exec_core.planning import ExecutionPlan
+    from curator_exec_core.registry import ExecutorSpec
+    from curator_exec_core.stages import ProcessingStage
+    from curator_exec_core.tasks import Task
+
+PROJECT = "curator_exec"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+# -- registration --------------------------------------------------------------
+
+
+@hookspec
+def curator_exec_register_executors() -> list[ExecutorSpec]:
+    """Return the executors this plugin provides, as :class:`ExecutorSpec` records.
+
+    Called by ``list_executors()`` and ``get_executor()``. Must not import an
+    engine: ``factory`` is a ``"module:Class"`` string, imported only when the
+    executor is asked for by name.
+    """
+
+
+# -- lifecycle -----------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def curator_exec_capacity(executor: BaseExecutor) -> Capacity | None:
+    """Return the :class:`Capacity` ``executor`` can use (default: ``executor.capacity()``)."""
+
+
+@hookspec(firstresult=True)
+def curator_exec_plan(executor: BaseExecutor, stages: list[ProcessingStage], capacity: Capacity) -> ExecutionPlan | None:
+    """Return the :class:`ExecutionPlan` for ``stages`` on ``capacity`` (default: ``executor.plan(...)``).
+
+    Raise :class:`PlanError` for a request that cannot be met.
+    """
+
+
+@hookspec(firstresult=True)
+def curator_exec_schedule(executor: BaseExecutor, plan: ExecutionPlan) -> Any:
+    """Turn the plan into engine placement (default: ``executor.schedule(plan)``; may return None)."""
+
+
+@hookspec(firstresult=True)
+def curator_exec_execute(
+    executor: BaseExecutor, stages: list[ProcessingStage], initial_tasks: list[Task]
+) -> list[Task] | None:
+    """Run the managed ``stages`` on ``initial_tasks`` and return the last stage's outputs.
+
+    Default: ``executor.execute(stages, initial_tasks)``.
+    """
+
+
+@hookspec
+def curator_exec_teardown(executor: BaseExecutor, error: BaseException | None) -> None:
+    """Release what the run acquired. Called once per run, also after a failure (``error`` set).
+
+    The default calls ``executor.teardown()``. Every implementation is called.
+    """
+
+
+# -- events --------------------------------------------------------------------
+
+
+@hookspec
+def curator_exec_progress(event: ProgressEvent) -> None:
+    """Observe a :class:`ProgressEvent` (run_started, stage_progress, run_finished) on the driver."""
+
+
+HOOKS = (
+    "curator_exec_register_executors",
+    "curator_exec_capacity",
+    "curator_exec_plan",
+    "curator_exec_schedule",
+    "curator_exec_execute",
+    "curator_exec_teardown",
+    "curator_exec_progress",
+)

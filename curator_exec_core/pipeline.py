@@ -1,0 +1,70 @@
+"""``Pipeline``: an ordered list of stages, run by an executor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from curator_exec_core.executor import BaseExecutor
+from curator_exec_core.planning import ExecutionPlan
+from curator_exec_core.registry import get_executor, get_plugin_manager
+from curator_exec_core.stages import ProcessingStage
+from curator_exec_core.tasks import PipelineResult, Task
+
+__all__ = ["Pipeline", "DEFAULT_EXECUTOR", "resolve_executor"]
+
+DEFAULT_EXECUTOR = "local"
+
+
+def resolve_executor(executor: BaseExecutor | str | None) -> BaseExecutor:
+    """``None`` -> the default (``local``); a name -> ``get_executor(name)``; an instance as is."""
+    if executor is None:
+        return get_executor(DEFAULT_EXECUTOR)
+    if isinstance(executor, str):
+        return get_executor(executor)
+    if isinstance(executor, BaseExecutor):
+        return executor
+    raise TypeError(f"executor must be None, a name or a BaseExecutor, got {type(executor).__name__}")
+
+
+class Pipeline:
+    """An ordered list of stages. ``add_stage`` chains; ``run`` returns the output tasks as a list."""
+
+    def __init__(self, name: str = "pipeline", stages: Sequence[ProcessingStage] | None = None,
+                 description: str | None = None) -> None:
+        self.name = name
+        self.description = description
+        self.stages: list[ProcessingStage] = []
+        for stage in stages or []:
+            self.add_stage(stage)
+
+    def add_stage(self, stage: ProcessingStage) -> Pipeline:
+        if not isinstance(stage, ProcessingStage):
+            raise TypeError(f"add_stage() takes a ProcessingStage, got {type(stage).__name__}")
+        self.stages.append(stage)
+        return self
+
+    def run(self, executor: BaseExecutor | str | None = None,
+            initial_tasks: Sequence[Task] | None = None) -> PipelineResult:
+        """Run on ``executor`` (default ``local``). ``initial_tasks=None`` starts from one ``EmptyTask``."""
+        if not self.stages:
+            raise ValueError(f"pipeline {self.name!r} has no stages; add some with add_stage()")
+        return resolve_executor(executor).run(self.stages, initial_tasks)
+
+    def plan(self, executor: BaseExecutor | str | None = None) -> ExecutionPlan:
+        """The plan ``executor`` would use, without running anything."""
+        ex = resolve_executor(executor)
+        hook = get_plugin_manager().hook
+        capacity = hook.curator_exec_capacity(executor=ex)
+        return hook.curator_exec_plan(executor=ex, stages=list(self.stages), capacity=capacity)
+
+    def describe(self, executor: BaseExecutor | str | None = None) -> str:
+        """The stages; with ``executor``, also the plan (what would run where)."""
+        lines = [f"Pipeline {self.name!r}" + (f": {self.description}" if self.description else "")]
+        for i, stage in enumerate(self.stages):
+            lines.append(f"  {i}: {stage.name} ({stage.resources.describe()}, batch_size={stage.batch_size})")
+        if executor is not None:
+            lines += ["", self.plan(executor).describe()]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.name!r}, {len(self.stages)} stages)"

@@ -1,0 +1,229 @@
+"""Planning, shared by every backend: stages x capacity -> :class:`ExecutionPlan`.
+
+The plan says how many workers each stage gets and what each worker asks for.
+Backends map it onto their engine (actors, Ray Data actor pools, Xenna stage
+specs). Requests that cannot be met fail here, before any engine starts, with a
+message naming the stage, what it asked for and what exists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import attrs
+
+from curator_exec_core.capacity import Capacity, fraction_of_gpu
+from curator_exec_core.errors import PlanError
+from curator_exec_core.stages import ProcessingStage, Resources
+
+__all__ = ["StagePlan", "ExecutionPlan", "plan_stages", "PlanError"]
+
+
+@attrs.frozen
+class StagePlan:
+    """One stage in the plan: ``workers`` copies, each with ``resources``."""
+
+    index: int
+    name: str
+    workers: int
+    resources: Resources
+    requested: Resources
+    batch_size: int
+    notes: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class ExecutionPlan:
+    """What would run where. ``concurrent`` means all stages run at once (streaming)."""
+
+    executor: str
+    stages: tuple[StagePlan, ...] = attrs.field(converter=tuple)
+    capacity: Capacity
+    concurrent: bool = True
+    notes: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+
+    def stage(self, name_or_index: str | int) -> StagePlan:
+        for sp in self.stages:
+            if sp.index == name_or_index or sp.name == name_or_index:
+                return sp
+        raise KeyError(name_or_index)
+
+    def describe(self) -> str:
+        mode = "all stages at once (streaming)" if self.concurrent else "stage after stage"
+        lines = [f"Plan for executor {self.executor!r}: {mode}", self.capacity.describe(), ""]
+        header = f"  {'#':>2}  {'stage':<28} {'workers':>7}  {'per worker':<28} batch"
+        lines.append(header)
+        for sp in self.stages:
+            lines.append(
+                f"  {sp.index:>2}  {sp.name[:28]:<28} {sp.workers:>7}  {sp.resources.describe():<28} {sp.batch_size}"
+            )
+            lines += [f"        note: {n}" for n in sp.notes]
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _fmt_nodes(capacity: Capacity) -> str:
+    if not capacity.nodes:
+        return "no nodes"
+    return "; ".join(
+        f"{n.node_id}: {n.cpus:g} CPUs, {n.num_gpus} GPUs" + (f" ({n.gpu_reason})" if n.gpu_reason else "")
+        for n in capacity.nodes
+    )
+
+
+def _resolve_gpus(stage: ProcessingStage, req: Resources, capacity: Capacity) -> float:
+    """The GPU share one worker needs (``gpu_memory_gb`` resolved against real GPUs)."""
+    if not req.gpu_memory_gb:
+        return float(req.gpus)
+    gpus = capacity.gpus
+    if not gpus:
+        raise PlanError(
+            f"stage {stage.name!r} asks for gpu_memory_gb={req.gpu_memory_gb:g} but there is no GPU "
+            f"({_fmt_nodes(capacity)}). Run it where GPUs are, or drop the GPU request."
+        )
+    largest = max(g.memory_total for g in gpus) / 1024**3
+    if req.gpu_memory_gb > largest:
+        raise PlanError(
+            f"stage {stage.name!r} asks for gpu_memory_gb={req.gpu_memory_gb:g} but the largest GPU has "
+            f"{largest:.1f} GiB. Lower gpu_memory_gb or ask for whole GPUs with gpus=N."
+        )
+    return min(1.0, fraction_of_gpu(req.gpu_memory_gb, gpus))
+
+
+def _fits_on_a_node(cpus: float, gpus: float, capacity: Capacity) -> bool:
+    need_gpus = math.ceil(gpus) if gpus else 0
+    return any(n.cpus + 1e-9 >= cpus and n.num_gpus >= need_gpus for n in capacity.nodes)
+
+
+def _gpu_slots(gpus: float, capacity: Capacity) -> int:
+    """How many workers needing ``gpus`` each fit on the GPUs, node by node."""
+    if gpus <= 0:
+        return 0
+    if gpus < 1:
+        return sum(math.floor(n.num_gpus / gpus + 1e-9) for n in capacity.nodes)
+    return sum(n.num_gpus // int(gpus) for n in capacity.nodes)
+
+
+def plan_stages(
+    stages: Sequence[ProcessingStage],
+    capacity: Capacity,
+    *,
+    executor: str = "",
+    concurrent: bool = True,
+    max_workers_per_stage: int | None = None,
+    reserved_cpus: float = 0.0,
+    reserved_gpus: float = 0.0,
+    scale_cpus_to_fit: bool = True,
+) -> ExecutionPlan:
+    """Size every stage against ``capacity``.
+
+    * ``concurrent``: all stages run at the same time (streaming engines), so they
+      share the capacity; otherwise each stage may use all of it in turn.
+    * ``max_workers_per_stage`` caps automatic sizing (``num_workers()`` of a stage
+      is honoured as given, and checked).
+    * ``reserved_cpus`` / ``reserved_gpus`` are held back from planning.
+    * ``scale_cpus_to_fit``: when concurrent stages ask for more CPUs than exist
+      (three 1-CPU stages on 2 cores), scale the CPU requests down to fractions so
+      every stage gets a worker, and say so in the plan notes. Without it such a
+      plan is refused.
+    """
+    if not capacity.nodes:
+        raise PlanError(
+            f"executor {executor!r} has no node to run on (is ignore_head_node=True on a one-node cluster?). "
+            "Add worker nodes or set ignore_head_node=False."
+        )
+    avail_cpus = capacity.total_cpus - reserved_cpus
+    avail_gpus = capacity.total_gpus - reserved_gpus
+    if avail_cpus <= 0:
+        raise PlanError(
+            f"reserved_cpus={reserved_cpus:g} leaves no CPU of the {capacity.total_cpus:g} available; lower reserved_cpus."
+        )
+    notes: list[str] = []
+    gpu_need: list[float] = []
+    for stage in stages:
+        req = stage.resources
+        gpus = _resolve_gpus(stage, req, capacity)
+        gpu_need.append(gpus)
+        if not _fits_on_a_node(req.cpus, gpus, capacity):
+            raise PlanError(
+                f"stage {stage.name!r} asks for {req.describe()} per worker, which no node can give "
+                f"(nodes: {_fmt_nodes(capacity)}). Lower the stage's Resources or add a node that has them."
+            )
+        fixed = stage.num_workers()
+        if fixed is not None and (not isinstance(fixed, int) or fixed < 1):
+            raise PlanError(f"stage {stage.name!r}: num_workers() must return a positive int or None, got {fixed!r}")
+        if gpus and fixed is not None and _gpu_slots(gpus, capacity) < fixed:
+            raise PlanError(
+                f"stage {stage.name!r} wants {fixed} workers with gpus={gpus:g} each, but only "
+                f"{_gpu_slots(gpus, capacity)} fit on the GPUs ({_fmt_nodes(capacity)})."
+            )
+        if gpus and gpus > avail_gpus + 1e-9:
+            raise PlanError(
+                f"stage {stage.name!r} asks for gpus={gpus:g} per worker but only {avail_gpus:g} GPU(s) are "
+                f"available after reserved_gpus={reserved_gpus:g} ({_fmt_nodes(capacity)})."
+            )
+
+    # CPU scaling for concurrent stages that cannot all get one worker.
+    scale = 1.0
+    if concurrent:
+        min_cpus = sum((s.num_workers() or 1) * s.resources.cpus for s in stages)
+        if min_cpus > avail_cpus + 1e-9:
+            if not scale_cpus_to_fit:
+                raise PlanError(
+                    f"the {len(stages)} stages run at once and need {min_cpus:g} CPUs for one worker each, "
+                    f"but {avail_cpus:g} are available. Lower the stages' Resources(cpus=...), "
+                    "or run stage after stage."
+                )
+            scale = avail_cpus / min_cpus
+            notes.append(
+                f"stages need {min_cpus:g} CPUs for one worker each but {avail_cpus:g} are available; "
+                f"CPU requests scaled by {scale:.3g} so that all run at once"
+            )
+        total_gpu_min = sum((s.num_workers() or 1) * g for s, g in zip(stages, gpu_need))
+        if total_gpu_min > avail_gpus + 1e-9:
+            raise PlanError(
+                f"the stages run at once and need {total_gpu_min:g} GPUs for one worker each, but "
+                f"{avail_gpus:g} are available ({_fmt_nodes(capacity)}). Lower the GPU requests or pin fewer workers."
+            )
+
+    n_auto = max(1, sum(1 for s in stages if s.num_workers() is None))
+    fixed_cpus = sum((s.num_workers() or 0) * s.resources.cpus * scale for s in stages)
+    plans: list[StagePlan] = []
+    for i, (stage, gpus) in enumerate(zip(stages, gpu_need)):
+        req = stage.resources
+        cpus = round(req.cpus * scale, 4)
+        stage_notes: list[str] = []
+        fixed = stage.num_workers()
+        if fixed is not None:
+            workers = fixed
+        else:
+            budget = (avail_cpus - fixed_cpus) / n_auto if concurrent else avail_cpus
+            by_cpu = math.floor(budget / cpus + 1e-9) if cpus > 0 else math.ceil(avail_cpus)
+            workers = max(1, by_cpu)
+            if gpus:
+                gpu_budget = _gpu_slots(gpus, capacity)
+                if concurrent:
+                    gpu_stages = max(1, sum(1 for g in gpu_need if g))
+                    gpu_budget = max(1, gpu_budget // gpu_stages)
+                workers = min(workers, max(1, gpu_budget))
+            if max_workers_per_stage is not None and workers > max_workers_per_stage:
+                workers = max_workers_per_stage
+                if max_workers_per_stage > 1:
+                    stage_notes.append(f"capped at max workers per stage = {max_workers_per_stage}")
+        if stage.batch_size < 1:
+            raise PlanError(f"stage {stage.name!r}: batch_size must be >= 1, got {stage.batch_size!r}")
+        if req.gpu_memory_gb:
+            stage_notes.append(f"gpu_memory_gb={req.gpu_memory_gb:g} -> gpus={gpus:g} of the smallest GPU")
+        plans.append(
+            StagePlan(
+                index=i,
+                name=stage.name,
+                workers=workers,
+                resources=Resources(cpus=cpus, gpus=gpus),
+                requested=req,
+                batch_size=stage.batch_size,
+                notes=tuple(stage_notes),
+            )
+        )
+    return ExecutionPlan(executor=executor, stages=plans, capacity=capacity, concurrent=concurrent, notes=notes)
