@@ -58,6 +58,19 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:80]
 
 
+def _inherit(child: Task, parent: Task, task_id: str) -> None:
+    """Give an output its id; a new task also inherits what it left empty
+    (stage history, metadata, dataset name) from its parent."""
+    child.task_id = task_id
+    if child is not parent:
+        if not child.stage_perf and parent.stage_perf:
+            child.stage_perf = list(parent.stage_perf)
+        if not child.metadata and parent.metadata:
+            child.metadata = dict(parent.metadata)
+        if not child.dataset_name:
+            child.dataset_name = parent.dataset_name
+
+
 class ManagedStage(ProcessingStage):
     """A user stage as the core runs it. Backends receive these from ``BaseExecutor.run``.
 
@@ -202,11 +215,11 @@ class ManagedStage(ProcessingStage):
                         if isinstance(result, list):
                             for i, child in enumerate(result):
                                 self._check(child)
-                                child.task_id = f"{task.task_id}.{i}"
+                                _inherit(child, task, f"{task.task_id}.{i}")
                             out.extend(result)
                         else:
                             self._check(result)
-                            result.task_id = task.task_id
+                            _inherit(result, task, task.task_id)
                             out.append(result)
                         break
                     except Exception as exc:
@@ -226,10 +239,10 @@ class ManagedStage(ProcessingStage):
                         self._check(child)
                     if len(result) == len(batch):
                         for child, parent in zip(result, batch):
-                            child.task_id = parent.task_id
+                            _inherit(child, parent, parent.task_id)
                     else:
                         for i, child in enumerate(result):
-                            child.task_id = f"{batch[0].task_id}.{i}"
+                            _inherit(child, batch[0], f"{batch[0].task_id}.{i}")
                     out.extend(result)
                     break
                 except Exception as exc:

@@ -1,0 +1,220 @@
+"""Ray helpers shared by the Ray-based plugins. ``ray`` is imported lazily, inside functions.
+
+Session ownership (the root of many bugs in other frameworks):
+
+* Ray already initialised in this process (the user called ``ray.init``): reuse
+  it, never shut it down.
+* ``RAY_ADDRESS`` set, or a cluster started with ``ray start`` on this machine:
+  connect to it, never shut it down.
+* Otherwise start a local Ray and own it. It stays up for the rest of the
+  process (so a second run does not pay the start again) and Ray's own exit
+  handler stops it; :func:`shutdown_if_owned` stops it earlier on request.
+
+A user ``runtime_env`` is passed to ``ray.init`` when we start or connect, and
+should be applied per actor/task (:func:`remote_options`) when Ray was already
+initialised, since a running job's runtime env cannot change.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import attrs
+
+from curator_exec_core.capacity import Capacity, NodeCapacity, probe_local
+
+__all__ = [
+    "RaySession",
+    "ensure_ray",
+    "current_session",
+    "shutdown_if_owned",
+    "alive_nodes",
+    "cluster_capacity",
+    "remote_options",
+    "HEAD_RESOURCE",
+]
+
+logger = logging.getLogger("curator_exec.ray")
+
+HEAD_RESOURCE = "node:__internal_head__"
+#: set in the driver to make the per-node capacity probe import this module instead of ``pynvml`` (tests only)
+NVML_MODULE_ENV = "CURATOR_EXEC_NVML_MODULE"
+
+_lock = threading.Lock()
+_session: RaySession | None = None
+
+
+@attrs.frozen
+class RaySession:
+    """How this process is attached to Ray. ``owned``: we started the cluster."""
+
+    address: str
+    owned: bool
+    how: str  # "existing" | "connected" | "started"
+
+
+@contextmanager
+def _temporary_env(env: Mapping[str, str] | None) -> Iterator[None]:
+    """Set ``env`` for the duration of a Ray start only (children inherit it), then restore."""
+    if not env:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: str(v) for k, v in env.items()})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _existing_address() -> str | None:
+    """Address of a cluster we would connect to (RAY_ADDRESS or ``ray start``), else None."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address(None)
+    except Exception:  # private API moved: fall back to the documented variable
+        return os.environ.get("RAY_ADDRESS") or None
+
+
+def ensure_ray(
+    runtime_env: Mapping[str, Any] | None = None,
+    *,
+    start_env: Mapping[str, str] | None = None,
+    **init_kwargs: Any,
+) -> RaySession:
+    """Attach to Ray as described in the module doc and return the session.
+
+    ``start_env``: environment variables the Ray processes we start must see
+    (set only around ``ray.init`` and restored right after). ``init_kwargs`` go
+    to ``ray.init`` when we start or connect (e.g. ``num_cpus`` for a local start).
+    """
+    global _session
+    import ray
+
+    with _lock:
+        if ray.is_initialized():
+            if _session is None:
+                _session = RaySession(address=ray.get_runtime_context().gcs_address, owned=False, how="existing")
+            return _session
+        address = _existing_address()
+        kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True, **init_kwargs}
+        if runtime_env:
+            kwargs["runtime_env"] = dict(runtime_env)
+        if address:
+            kwargs.pop("num_cpus", None)
+            kwargs.pop("num_gpus", None)
+            ray.init(address=address, **kwargs)
+            how, owned = "connected", False
+        else:
+            with _temporary_env(start_env):
+                ray.init(**kwargs)
+            how, owned = "started", True
+        _session = RaySession(address=ray.get_runtime_context().gcs_address, owned=owned, how=how)
+        logger.info("Ray %s at %s", how, _session.address)
+        return _session
+
+
+def current_session() -> RaySession | None:
+    """The session :func:`ensure_ray` set up, if Ray is still initialised."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return _session
+
+
+def shutdown_if_owned() -> bool:
+    """Shut Ray down if (and only if) we started it. Returns whether it did."""
+    global _session
+    import ray
+
+    with _lock:
+        if _session is not None and _session.owned and ray.is_initialized():
+            ray.shutdown()
+            _session = None
+            return True
+        if not ray.is_initialized():
+            _session = None
+        return False
+
+
+def alive_nodes() -> list[dict[str, Any]]:
+    """``ray.nodes()`` entries that are alive."""
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def _probe_on_node(node_id: str, is_head: bool, nvml_module: str | None) -> NodeCapacity:
+    nvml = None
+    if nvml_module:
+        import importlib
+
+        nvml = importlib.import_module(nvml_module)
+    return probe_local(node_id=node_id, is_head=is_head, nvml=nvml)
+
+
+def cluster_capacity(*, ignore_head_node: bool = False, timeout: float = 120.0) -> Capacity:
+    """Per-node capacity: a probe task pinned to each alive node runs :func:`probe_local` there.
+
+    CPUs are Ray's logical CPUs for the node (what Ray schedules against); GPUs
+    are the NVML devices on that node, at most as many as Ray's ``GPU`` resource.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = alive_nodes()
+    probe = ray.remote(num_cpus=0)(_probe_on_node)
+    nvml_module = os.environ.get(NVML_MODULE_ENV)
+    opts: dict[str, Any] = {}
+    if nvml_module:
+        opts["runtime_env"] = {"env_vars": {NVML_MODULE_ENV: nvml_module}}
+    refs = [
+        probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n["NodeID"], soft=False), **opts
+        ).remote(n["NodeID"], HEAD_RESOURCE in n.get("Resources", {}), nvml_module)
+        for n in nodes
+    ]
+    probed = ray.get(refs, timeout=timeout)
+    result: list[NodeCapacity] = []
+    for n, cap in zip(nodes, probed):
+        res = n.get("Resources", {})
+        ray_gpus = int(res.get("GPU", 0))
+        gpus = cap.gpus[:ray_gpus]
+        reason = cap.gpu_reason
+        if cap.gpus and not gpus:
+            reason = f"Ray node has no GPU resource (NVML sees {len(cap.gpus)})"
+        result.append(attrs.evolve(cap, cpus=float(res.get("CPU", 0.0)), gpus=gpus, gpu_reason=reason,
+                                   hostname=n.get("NodeManagerHostname", cap.hostname)))
+    capacity = Capacity(nodes=result)
+    return capacity.without_head() if ignore_head_node else capacity
+
+
+def remote_options(
+    cpus: float = 0.0,
+    gpus: float = 0.0,
+    *,
+    runtime_env: Mapping[str, Any] | None = None,
+    node_id: str | None = None,
+    soft: bool = False,
+) -> dict[str, Any]:
+    """``.options(...)`` for an actor or task: resources, an optional runtime env and node pin."""
+    opts: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus}
+    if runtime_env:
+        opts["runtime_env"] = dict(runtime_env)
+    if node_id:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=soft)
+    return opts

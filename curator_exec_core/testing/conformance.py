@@ -1,0 +1,223 @@
+"""The executor conformance suite. See :mod:`curator_exec_core.testing`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+
+from curator_exec_core.capacity import Capacity, GpuInfo, NodeCapacity
+from curator_exec_core.errors import ConfigError, PlanError, StageFailedError
+from curator_exec_core.executor import BaseExecutor
+from curator_exec_core.stages import ProcessingStage, Resources
+from curator_exec_core.tasks import FailedTask, PipelineResult, Task
+from curator_exec_core.testing.stages import (
+    AddOne,
+    DropAll,
+    FailOn,
+    FanOut,
+    Flaky,
+    Generate,
+    Identity,
+    KeepEven,
+    LifecycleLog,
+    Recorded,
+    SquareBatch,
+)
+
+MakeExecutor = Callable[..., BaseExecutor]
+
+
+class _Reference(BaseExecutor):
+    """The reference semantics: one worker per stage, in process, stage after stage."""
+
+    name = "reference"
+    concurrent_stages = False
+
+    def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task] | None = None) -> list[Task]:
+        tasks = list(initial_tasks or [])
+        for stage in stages:
+            stage.setup(None)
+            tasks = stage.process_batch(tasks)
+            stage.teardown()
+        return tasks
+
+
+def reference_run(stages: Sequence[ProcessingStage], tasks: Sequence[Task] | None, **options: Any) -> PipelineResult:
+    """What every executor must produce for ``stages`` on ``tasks`` (computed in process)."""
+    return _Reference(show_progress=False, **options).run(list(stages), _fresh(tasks))
+
+
+def _fresh(tasks: Sequence[Task] | None) -> list[Task] | None:
+    return None if tasks is None else [Task(data=t.data, task_id=t.task_id) for t in tasks]
+
+
+def canonical(tasks: Sequence[Task]) -> list[tuple[str, str]]:
+    """Outputs as a sorted multiset of ``(task_id, repr(data))``."""
+    return sorted((t.task_id, repr(t.data)) for t in tasks)
+
+
+def _ints(n: int) -> list[Task]:
+    return [Task(data=i) for i in range(n)]
+
+
+class ExecutorConformance:
+    """Behaviour every executor must show. Subclass it and provide ``make_executor``.
+
+    ``make_executor(**options)`` must return a new executor built with those
+    options (``ignore_failures``, ``max_retries``, ``show_progress``, ...).
+    Class attributes tune sizes for slow engines.
+    """
+
+    #: tasks in the large-input test
+    large_n: int = 10_000
+    #: tasks in the ordinary tests
+    n: int = 60
+
+    @pytest.fixture
+    def make_executor(self) -> MakeExecutor:
+        raise NotImplementedError(
+            "subclass ExecutorConformance and define a `make_executor` fixture returning (**options) -> executor"
+        )
+
+    # -- helpers -------------------------------------------------------------
+    def run_and_compare(self, make_executor: MakeExecutor, stages: list[ProcessingStage],
+                        tasks: list[Task] | None, **options: Any) -> PipelineResult:
+        expected = reference_run(stages, tasks, **options)
+        got = make_executor(show_progress=False, **options).run(stages, _fresh(tasks))
+        assert isinstance(got, list) and isinstance(got, PipelineResult)
+        assert canonical(got) == canonical(expected)
+        assert sorted(f.task_id for f in got.failed_tasks) == sorted(f.task_id for f in expected.failed_tasks)
+        return got
+
+    # -- outputs -------------------------------------------------------------
+    def test_identity(self, make_executor: MakeExecutor) -> None:
+        got = self.run_and_compare(make_executor, [Identity()], _ints(self.n))
+        assert sorted(t.data for t in got) == list(range(self.n))
+        assert sorted(t.task_id for t in got) == sorted(str(i) for i in range(self.n))
+
+    def test_new_tasks_keep_parent_ids(self, make_executor: MakeExecutor) -> None:
+        got = self.run_and_compare(make_executor, [AddOne("a"), AddOne("b")], _ints(self.n))
+        assert {t.task_id: t.data for t in got} == {str(i): i + 2 for i in range(self.n)}
+        assert all([p.stage for p in t.stage_perf] == ["a", "b"] for t in got)
+
+    def test_fan_out(self, make_executor: MakeExecutor) -> None:
+        got = self.run_and_compare(make_executor, [FanOut(3)], _ints(self.n))
+        assert len(got) == 3 * self.n
+        assert {"0.0", "0.1", "0.2"} <= {t.task_id for t in got}
+
+    def test_filter(self, make_executor: MakeExecutor) -> None:
+        got = self.run_and_compare(make_executor, [KeepEven()], _ints(self.n))
+        assert sorted(t.data for t in got) == list(range(0, self.n, 2))
+
+    def test_batch_size_greater_than_one(self, make_executor: MakeExecutor) -> None:
+        got = self.run_and_compare(make_executor, [AddOne("a"), SquareBatch(7), AddOne("b", batch_size=5)],
+                                   _ints(self.n))
+        assert sorted(t.data for t in got) == sorted((i + 1) ** 2 + 1 for i in range(self.n))
+        assert all(1 <= t.metadata["batch"] <= 7 for t in got)
+
+    def test_many_stages(self, make_executor: MakeExecutor) -> None:
+        stages: list[ProcessingStage] = [AddOne(f"add{i}") for i in range(4)]
+        stages += [FanOut(2, "fan1"), KeepEven(), AddOne("add4"), FanOut(2, "fan2"), SquareBatch(3), AddOne("add5")]
+        got = self.run_and_compare(make_executor, stages, _ints(self.n))
+        assert len(got) == 2 * self.n  # half survive the filter, then doubled
+
+    def test_empty_initial_list(self, make_executor: MakeExecutor) -> None:
+        got = make_executor(show_progress=False).run([AddOne()], [])
+        assert list(got) == [] and got.failed_tasks == []
+
+    def test_everything_filtered(self, make_executor: MakeExecutor) -> None:
+        got = self.run_and_compare(make_executor, [DropAll(), AddOne()], _ints(self.n))
+        assert list(got) == []
+
+    def test_empty_task_seeds_pipeline(self, make_executor: MakeExecutor) -> None:
+        got = self.run_and_compare(make_executor, [Generate(self.n), AddOne()], None)
+        assert sorted(t.data for t in got) == list(range(1, self.n + 1))
+
+    def test_large_input(self, make_executor: MakeExecutor) -> None:
+        got = self.run_and_compare(make_executor, [AddOne("a"), KeepEven(), AddOne("b")], _ints(self.large_n))
+        assert len(got) == self.large_n // 2
+
+    def test_deterministic_ids(self, make_executor: MakeExecutor) -> None:
+        stages = [FanOut(2), KeepEven(), FanOut(3, "fan_b")]
+        first = make_executor(show_progress=False).run(stages, _ints(self.n))
+        second = make_executor(show_progress=False).run(stages, _ints(self.n))
+        assert canonical(first) == canonical(second)
+
+    # -- lifecycle -------------------------------------------------------------
+    def test_setup_and_teardown_counts(self, make_executor: MakeExecutor, tmp_path: Any) -> None:
+        log = LifecycleLog(tmp_path)
+        stages = [Recorded(str(tmp_path), "first"), AddOne(), Recorded(str(tmp_path), "second")]
+        got = make_executor(show_progress=False).run(stages, _ints(self.n))
+        assert len(got) == self.n
+        for name in ("first", "second"):
+            setups = log.per_who("setup", name)
+            teardowns = log.per_who("teardown", name)
+            assert sum(setups.values()) >= 1, f"{name}: setup never ran"
+            assert all(c == 1 for c in setups.values()), f"{name}: a worker ran setup twice: {setups}"
+            assert setups == teardowns, f"{name}: setup/teardown per worker differ: {setups} vs {teardowns}"
+            nodes = log.per_who("setup_on_node", name)
+            assert nodes and all(c == 1 for c in nodes.values()), f"{name}: setup_on_node per node: {nodes}"
+
+    def test_teardown_after_failure(self, make_executor: MakeExecutor, tmp_path: Any) -> None:
+        log = LifecycleLog(tmp_path)
+        stages = [Recorded(str(tmp_path), "ok"), Recorded(str(tmp_path), "bad", fail_on=(7,))]
+        with pytest.raises(StageFailedError):
+            make_executor(show_progress=False).run(stages, _ints(self.n))
+        for name in ("ok", "bad"):
+            assert log.per_who("setup", name) == log.per_who("teardown", name), name
+
+    # -- failures --------------------------------------------------------------
+    def test_failure_aborts_naming_stage_and_task(self, make_executor: MakeExecutor) -> None:
+        with pytest.raises(StageFailedError) as info:
+            make_executor(show_progress=False).run([AddOne(), FailOn((5,), "picky")], _ints(self.n))
+        err = info.value
+        assert err.stage == "picky" and err.task_id == "4"
+        assert "picky" in str(err) and "'4'" in str(err)
+        assert "ValueError" in err.error and "cannot take 5" in err.error
+        assert "ValueError" in err.remote_traceback
+
+    def test_ignore_failures_reports_every_failed_task(self, make_executor: MakeExecutor) -> None:
+        stages = [FailOn((3, 10), "first"), AddOne(), FailOn((20, 31), "second")]
+        got = self.run_and_compare(make_executor, stages, _ints(self.n), ignore_failures=True)
+        failed = {(f.stage, f.task_id) for f in got.failed_tasks}
+        assert failed == {("first", "3"), ("first", "10"), ("second", "19"), ("second", "30")}
+        assert all(isinstance(f, FailedTask) and "ValueError" in f.error for f in got.failed_tasks)
+        assert len(got) + len(got.failed_tasks) == self.n  # nothing silently dropped
+
+    def test_max_retries(self, make_executor: MakeExecutor, tmp_path: Any) -> None:
+        got = make_executor(show_progress=False, max_retries=1).run([Flaky(str(tmp_path))], _ints(self.n))
+        assert sorted(t.data for t in got) == list(range(self.n)) and not got.failed_tasks
+
+    def test_retries_exhausted(self, make_executor: MakeExecutor, tmp_path: Any) -> None:
+        got = make_executor(show_progress=False, max_retries=1, ignore_failures=True).run(
+            [Flaky(str(tmp_path), failures=2)], _ints(10))
+        assert list(got) == [] and len(got.failed_tasks) == 10
+        assert all(f.attempts == 2 for f in got.failed_tasks)
+
+    # -- config, plan, capacity --------------------------------------------------
+    def test_config_typo_is_an_error(self, make_executor: MakeExecutor) -> None:
+        with pytest.raises(ConfigError, match="ignore_failures"):
+            make_executor(ignore_failurs=True)
+        with pytest.raises(ConfigError, match="max_retries"):
+            make_executor(max_retries="twice")
+
+    def test_infeasible_request_fails_at_plan_time(self, make_executor: MakeExecutor, tmp_path: Any) -> None:
+        executor = make_executor(show_progress=False)
+        too_many = executor.capacity().total_gpus + 2
+        stage = Recorded(str(tmp_path), "greedy", resources=Resources(cpus=0.5, gpus=float(too_many)))
+        with pytest.raises(PlanError, match="greedy"):
+            executor.run([stage], _ints(3))
+        assert LifecycleLog(tmp_path).entries() == []  # nothing started
+
+    def test_capacity_shape(self, make_executor: MakeExecutor) -> None:
+        cap = make_executor(show_progress=False).capacity()
+        assert isinstance(cap, Capacity) and cap.nodes
+        for node in cap.nodes:
+            assert isinstance(node, NodeCapacity)
+            assert node.cpus > 0 and node.memory > 0 and node.node_id
+            assert all(isinstance(g, GpuInfo) for g in node.gpus)
+            if not node.gpus:
+                assert node.gpu_reason
+        assert cap.total_cpus == sum(n.cpus for n in cap.nodes)

@@ -1,0 +1,189 @@
+"""Stages used by the conformance suite. Module-level classes, so engines can pickle them."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from curator_exec_core.stages import NodeInfo, ProcessingStage, Resources, WorkerMetadata
+from curator_exec_core.tasks import Task
+
+
+def _append(path: str, line: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+class LifecycleLog:
+    """Lifecycle calls recorded in one file, across processes on this machine."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.path = str(Path(folder) / "lifecycle.log")
+
+    def record(self, event: str, stage: str, who: str) -> None:
+        _append(self.path, f"{event}\t{stage}\t{who}")
+
+    def entries(self) -> list[tuple[str, str, str]]:
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            return [tuple(line.rstrip("\n").split("\t")) for line in f if line.strip()]  # type: ignore[misc]
+
+    def count(self, event: str, stage: str) -> int:
+        return sum(1 for e, s, _ in self.entries() if e == event and s == stage)
+
+    def per_who(self, event: str, stage: str) -> Counter:
+        return Counter(w for e, s, w in self.entries() if e == event and s == stage)
+
+
+class AddOne(ProcessingStage):
+    """A new task with ``data + 1``."""
+
+    def __init__(self, name: str = "add_one", batch_size: int = 1, cpus: float = 0.5) -> None:
+        self.name = name
+        self.batch_size = batch_size
+        self.resources = Resources(cpus=cpus)
+
+    def process(self, task: Task) -> Task:
+        return Task(data=task.data + 1)
+
+
+class Identity(ProcessingStage):
+    name = "identity"
+    resources = Resources(cpus=0.5)
+
+    def process(self, task: Task) -> Task:
+        return task
+
+
+class FanOut(ProcessingStage):
+    """``k`` children per task: data * 10 + i."""
+
+    resources = Resources(cpus=0.5)
+
+    def __init__(self, k: int = 3, name: str = "fan_out") -> None:
+        self.k = k
+        self.name = name
+
+    def process(self, task: Task) -> list[Task]:
+        return [Task(data=task.data * 10 + i) for i in range(self.k)]
+
+
+class KeepEven(ProcessingStage):
+    """Filter: drops odd data."""
+
+    name = "keep_even"
+    resources = Resources(cpus=0.5)
+
+    def process(self, task: Task) -> Task | None:
+        return task if task.data % 2 == 0 else None
+
+
+class DropAll(ProcessingStage):
+    name = "drop_all"
+    resources = Resources(cpus=0.5)
+
+    def process(self, task: Task) -> None:
+        return None
+
+
+class Generate(ProcessingStage):
+    """From an EmptyTask, generate ``n`` tasks 0..n-1."""
+
+    name = "generate"
+    resources = Resources(cpus=0.5)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def process(self, task: Task) -> list[Task]:
+        return [Task(data=i) for i in range(self.n)]
+
+
+class SquareBatch(ProcessingStage):
+    """A ``process_batch`` stage (1:1) that checks it never sees more than ``batch_size`` tasks."""
+
+    resources = Resources(cpus=0.5)
+
+    def __init__(self, batch_size: int = 7, name: str = "square_batch") -> None:
+        self.batch_size = batch_size
+        self.name = name
+
+    def process_batch(self, tasks: list[Task]) -> list[Task]:
+        if not 1 <= len(tasks) <= self.batch_size:
+            raise AssertionError(f"got a batch of {len(tasks)} with batch_size={self.batch_size}")
+        return [Task(data=t.data * t.data, metadata={"batch": len(tasks)}) for t in tasks]
+
+
+class FailOn(ProcessingStage):
+    """Raises ``ValueError`` on the given data values."""
+
+    resources = Resources(cpus=0.5)
+
+    def __init__(self, values: tuple[int, ...], name: str = "fail_on") -> None:
+        self.values = set(values)
+        self.name = name
+
+    def process(self, task: Task) -> Task:
+        if task.data in self.values:
+            raise ValueError(f"cannot take {task.data}")
+        return task
+
+
+class Flaky(ProcessingStage):
+    """Fails the first ``failures`` attempts on every task (attempts counted in files)."""
+
+    name = "flaky"
+    resources = Resources(cpus=0.5)
+
+    def __init__(self, folder: str, failures: int = 1) -> None:
+        self.folder = folder
+        self.failures = failures
+
+    def process(self, task: Task) -> Task:
+        marker = os.path.join(self.folder, f"flaky-{task.task_id}")
+        _append(marker, "x")
+        with open(marker) as f:
+            attempts = sum(1 for _ in f)
+        if attempts <= self.failures:
+            raise RuntimeError(f"flaky failure {attempts} on {task.task_id}")
+        return Task(data=task.data)
+
+
+class Recorded(ProcessingStage):
+    """Records every lifecycle call in a :class:`LifecycleLog`; optionally fails on values."""
+
+    resources = Resources(cpus=0.5)
+
+    def __init__(self, folder: str, name: str = "recorded", fail_on: tuple[int, ...] = (),
+                 resources: Resources | None = None) -> None:
+        self.folder = str(folder)
+        self.name = name
+        self.fail_on = set(fail_on)
+        if resources is not None:
+            self.resources = resources
+        self._who = ""
+
+    def _log(self) -> LifecycleLog:
+        return LifecycleLog(self.folder)
+
+    def setup_on_node(self, node_info: NodeInfo | None = None, worker_metadata: WorkerMetadata | None = None) -> None:
+        node = node_info.node_id if node_info is not None else "?"
+        self._log().record("setup_on_node", self.name, node)
+
+    def setup(self, worker_metadata: Any = None) -> None:
+        self._who = f"{os.getpid()}:{id(self):x}"
+        self._log().record("setup", self.name, self._who)
+
+    def process(self, task: Task) -> Task:
+        if task.data in self.fail_on:
+            raise ValueError(f"recorded stage refuses {task.data}")
+        return task
+
+    def teardown(self) -> None:
+        self._log().record("teardown", self.name, self._who)
