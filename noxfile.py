@@ -1,0 +1,106 @@
+"""Test sessions. `nox` runs them all (the full test suite); `nox -l` lists them.
+
+Hydra-style monorepo layout: the core is tested with the embedded `local`
+backend, each backend plugin is tested in a fresh venv holding only the core and
+that plugin (proving it declares its own dependencies), and `integration` runs
+the core's tests with every plugin installed at once.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+
+import nox
+
+nox.options.sessions = ["lint", "core", "plugin", "xenna", "integration", "demo"]
+nox.options.error_on_missing_interpreters = True
+nox.options.default_venv_backend = "venv"
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PY311 = "3.11"
+PLUGINS = ["local", "rayactorpool", "raydata"]  # plugins tested on the default Python
+XENNA_PINS = {"3.11": "cosmos-xenna==0.3.0", "3.12": "cosmos-xenna>=0.5,<0.6"}
+TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.2"]
+
+
+def _python(version: str) -> str:
+    """An interpreter for `version`: on PATH if it works, else a pyenv install (its shims may refuse)."""
+    exe = shutil.which(f"python{version}")
+    if exe and subprocess.run([exe, "--version"], capture_output=True).returncode == 0:
+        return exe
+    found = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python{version}")))
+    return found[-1] if found else version
+
+
+def _plugin_path(name: str) -> str:
+    return os.path.join(HERE, "plugins", name)
+
+
+def _has_tests(name: str) -> bool:
+    return os.path.isdir(os.path.join(_plugin_path(name), "tests"))
+
+
+@nox.session(python=_python(PY311))
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(python=_python(PY311))
+def core(session: nox.Session) -> None:
+    """The core's tests, with the embedded `local` backend."""
+    session.install(".", _plugin_path("local"), *TEST_DEPS)
+    session.run("pytest", "tests", *session.posargs)
+
+
+@nox.session(python=_python(PY311))
+@nox.parametrize("name", [p for p in PLUGINS if os.path.isdir(_plugin_path(p))])
+def plugin(session: nox.Session, name: str) -> None:
+    """One backend plugin in a fresh venv holding only the core and that plugin."""
+    session.install(".", _plugin_path(name), *TEST_DEPS)
+    session.run("python", "-c", f"import curator_exec_core as c; print(c.get_executor({_exec_name(name)!r}))")
+    if _has_tests(name):
+        session.run("pytest", os.path.join("plugins", name, "tests"), *session.posargs)
+
+
+@nox.session
+@nox.parametrize("python", [_python(v) for v in XENNA_PINS], ids=list(XENNA_PINS))
+def xenna(session: nox.Session) -> None:
+    """The Cosmos-Xenna plugin on 3.11 (cosmos-xenna 0.3.0) and 3.12 (newest 0.5.x)."""
+    if not os.path.isdir(_plugin_path("xenna")):
+        session.skip("plugins/xenna does not exist yet")
+    version = session.run("python", "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')",
+                          silent=True).strip()
+    session.install(".", _plugin_path("xenna"), XENNA_PINS[version], *TEST_DEPS)
+    if _has_tests("xenna"):
+        session.run("pytest", os.path.join("plugins", "xenna", "tests"), *session.posargs)
+
+
+@nox.session(python=_python(PY311))
+def integration(session: nox.Session) -> None:
+    """The core's tests with every plugin installed together (registry, docs, CLI see them all)."""
+    present = [_plugin_path(p) for p in ["local", "rayactorpool", "raydata", "xenna"] if os.path.isdir(_plugin_path(p))]
+    session.install(".", *present, *TEST_DEPS)
+    session.run("pytest", "tests", *session.posargs)
+
+
+@nox.session(python=_python(PY311))
+def demo(session: nox.Session) -> None:
+    """The README's demo: the example pipeline on the embedded backend."""
+    session.install(".", _plugin_path("local"))
+    session.run("curator-exec", "demo")
+
+
+@nox.session(python=_python(PY311))
+def bench(session: nox.Session) -> None:
+    """Benchmarks (not part of the default run): `nox -s bench -- local ray_actor_pool`."""
+    present = [_plugin_path(p) for p in ["local", "rayactorpool", "raydata", "xenna"] if os.path.isdir(_plugin_path(p))]
+    session.install(".", *present, "psutil")
+    session.run("python", "benchmarks/run.py", *(session.posargs or ["local"]))
+
+
+def _exec_name(plugin_dir: str) -> str:
+    return {"rayactorpool": "ray_actor_pool", "raydata": "ray_data"}.get(plugin_dir, plugin_dir)
