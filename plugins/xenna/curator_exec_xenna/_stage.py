@@ -1,0 +1,177 @@
+"""The Xenna side: the stage adapter that runs inside Xenna's ``StageWorker`` actors.
+
+Imported only when a run starts (it imports ``cosmos_xenna`` and ``ray``).
+
+Data model: one Xenna item is a :class:`Chunk` of curator tasks, so Xenna's
+per-item cost (a ``ray.put``, a scheduling round, about 5 ms here) is paid per
+chunk, not per task. Each managed stage becomes one :class:`CuratorStage`
+with ``stage_batch_size = 1`` (one chunk per call); the core's
+:class:`~curator_exec_core.runner.ManagedStage` re-batches the chunk's tasks to
+the user's ``batch_size``, assigns ids, retries, and turns failures into
+:class:`~curator_exec_core.tasks.FailedTask` records (``ignore_failures``) or
+raises :class:`~curator_exec_core.errors.StageFailedError` (abort), so Xenna
+never has to drop anything.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import ray
+from cosmos_xenna.pipelines import v1 as xenna
+
+from curator_exec_core.runner import ManagedStage
+from curator_exec_core.stages import WorkerMetadata
+from curator_exec_core.tasks import Task
+
+__all__ = ["Chunk", "CuratorStage", "RunCoordinator", "teardown_in_worker", "COORDINATOR_NAMESPACE"]
+
+COORDINATOR_NAMESPACE = "curator_exec_xenna"
+
+# Adapters that ran setup in this process (inside a StageWorker actor), for teardown on request.
+_LIVE: list[CuratorStage] = []
+_LIVE_LOCK = threading.Lock()
+
+
+class Chunk:
+    """A list of tasks travelling as one Xenna item. Short repr: Xenna logs its spec."""
+
+    __slots__ = ("tasks",)
+
+    def __init__(self, tasks: list[Task]) -> None:
+        self.tasks = tasks
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getstate__(self) -> list[Task]:
+        return self.tasks
+
+    def __setstate__(self, state: list[Task]) -> None:
+        self.tasks = state
+
+    def __repr__(self) -> str:
+        return f"<Chunk of {len(self.tasks)} tasks>"
+
+
+def split(tasks: list[Task], size: int) -> list[Chunk]:
+    """``tasks`` as chunks of at most ``size`` (no empty chunk)."""
+    size = max(1, size)
+    return [Chunk(tasks[i:i + size]) for i in range(0, len(tasks), size)]
+
+
+class RunCoordinator:
+    """One small actor per run (``num_cpus=0``): per-stage task counts for the driver's
+    progress, and the workers that ran setup (so the driver can tear them down)."""
+
+    def __init__(self, num_stages: int) -> None:
+        self.tasks_in = [0] * num_stages
+        self.tasks_out = [0] * num_stages
+        self.workers: list[tuple[int, str, str, int, list[Any]]] = []
+
+    def add(self, index: int, tasks_in: int, tasks_out: int) -> None:
+        self.tasks_in[index] += tasks_in
+        self.tasks_out[index] += tasks_out
+
+    def register(self, index: int, worker_id: str, node_id: str, pid: int, handle: list[Any]) -> None:
+        self.workers.append((index, worker_id, node_id, pid, handle))
+
+    def counts(self) -> tuple[list[int], list[int]]:
+        return list(self.tasks_in), list(self.tasks_out)
+
+    def registered(self) -> list[tuple[int, str, str, int, list[Any]]]:
+        return list(self.workers)
+
+
+class CuratorStage(xenna.Stage):
+    """A managed stage as a Xenna stage (pickled to every ``StageWorker``)."""
+
+    def __init__(self, managed: ManagedStage, cpus: float, gpus: float, chunk_size: int, coordinator: str) -> None:
+        self.managed = managed
+        self.cpus = float(cpus)
+        self.gpus = float(gpus)
+        self.chunk_size = max(1, int(chunk_size))
+        self.coordinator = coordinator  # name of the run's RunCoordinator actor
+        self._coord: Any = None
+        self._lock: threading.Lock | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_coord"] = None
+        state["_lock"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return f"<CuratorStage {self.managed.index}:{self.managed.name!r}>"
+
+    @property
+    def required_resources(self) -> xenna.Resources:
+        gpus: float | int = int(self.gpus) if self.gpus >= 1 else self.gpus
+        return xenna.Resources(cpus=self.cpus, gpus=gpus)
+
+    @property
+    def stage_batch_size(self) -> int:
+        return 1  # one chunk per call; the chunk holds many tasks
+
+    def _coordinator(self) -> Any:
+        if self._coord is None:
+            self._coord = ray.get_actor(self.coordinator, namespace=COORDINATOR_NAMESPACE)
+        return self._coord
+
+    def setup_on_node(self, node_info: xenna.NodeInfo, worker_metadata: xenna.WorkerMetadata) -> None:
+        # ManagedStage.setup runs the user's setup_on_node once per node itself (file lock per node).
+        return None
+
+    def setup(self, worker_metadata: xenna.WorkerMetadata) -> None:
+        ctx = ray.get_runtime_context()
+        node_id = ctx.get_node_id()
+        worker_id = str(getattr(worker_metadata, "worker_id", "") or f"{node_id[:8]}:{os.getpid()}")
+        self._lock = threading.Lock()
+        self.managed.setup(WorkerMetadata(worker_id=worker_id, node_id=node_id,
+                                          allocation=getattr(worker_metadata, "allocation", None)))
+        with _LIVE_LOCK:
+            _LIVE.append(self)
+        try:
+            handle = ctx.current_actor
+        except Exception:  # not in an actor (should not happen)
+            handle = None
+        # the handle goes inside a list so that Ray passes it as a value
+        self._coordinator().register.remote(self.managed.index, worker_id, node_id, os.getpid(), [handle])
+
+    def process_data(self, in_data: list[Chunk]) -> list[Chunk]:
+        tasks: list[Task] = []
+        for chunk in in_data:
+            tasks.extend(chunk.tasks)
+        lock = self._lock or threading.Lock()
+        with lock:
+            out = self.managed.process_batch(tasks)
+        self._coordinator().add.remote(self.managed.index, len(tasks), len(out))
+        return split(out, self.chunk_size)
+
+    def teardown(self) -> None:
+        """The user's teardown, once per worker (idempotent), never during a ``process_data``."""
+        lock = self._lock
+        held = lock.acquire(timeout=120) if lock is not None else False
+        try:
+            self.managed.teardown()
+        finally:
+            if held and lock is not None:
+                lock.release()
+            with _LIVE_LOCK:
+                if self in _LIVE:
+                    _LIVE.remove(self)
+
+    # Xenna >= 0.5 calls destroy() before it kills a worker.
+    def destroy(self) -> None:
+        self.teardown()
+
+
+def teardown_in_worker(_actor_self: Any = None, run_id: str | None = None) -> int:
+    """Run inside a ``StageWorker`` (via ``__ray_call__``): tear down this process's adapters."""
+    with _LIVE_LOCK:
+        live = [s for s in _LIVE if run_id is None or s.managed.run_id == run_id]
+    for stage in live:
+        stage.teardown()
+    return len(live)
