@@ -247,11 +247,19 @@ class Registry:
 
     def plugins(self) -> list[PluginInfo]:
         self._load()
-        out = list(self._plugins)
+        out: list[PluginInfo] = []
+        for p in self._plugins:  # an entry point whose executor is claimed twice is shown once, as a conflict
+            clash = [e for e in p.executors if e in self._conflicts]
+            if p.status == "ok" and clash:
+                p = attrs.evolve(p, status="conflict", error="; ".join(
+                    f"{e!r} claimed by " + ", ".join(b.distribution for b in self._conflicts[e]) for e in clash))
+            out.append(p)
+        listed = {(e, p.distribution) for p in out for e in p.executors}
         for name, bucket in self._conflicts.items():
             for s in bucket:
-                out.append(PluginInfo(name, s.distribution, s.version, "conflict", (name,),
-                                      error="claimed by " + ", ".join(b.distribution for b in bucket)))
+                if (name, s.distribution) not in listed:
+                    out.append(PluginInfo(name, s.distribution, s.version, "conflict", (name,),
+                                          error="claimed by " + ", ".join(b.distribution for b in bucket)))
         registered = {(p.name, p.distribution) for p in out}
         for spec in self._specs.values():
             if spec.distribution == "<registered>" and (spec.name, spec.distribution) not in registered:
@@ -278,19 +286,22 @@ class Registry:
 
     def _unknown_message(self, name: str) -> str:
         installed = sorted(self._specs)
+        # installed entry points that were not loaded: name -> status (blocked | disabled)
+        not_loaded = {p.name: p.status for p in self._plugins if p.status in ("blocked", "disabled")}
         lines = [f"no executor named {name!r}."]
-        hint = did_you_mean(name, set(installed) | set(KNOWN_BACKENDS))
+        hint = None
+        if name not in KNOWN_BACKENDS and name not in not_loaded:
+            hint = did_you_mean(name, (set(installed) | set(KNOWN_BACKENDS) | set(not_loaded)) - {name})
         if hint:
             lines.append(f"Did you mean {hint!r}?")
         lines.append("Installed executors: " + (", ".join(installed) if installed else "none") + ".")
-        for candidate in [name, hint]:
-            if candidate in KNOWN_BACKENDS and candidate not in self._specs:
-                lines.append(f"{candidate!r} is provided by {KNOWN_BACKENDS[candidate]}: "
-                             f"pip install {KNOWN_BACKENDS[candidate]}")
-                break
-        blocked = [p.name for p in self._plugins if p.status in ("blocked", "disabled") and p.name == name]
-        if blocked:
-            lines.append(f"plugin {name!r} is installed but not loaded (see {ENV_BLOCK} / {ENV_DISABLE_AUTOLOAD}).")
+        target = name if (name in KNOWN_BACKENDS or name in not_loaded) else hint
+        if target in not_loaded:
+            how = (f"blocked by {ENV_BLOCK}" if not_loaded[target] == "blocked"
+                   else f"not autoloaded ({ENV_DISABLE_AUTOLOAD} is set; add it to {ENV_PLUGINS})")
+            lines.append(f"Plugin {target!r} is installed but {how}.")
+        elif target in KNOWN_BACKENDS and target not in self._specs:
+            lines.append(f"{target!r} is provided by {KNOWN_BACKENDS[target]}: pip install {KNOWN_BACKENDS[target]}")
         return " ".join(lines)
 
     # -- programmatic registration ------------------------------------------
