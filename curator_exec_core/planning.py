@@ -88,6 +88,14 @@ def _resolve_gpus(stage: ProcessingStage, req: Resources, capacity: Capacity) ->
             f"stage {stage.name!r} asks for gpu_memory_gb={req.gpu_memory_gb:g} but the largest GPU has "
             f"{largest:.1f} GiB. Lower gpu_memory_gb or ask for whole GPUs with gpus=N."
         )
+    smallest = min(g.memory_total for g in gpus) / 1024**3
+    if req.gpu_memory_gb > smallest + 1e-9:
+        # A worker can land on any GPU; a whole small GPU would not give it the memory it asked for.
+        raise PlanError(
+            f"stage {stage.name!r} asks for gpu_memory_gb={req.gpu_memory_gb:g} but the GPUs differ in size and "
+            f"the smallest has {smallest:.1f} GiB; a worker may be placed on any GPU. Lower gpu_memory_gb to "
+            f"{smallest:.1f} or less, ask for whole GPUs with gpus=N, or run on GPUs of one size."
+        )
     return min(1.0, fraction_of_gpu(req.gpu_memory_gb, gpus))
 
 
@@ -100,9 +108,40 @@ def _gpu_slots(gpus: float, capacity: Capacity) -> int:
     """How many workers needing ``gpus`` each fit on the GPUs, node by node."""
     if gpus <= 0:
         return 0
-    if gpus < 1:
-        return sum(math.floor(n.num_gpus / gpus + 1e-9) for n in capacity.nodes)
+    if gpus < 1:  # a fraction of a GPU cannot span two GPUs
+        return sum(n.num_gpus * math.floor(1 / gpus + 1e-9) for n in capacity.nodes)
     return sum(n.num_gpus // int(gpus) for n in capacity.nodes)
+
+
+def _gpus_pack(demands: Sequence[tuple[float, int]], capacity: Capacity) -> bool:
+    """Do the ``(gpus per worker, workers)`` demands fit on the GPUs? First-fit decreasing:
+    whole-GPU workers take free GPUs on one node, fractions take room on one GPU."""
+    free = [[1.0] * n.num_gpus for n in capacity.nodes]
+    for gpus in sorted((g for g, k in demands if g for _ in range(k)), reverse=True):
+        if gpus >= 1:
+            node = next((f for f in free if sum(x >= 1 - 1e-9 for x in f) >= int(gpus)), None)
+            if node is None:
+                return False
+            for j in [j for j, x in enumerate(node) if x >= 1 - 1e-9][: int(gpus)]:
+                node[j] = 0.0
+        else:
+            slot = next(((f, j) for f in free for j, x in enumerate(f) if x + 1e-9 >= gpus), None)
+            if slot is None:
+                return False
+            slot[0][slot[1]] -= gpus
+    return True
+
+
+def _gpu_limit(gpus: float, capacity: Capacity, avail_gpus: float) -> int:
+    """Workers needing ``gpus`` each that fit: node by node, and within the unreserved GPUs."""
+    return min(_gpu_slots(gpus, capacity), math.floor(avail_gpus / gpus + 1e-9))
+
+
+def _scaled(cpus: float, scale: float) -> float:
+    """``cpus * scale`` rounded *down* to Ray's granularity (1e-4), so the scaled workers fit."""
+    if scale == 1.0 or cpus <= 0:
+        return cpus
+    return max(1e-4, math.floor(cpus * scale * 1e4 + 1e-9) / 1e4)
 
 
 def plan_stages(
@@ -153,15 +192,16 @@ def plan_stages(
         fixed = stage.num_workers()
         if fixed is not None and (not isinstance(fixed, int) or fixed < 1):
             raise PlanError(f"stage {stage.name!r}: num_workers() must return a positive int or None, got {fixed!r}")
-        if gpus and fixed is not None and _gpu_slots(gpus, capacity) < fixed:
-            raise PlanError(
-                f"stage {stage.name!r} wants {fixed} workers with gpus={gpus:g} each, but only "
-                f"{_gpu_slots(gpus, capacity)} fit on the GPUs ({_fmt_nodes(capacity)})."
-            )
         if gpus and gpus > avail_gpus + 1e-9:
             raise PlanError(
                 f"stage {stage.name!r} asks for gpus={gpus:g} per worker but only {avail_gpus:g} GPU(s) are "
                 f"available after reserved_gpus={reserved_gpus:g} ({_fmt_nodes(capacity)})."
+            )
+        if gpus and fixed is not None and _gpu_limit(gpus, capacity, avail_gpus) < fixed:
+            raise PlanError(
+                f"stage {stage.name!r} wants {fixed} workers with gpus={gpus:g} each, but only "
+                f"{_gpu_limit(gpus, capacity, avail_gpus)} fit on the GPUs ({_fmt_nodes(capacity)}"
+                + (f"; reserved_gpus={reserved_gpus:g}" if reserved_gpus else "") + ")."
             )
 
     # CPU scaling for concurrent stages that cannot all get one worker.
@@ -180,32 +220,47 @@ def plan_stages(
                 f"stages need {min_cpus:g} CPUs for one worker each but {avail_cpus:g} are available; "
                 f"CPU requests scaled by {scale:.3g} so that all run at once"
             )
-        total_gpu_min = sum((s.num_workers() or 1) * g for s, g in zip(stages, gpu_need))
+        total_gpu_min = sum((s.num_workers() or 1) * g for s, g in zip(stages, gpu_need, strict=True))
         if total_gpu_min > avail_gpus + 1e-9:
             raise PlanError(
                 f"the stages run at once and need {total_gpu_min:g} GPUs for one worker each, but "
                 f"{avail_gpus:g} are available ({_fmt_nodes(capacity)}). Lower the GPU requests or pin fewer workers."
             )
+        if not _gpus_pack([(g, s.num_workers() or 1) for s, g in zip(stages, gpu_need, strict=True)], capacity):
+            raise PlanError(
+                f"the stages run at once and their GPU workers ({total_gpu_min:g} GPUs for one worker each) do not "
+                f"fit on the GPUs: a fraction of a GPU cannot span two GPUs and whole GPUs must be on one node "
+                f"({_fmt_nodes(capacity)}). Lower the GPU requests or pin fewer workers."
+            )
 
-    n_auto = max(1, sum(1 for s in stages if s.num_workers() is None))
-    fixed_cpus = sum((s.num_workers() or 0) * s.resources.cpus * scale for s in stages)
+    # Every stage first gets its minimum (its fixed count, or one worker); automatically
+    # sized stages then share what is left equally. Concurrent plans thus never ask for
+    # more CPUs or GPUs than exist, even when stages differ in size.
+    cpus_of = [_scaled(s.resources.cpus, scale) for s in stages]
+    auto = [s.num_workers() is None for s in stages]
+    n_auto = max(1, sum(auto))
+    n_auto_gpu = max(1, sum(1 for a, g in zip(auto, gpu_need, strict=True) if a and g))
+    cpu_left = avail_cpus - sum((s.num_workers() or 1) * c for s, c in zip(stages, cpus_of, strict=True))
+    gpu_left = avail_gpus - sum((s.num_workers() or 1) * g for s, g in zip(stages, gpu_need, strict=True))
     plans: list[StagePlan] = []
-    for i, (stage, gpus) in enumerate(zip(stages, gpu_need)):
+    for i, (stage, gpus) in enumerate(zip(stages, gpu_need, strict=True)):
         req = stage.resources
-        cpus = round(req.cpus * scale, 4)
+        cpus = cpus_of[i]
         stage_notes: list[str] = []
         fixed = stage.num_workers()
         if fixed is not None:
             workers = fixed
         else:
-            budget = (avail_cpus - fixed_cpus) / n_auto if concurrent else avail_cpus
-            by_cpu = math.floor(budget / cpus + 1e-9) if cpus > 0 else math.ceil(avail_cpus)
-            workers = max(1, by_cpu)
+            if cpus <= 0:
+                workers = max(1, math.ceil(avail_cpus))
+            elif concurrent:
+                workers = 1 + math.floor(max(0.0, cpu_left) / n_auto / cpus + 1e-9)
+            else:
+                workers = max(1, math.floor(avail_cpus / cpus + 1e-9))
             if gpus:
-                gpu_budget = _gpu_slots(gpus, capacity)
+                gpu_budget = _gpu_limit(gpus, capacity, avail_gpus)
                 if concurrent:
-                    gpu_stages = max(1, sum(1 for g in gpu_need if g))
-                    gpu_budget = max(1, gpu_budget // gpu_stages)
+                    gpu_budget = min(gpu_budget, 1 + math.floor(max(0.0, gpu_left) / n_auto_gpu / gpus + 1e-9))
                 workers = min(workers, max(1, gpu_budget))
             if max_workers_per_stage is not None and workers > max_workers_per_stage:
                 workers = max_workers_per_stage
@@ -226,4 +281,12 @@ def plan_stages(
                 notes=tuple(stage_notes),
             )
         )
+    if concurrent:
+        # Shares are computed in GPU totals; give back workers until they also fit GPU by GPU.
+        while not _gpus_pack([(sp.resources.gpus, sp.workers) for sp in plans], capacity):
+            shrinkable = [k for k, sp in enumerate(plans) if auto[k] and sp.resources.gpus and sp.workers > 1]
+            if not shrinkable:  # pragma: no cover - the minimum was checked above
+                break
+            k = max(shrinkable, key=lambda k: plans[k].workers * plans[k].resources.gpus)
+            plans[k] = attrs.evolve(plans[k], workers=plans[k].workers - 1)
     return ExecutionPlan(executor=executor, stages=plans, capacity=capacity, concurrent=concurrent, notes=notes)
