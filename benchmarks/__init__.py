@@ -1,0 +1,1 @@
+"""curator-exec benchmark harness (``python benchmarks/run.py local ...``); see README.md."""

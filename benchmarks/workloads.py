@@ -1,0 +1,187 @@
+"""Benchmark workloads: the stages, their inputs and the non-framework baselines.
+
+The stages live in this importable module (not in ``run.py``'s ``__main__``) so that
+they pickle by reference for process-based engines (Ray, multiprocessing).
+
+Workloads (full size; ``--quick`` divides the task counts by 10):
+
+* **W1 overhead**: ``W1_TASKS`` tasks through two :class:`AddOne` stages
+  (``batch_size`` 1, each returns a *new* ``Task`` with ``data + 1``).
+* **W2 cpu**: ``W2_TASKS`` tasks through two :class:`BurnCpu` stages that each spend
+  ``W2_CPU_SECONDS`` of *thread* CPU time (busy loop on ``time.thread_time()``).
+* **W3 streaming memory**: ``W3_TASKS`` tasks; :class:`AttachBytes` attaches
+  ``W3_BLOB_BYTES`` bytes to each task, :class:`DropBytes` drops them again and
+  records how many bytes it dropped.
+* **W4 import**: a fresh interpreter doing ``import curator_exec_core; list_executors()``
+  (implemented in ``run.py``; nothing to define here).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from curator_exec_core import ProcessingStage, Resources, Task
+
+W1_TASKS = 2_000
+W2_TASKS = 400
+W2_CPU_SECONDS = 0.025
+W3_TASKS = 20_000
+W3_BLOB_BYTES = 100_000  # 100 KB; 20,000 tasks x 100 KB = 2.0 GB of intermediates
+STAGES_PER_WORKLOAD = 2
+QUICK_DIVISOR = 10
+
+
+# -- W1: per-task framework overhead ------------------------------------------------------
+
+
+class AddOne(ProcessingStage):
+    """Returns a new Task whose ``data`` is the input's plus one."""
+
+    name = "add_one"
+    resources = Resources(cpus=1.0)
+    batch_size = 1
+
+    def __init__(self, name: str = "add_one") -> None:
+        self.name = name
+
+    def process(self, task: Task) -> Task:
+        return Task(data=task.data + 1)
+
+
+# -- W2: CPU-bound stages -------------------------------------------------------------------
+
+
+def burn_thread_cpu(seconds: float) -> None:
+    """Busy-loop until this thread has used ``seconds`` of CPU time (not wall time)."""
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        pass
+
+
+class BurnCpu(ProcessingStage):
+    """Spends ``seconds`` of thread CPU time per task, then passes the task on."""
+
+    name = "burn_cpu"
+    resources = Resources(cpus=1.0)
+    batch_size = 1
+
+    def __init__(self, name: str = "burn_cpu", seconds: float = W2_CPU_SECONDS) -> None:
+        self.name = name
+        self.seconds = seconds
+
+    def process(self, task: Task) -> Task:
+        burn_thread_cpu(self.seconds)
+        return Task(data=task.data + 1)
+
+
+# -- W3: streaming memory -------------------------------------------------------------------
+
+
+class AttachBytes(ProcessingStage):
+    """Attaches ``nbytes`` of (touched, non-zero-page) bytes to the task."""
+
+    name = "attach_bytes"
+    resources = Resources(cpus=1.0)
+    batch_size = 1
+
+    def __init__(self, name: str = "attach_bytes", nbytes: int = W3_BLOB_BYTES) -> None:
+        self.name = name
+        self.nbytes = nbytes
+
+    def process(self, task: Task) -> Task:
+        # bytes([x]) * n writes every page (bytes(n) could be lazily zero-mapped and not show in RSS)
+        blob = bytes([task.data % 251 + 1]) * self.nbytes
+        return Task(data={"i": task.data, "blob": blob})
+
+
+class DropBytes(ProcessingStage):
+    """Drops the blob again; ``metadata["dropped_bytes"]`` records how many bytes flowed."""
+
+    name = "drop_bytes"
+    resources = Resources(cpus=1.0)
+    batch_size = 1
+
+    def process(self, task: Task) -> Task:
+        blob = task.data["blob"]
+        return Task(data=task.data["i"], metadata={"dropped_bytes": len(blob)})
+
+
+# -- workload table -------------------------------------------------------------------------
+
+
+def task_count(workload: str, quick: bool = False) -> int:
+    n = {"W1": W1_TASKS, "W2": W2_TASKS, "W3": W3_TASKS}[workload]
+    return max(1, n // QUICK_DIVISOR) if quick else n
+
+
+def make_stages(workload: str) -> list[ProcessingStage]:
+    if workload == "W1":
+        return [AddOne("add_one_1"), AddOne("add_one_2")]
+    if workload == "W2":
+        return [BurnCpu("burn_cpu_1"), BurnCpu("burn_cpu_2")]
+    if workload == "W3":
+        return [AttachBytes("attach_bytes"), DropBytes()]
+    raise ValueError(f"no stages for workload {workload!r}")
+
+
+def make_tasks(n: int) -> list[Task]:
+    """The initial tasks: ``Task(data=i)`` for i in range(n) (ids are set by the framework)."""
+    return [Task(data=i) for i in range(n)]
+
+
+def check_outputs(workload: str, n: int, outputs: Sequence[Task]) -> dict[str, Any]:
+    """Verify the outputs (so a broken backend cannot look fast) and return facts about them."""
+    facts: dict[str, Any] = {"tasks_out": len(outputs)}
+    problems: list[str] = []
+    if len(outputs) != n:
+        problems.append(f"expected {n} output tasks, got {len(outputs)}")
+    if workload in ("W1", "W2"):
+        values = sorted(t.data for t in outputs)
+        if values != list(range(2, n + 2)):
+            problems.append("output data is not {i + 2}")
+    elif workload == "W3":
+        values = sorted(t.data for t in outputs)
+        if values != list(range(n)):
+            problems.append("output data is not {i}")
+        flowed = sum(int(t.metadata.get("dropped_bytes", 0)) for t in outputs)
+        facts["intermediate_bytes"] = flowed
+        if flowed != n * W3_BLOB_BYTES:
+            problems.append(f"expected {n * W3_BLOB_BYTES} intermediate bytes, saw {flowed}")
+    facts["correct"] = not problems
+    if problems:
+        facts["problems"] = problems
+    return facts
+
+
+# -- baselines ------------------------------------------------------------------------------
+
+
+def plain_loop(stages: Sequence[ProcessingStage], tasks: Sequence[Task]) -> list[Task]:
+    """The same work with no framework: call each stage's ``process`` in a Python loop."""
+    out: list[Task] = []
+    append = out.append
+    procs: list[Callable[[Task], Task]] = [s.process for s in stages]
+    for task in tasks:
+        for proc in procs:
+            task = proc(task)
+        append(task)
+    return out
+
+
+class _Chain:
+    """Picklable callable that runs one task through every stage (a multiprocessing.Pool job)."""
+
+    def __init__(self, stages: Sequence[ProcessingStage]) -> None:
+        self.stages = list(stages)
+
+    def __call__(self, task: Task) -> Task:
+        for stage in self.stages:
+            task = stage.process(task)
+        return task
+
+
+def pool_map(pool: Any, stages: Sequence[ProcessingStage], tasks: Sequence[Task]) -> list[Task]:
+    """The same work on a ``multiprocessing.Pool``: each task runs both stages on one worker."""
+    return pool.map(_Chain(stages), tasks, chunksize=1)

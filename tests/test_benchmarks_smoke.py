@@ -1,0 +1,93 @@
+"""Smoke test for the benchmark harness: it runs and its JSON lines have the documented fields.
+
+No timing assertions here: speed targets live in ``benchmarks/run.py`` (``TARGETS``), not in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RUN = REPO / "benchmarks" / "run.py"
+MISSING = "no_such_executor_for_bench"
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], list[dict], str]:
+    out = tmp_path_factory.mktemp("bench") / "smoke.jsonl"
+    proc = subprocess.run(
+        [sys.executable, str(RUN), "local", MISSING, "--quick", "--workloads", "W1,W4", "--json-out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stdout_records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    file_records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    return stdout_records, file_records, proc.stdout
+
+
+def _find(records: list[dict], executor: str, workload: str, phase: str) -> dict:
+    matches = [r for r in records if r.get("kind") == "measurement" and r["executor"] == executor
+               and r["workload"] == workload and r.get("phase") == phase]
+    assert len(matches) == 1, (executor, workload, phase, matches)
+    return matches[0]
+
+
+def test_stdout_and_file_have_the_same_json_lines(bench):
+    stdout_records, file_records, _ = bench
+    assert stdout_records == file_records
+    assert stdout_records[0]["kind"] == "meta"
+    meta = stdout_records[0]
+    for field in ("executors", "workloads", "quick", "installed", "cores", "loadavg_start", "loadavg_end", "python"):
+        assert field in meta, field
+    assert meta["quick"] is True
+    assert meta["workloads"] == ["W1", "W4"]
+
+
+def test_w1_records(bench):
+    records = bench[0]
+    for executor in ("local", "plain_loop"):
+        for phase in ("cold", "warm"):
+            rec = _find(records, executor, "W1", phase)
+            assert rec["status"] == "ok", rec
+            assert rec["correct"] is True
+            assert rec["tasks"] == 200 and rec["task_stages"] == 400
+            for field in ("seconds", "us_per_task_stage", "loadavg", "construct_seconds", "run_seconds"):
+                assert isinstance(rec[field], (int, float, list)), field
+    cold = _find(records, "local", "W1", "cold")
+    assert "engine_start_seconds" in cold
+    for phase in ("cold", "warm"):
+        rec = _find(records, "local", "W1", phase)
+        assert rec["targets"], rec
+        for target in rec["targets"]:
+            assert {"metric", "op", "limit", "value", "pass"} <= set(target)
+            assert target["limit"] is not None  # the plain-loop baseline ran in the same invocation
+        assert rec["pass"] in (True, False)
+
+
+def test_w4_records(bench):
+    records = bench[0]
+    for phase in ("cold", "warm"):
+        rec = _find(records, "local", "W4", phase)
+        assert rec["status"] == "ok", rec
+        assert isinstance(rec["seconds"], float)
+        assert isinstance(rec["ray_imported"], bool)
+        assert isinstance(rec["process_seconds"], float)
+    warm = _find(records, "local", "W4", "warm")
+    assert len(warm["samples"]) == 5
+    assert "local" in warm["installed"]
+    assert _find(records, "python_startup", "W4", "warm")["status"] == "ok"
+
+
+def test_missing_executor_is_reported_and_the_rest_still_run(bench):
+    records, _, stdout = bench
+    for workload in ("W1", "W4"):
+        rec = _find(records, MISSING, workload, "cold")
+        assert rec["status"] == "not_installed"
+        assert MISSING in rec["error"]
+    assert "NOT INSTALLED" in stdout
+    assert "executor" in stdout and "result" in stdout  # the table header
