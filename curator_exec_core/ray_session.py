@@ -13,6 +13,13 @@ Session ownership (the root of many bugs in other frameworks):
 A user ``runtime_env`` is passed to ``ray.init`` when we start or connect, and
 should be applied per actor/task (:func:`remote_options`) when Ray was already
 initialised, since a running job's runtime env cannot change.
+
+A session is tied to one Ray connection (cluster session name + job id): if the
+user shuts Ray down and calls ``ray.init`` again, the old session is forgotten,
+so :func:`shutdown_if_owned` never stops a cluster someone else started. A
+``ray_current_cluster`` file left behind by a cluster that is gone (``ray start``
+or ``ray.cluster_utils.Cluster`` write it) is ignored instead of making
+``ray.init`` fail.
 """
 
 from __future__ import annotations
@@ -56,6 +63,51 @@ class RaySession:
     address: str
     owned: bool
     how: str  # "existing" | "connected" | "started"
+    #: identifies the Ray connection this session belongs to (cluster session name, job id)
+    token: tuple[str, str] = ("", "")
+
+
+def _connection_token() -> tuple[str, str]:
+    """(cluster session name, job id) of the current Ray connection; a new ``ray.init`` changes it."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    try:
+        session_name = ray._private.worker.global_worker.node.session_name
+    except Exception:  # private API moved: the GCS address still tells clusters apart
+        session_name = ctx.gcs_address
+    return str(session_name), str(ctx.get_job_id())
+
+
+def _live_session() -> RaySession | None:
+    """``_session`` if it still describes the current Ray connection, else None (and forget it)."""
+    global _session
+    import ray
+
+    if _session is None or not ray.is_initialized():
+        _session = None
+        return None
+    try:
+        token = _connection_token()
+    except Exception:
+        return _session
+    if token != _session.token:
+        _session = None
+    return _session
+
+
+def _reachable(address: str, timeout: float = 2.0) -> bool:
+    """Whether something listens at ``host:port`` (a stale address file points nowhere)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return True  # not host:port (e.g. ray://...): let Ray judge
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 @contextmanager
@@ -77,13 +129,25 @@ def _temporary_env(env: Mapping[str, str] | None) -> Iterator[None]:
 
 
 def _existing_address() -> str | None:
-    """Address of a cluster we would connect to (RAY_ADDRESS or ``ray start``), else None."""
+    """Address of a cluster we would connect to (RAY_ADDRESS or ``ray start``), else None.
+
+    ``RAY_ADDRESS`` is the user's explicit choice and is returned as is. The
+    ``ray_current_cluster`` file is only a hint: it outlives the cluster that
+    wrote it, so an address there that nothing listens on is ignored.
+    """
+    env = os.environ.get("RAY_ADDRESS")
+    if env:
+        return None if env == "local" else env
     try:
         from ray._private.services import canonicalize_bootstrap_address
 
-        return canonicalize_bootstrap_address(None)
-    except Exception:  # private API moved: fall back to the documented variable
-        return os.environ.get("RAY_ADDRESS") or None
+        address = canonicalize_bootstrap_address(None)
+    except Exception:  # private API moved, or a malformed file: start our own
+        return None
+    if address and not _reachable(address):
+        logger.info("ignoring stale Ray address %s (ray_current_cluster): nothing listens there", address)
+        return None
+    return address
 
 
 def ensure_ray(
@@ -103,23 +167,32 @@ def ensure_ray(
 
     with _lock:
         if ray.is_initialized():
-            if _session is None:
-                _session = RaySession(address=ray.get_runtime_context().gcs_address, owned=False, how="existing")
+            if _live_session() is None:
+                _session = RaySession(address=ray.get_runtime_context().gcs_address, owned=False, how="existing",
+                                      token=_connection_token())
             return _session
-        address = _existing_address()
+        _session = None
+        explicit = init_kwargs.pop("address", None)
+        address = explicit if explicit not in (None, "auto") else _existing_address()
+        if explicit == "auto" and not address:
+            address = "auto"  # let Ray find (or fail to find) a running cluster, as the caller asked
+        if address == "local":
+            address = None
         kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": True, **init_kwargs}
         if runtime_env:
             kwargs["runtime_env"] = dict(runtime_env)
         if address:
-            kwargs.pop("num_cpus", None)
-            kwargs.pop("num_gpus", None)
+            for key in ("num_cpus", "num_gpus", "resources", "object_store_memory", "include_dashboard"):
+                kwargs.pop(key, None)  # node options: only for a cluster we start
             ray.init(address=address, **kwargs)
             how, owned = "connected", False
         else:
             with _temporary_env(start_env):
-                ray.init(**kwargs)
+                # "local": start a new cluster even if a ray_current_cluster file names another
+                ray.init(address="local", **kwargs)
             how, owned = "started", True
-        _session = RaySession(address=ray.get_runtime_context().gcs_address, owned=owned, how=how)
+        _session = RaySession(address=ray.get_runtime_context().gcs_address, owned=owned, how=how,
+                              token=_connection_token())
         logger.info("Ray %s at %s", how, _session.address)
         return _session
 
@@ -131,7 +204,8 @@ def current_session() -> RaySession | None:
     ray = sys.modules.get("ray")
     if ray is None or not ray.is_initialized():
         return None
-    return _session
+    with _lock:
+        return _live_session()
 
 
 def shutdown_if_owned() -> bool:
@@ -140,12 +214,11 @@ def shutdown_if_owned() -> bool:
     import ray
 
     with _lock:
-        if _session is not None and _session.owned and ray.is_initialized():
+        session = _live_session()  # a session of an earlier connection is never ours to stop
+        if session is not None and session.owned:
             ray.shutdown()
             _session = None
             return True
-        if not ray.is_initialized():
-            _session = None
         return False
 
 
@@ -156,13 +229,41 @@ def alive_nodes() -> list[dict[str, Any]]:
     return [n for n in ray.nodes() if n.get("Alive")]
 
 
+def _node_visible_gpus() -> str | None:
+    """``CUDA_VISIBLE_DEVICES`` as the node's raylet sees it, not as Ray set it for this 0-GPU task.
+
+    With ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1`` Ray sets it to ``""`` for tasks
+    that asked for no GPU, which would hide every GPU from the probe.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        import ray
+
+        original = ray._private.worker.global_worker.original_visible_accelerator_ids.get("GPU")
+    except Exception:
+        return visible
+    if original is None:  # the raylet had no CUDA_VISIBLE_DEVICES: all NVML devices are the node's
+        return None
+    return ",".join(str(i) for i in original)
+
+
 def _probe_on_node(node_id: str, is_head: bool, nvml_module: str | None) -> NodeCapacity:
     nvml = None
     if nvml_module:
         import importlib
 
         nvml = importlib.import_module(nvml_module)
-    return probe_local(node_id=node_id, is_head=is_head, nvml=nvml)
+    visible = _node_visible_gpus()
+    if visible is None:
+        # probe_local reads CUDA_VISIBLE_DEVICES when given None: hide Ray's per-task value
+        # (this is a Ray worker process, not the user's)
+        saved = os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        try:
+            return probe_local(node_id=node_id, is_head=is_head, nvml=nvml)
+        finally:
+            if saved is not None:
+                os.environ["CUDA_VISIBLE_DEVICES"] = saved
+    return probe_local(node_id=node_id, is_head=is_head, nvml=nvml, visible=visible)
 
 
 def cluster_capacity(*, ignore_head_node: bool = False, timeout: float = 120.0) -> Capacity:

@@ -1,0 +1,228 @@
+"""Opt-in pytest fixtures and helpers for tests of Ray-based executor plugins.
+
+Enable them in a ``conftest.py``::
+
+    pytest_plugins = ["curator_exec_core.testing.fixtures"]
+
+What you get (``ray`` is imported lazily, so loading this module costs nothing):
+
+* ``ray_session`` (session scope): attaches this test process to Ray once
+  through :func:`curator_exec_core.ray_session.ensure_ray` (``num_cpus=2``; an
+  already initialised Ray or ``RAY_ADDRESS`` is reused) and, at the end of the
+  session, stops it only if it was started here (``shutdown_if_owned``).
+* ``ray_attached`` (function scope): the same, re-attaching first if a cluster
+  test detached the driver; use it in tests that need Ray up *now*.
+* :func:`ray_cluster` (a context manager) and the module-scoped
+  ``ray_two_node_cluster`` fixture: a multi-node ``ray.cluster_utils.Cluster``
+  (several raylets on this machine) with optional fake GPUs. A driver talks to
+  one cluster at a time, so entering it detaches from the current Ray (stopping
+  it only if this process started it), and leaving it stops only the Cluster's
+  own processes and re-attaches the way the session was attached before, so the
+  session stays usable.
+
+Fake GPUs: a node given ``num_gpus=N`` gets ``N`` Ray ``GPU`` resources (Ray
+schedules against them) and, for the capacity probe, the fake NVML module
+(:mod:`curator_exec_core.testing.fake_nvml`) reports ``N`` devices of
+``gpu_memory_gb`` on that node only (through the raylet's environment).
+
+Multi-node tests are slow (a Cluster takes about 5 s to start on 2 cores): group
+them in one module that uses the module-scoped fixture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import attrs
+import pytest
+
+from curator_exec_core import ray_session as rs
+from curator_exec_core.testing import fake_nvml
+
+__all__ = [
+    "DEFAULT_NUM_CPUS",
+    "RayTestCluster",
+    "attach",
+    "ray_attached",
+    "ray_cluster",
+    "ray_session",
+    "ray_two_node_cluster",
+]
+
+#: CPUs of the local Ray the ``ray_session`` fixture starts when none exists
+DEFAULT_NUM_CPUS = 2
+
+# How this process attached to Ray the last time :func:`attach` was called,
+# so that :func:`ray_cluster` can re-attach the same way afterwards.
+_attach_kwargs: dict[str, Any] = {"num_cpus": DEFAULT_NUM_CPUS}
+
+
+def attach(**init_kwargs: Any) -> rs.RaySession:
+    """``ensure_ray(**init_kwargs)``, remembering the arguments for re-attaching later."""
+    global _attach_kwargs
+    _attach_kwargs = dict(init_kwargs)
+    return rs.ensure_ray(**init_kwargs)
+
+
+def _reattach() -> rs.RaySession:
+    return rs.ensure_ray(**_attach_kwargs)
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[rs.RaySession]:
+    """This test session's Ray (started with 2 CPUs only if none exists); stopped at the end only if owned."""
+    session = attach(num_cpus=DEFAULT_NUM_CPUS)
+    yield session
+    rs.shutdown_if_owned()
+
+
+@pytest.fixture
+def ray_attached(ray_session: rs.RaySession) -> rs.RaySession:
+    """Like ``ray_session``, but makes sure the driver is attached right now (after a cluster test too)."""
+    return _reattach()
+
+
+@attrs.frozen
+class RayTestCluster:
+    """A running test cluster: the ``Cluster``, its address and node ids."""
+
+    cluster: Any
+    address: str
+    head_node_id: str
+    worker_node_ids: tuple[str, ...]
+    gpu_node_ids: tuple[str, ...]
+
+    @property
+    def node_ids(self) -> tuple[str, ...]:
+        return (self.head_node_id, *self.worker_node_ids)
+
+
+def _address_file() -> str | None:
+    try:
+        from ray._common.utils import get_ray_address_file
+
+        return get_ray_address_file(None)
+    except Exception:
+        return None
+
+
+@contextlib.contextmanager
+def _restore_file(path: str | None) -> Iterator[None]:
+    """Put ``path`` back as it was (``Cluster`` records its address in Ray's ``ray_current_cluster``
+    file, which would make other processes on this machine connect to it)."""
+    if path is None:
+        yield
+        return
+    before = None
+    if os.path.exists(path):
+        with open(path) as f:
+            before = f.read()
+    try:
+        yield
+    finally:
+        try:
+            if before is None:
+                os.remove(path)
+            else:
+                with open(path, "w") as f:
+                    f.write(before)
+        except OSError:
+            pass
+
+
+@contextlib.contextmanager
+def _env(updates: Mapping[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _node_args(args: Mapping[str, Any], label: str, gpu_memory_gb: float) -> dict[str, Any]:
+    out = {"num_cpus": 1, **args}
+    env = dict(out.pop("env_vars", None) or {})
+    env.setdefault(fake_nvml.COUNT_ENV, str(int(out.get("num_gpus") or 0)))
+    env.setdefault(fake_nvml.MEMORY_ENV, str(gpu_memory_gb))
+    env.setdefault("CURATOR_EXEC_FAKE_GPU_NODE", label)
+    out["env_vars"] = env
+    return out
+
+
+@contextlib.contextmanager
+def ray_cluster(
+    head: Mapping[str, Any] | None = None,
+    workers: Sequence[Mapping[str, Any]] = ({"num_cpus": 1},),
+    *,
+    fake_nvml_probe: bool = True,
+    gpu_memory_gb: float = 16.0,
+    runtime_env: Mapping[str, Any] | None = None,
+) -> Iterator[RayTestCluster]:
+    """A multi-node ``ray.cluster_utils.Cluster`` on this machine, with the driver connected to it.
+
+    ``head`` and each entry of ``workers`` are ``Cluster.add_node`` arguments
+    (``num_cpus`` defaults to 1; ``num_gpus=N`` gives the node N fake GPUs).
+    With ``fake_nvml_probe`` the per-node capacity probe uses the fake NVML
+    module, which reports on each node the GPUs that node was given.
+
+    On entry the driver detaches from the Ray it is attached to (a local Ray
+    this process started is stopped; a cluster it merely connected to is left
+    running). On exit the Cluster's processes are stopped, the environment and
+    Ray's ``ray_current_cluster`` file are restored, and the driver re-attaches
+    as before (a local Ray this process owned is started again).
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    was_attached = ray.is_initialized()
+    previous = rs.current_session()
+    if was_attached:
+        if not rs.shutdown_if_owned():
+            ray.shutdown()  # only disconnects this driver from a cluster it did not start
+    env = {rs.NVML_MODULE_ENV: fake_nvml.MODULE} if fake_nvml_probe else {}
+    cluster = None
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_env(env))
+        try:
+            with _restore_file(_address_file()):
+                cluster = Cluster(initialize_head=True,
+                                  head_node_args=_node_args(head or {}, "head", gpu_memory_gb))
+            worker_nodes = [cluster.add_node(**_node_args(w, f"worker{i}", gpu_memory_gb))
+                            for i, w in enumerate(workers)]
+            cluster.wait_for_nodes()
+            rs.ensure_ray(runtime_env=runtime_env, address=cluster.address)
+            gpu_nodes = [n.node_id for n, w in zip(worker_nodes, workers) if w.get("num_gpus")]
+            if (head or {}).get("num_gpus"):
+                gpu_nodes.insert(0, cluster.head_node.node_id)
+            yield RayTestCluster(
+                cluster=cluster,
+                address=cluster.address,
+                head_node_id=cluster.head_node.node_id,
+                worker_node_ids=tuple(n.node_id for n in worker_nodes),
+                gpu_node_ids=tuple(gpu_nodes),
+            )
+        finally:
+            if ray.is_initialized():
+                ray.shutdown()
+            if cluster is not None:
+                cluster.shutdown()
+    if was_attached:
+        if previous is not None and previous.how != "started":
+            rs.ensure_ray(address=previous.address)
+        else:
+            _reattach()
+
+
+@pytest.fixture(scope="module")
+def ray_two_node_cluster() -> Iterator[RayTestCluster]:
+    """Head node (1 CPU, no GPU) + worker node (2 CPUs, 2 fake GPUs of 16 GiB), for one test module."""
+    with ray_cluster(head={"num_cpus": 1}, workers=[{"num_cpus": 2, "num_gpus": 2}]) as handle:
+        yield handle

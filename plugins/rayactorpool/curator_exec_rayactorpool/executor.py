@@ -1,0 +1,526 @@
+"""The ``ray_actor_pool`` executor: every stage runs on its own pool of Ray actors, all at once.
+
+How a run maps onto Ray:
+
+* **Session**: :func:`curator_exec_core.ray_session.ensure_ray` reuses a running
+  Ray (``ray.init`` already called, ``RAY_ADDRESS``, ``ray start``) or starts a
+  local one; the executor never shuts down a cluster. ``runtime_env`` goes to
+  ``ray.init`` when Ray is started here and to every actor in any case.
+* **Plan**: the core planner sizes every stage against the per-node capacity
+  (:func:`~curator_exec_core.ray_session.cluster_capacity`, a probe on each node),
+  minus ``reserved_cpus``/``reserved_gpus``, with at most ``pool_size`` actors
+  per stage. An impossible request fails there, before any actor starts.
+* **Actors**: ``workers`` actors per stage, each asking Ray for the planned
+  ``num_cpus``/``num_gpus``; with ``ignore_head_node`` each actor is pinned to a
+  non-head node (``NodeAffinitySchedulingStrategy``). An actor runs the stage's
+  ``setup`` (and ``setup_on_node`` once per node) when it starts and its
+  ``teardown`` when the run ends, also after a failure; then it is killed.
+* **Streaming**: a driver loop keeps every actor busy with up to
+  ``max_in_flight`` calls. A call carries a *chunk* of tasks (``chunk_size``, or
+  sized automatically to about 50 ms of work, at most 256 tasks), so the ~0.5 ms
+  cost of an actor call is amortised; the stage still sees its own
+  ``batch_size``. A finished chunk's outputs stay in Ray's object store and are
+  handed to the next stage's actors as object refs; the driver only reads small
+  counts, and only the last stage's outputs come back to it. A stage may not run
+  further ahead of the next one than that stage can absorb (backpressure), so
+  intermediates never pile up.
+* **Failures**: a stage that raises follows the core's semantics (abort naming
+  stage and task, or ``FailedTask`` records with ``ignore_failures``). An actor
+  that dies is replaced (up to ``max_actor_restarts`` times per stage) and the
+  chunks it held are run again on the stage's actors: the output has nothing lost
+  and nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from typing import Any
+
+import attrs
+
+from curator_exec_core import BaseExecutor, Capacity, ExecutorOptions, Task, option
+from curator_exec_core.errors import CuratorExecError
+from curator_exec_core.executor import prepare_initial_tasks
+from curator_exec_core.runner import ManagedStage
+
+__all__ = ["RayActorPoolExecutor", "RayActorPoolOptions", "ActorPoolError"]
+
+logger = logging.getLogger("curator_exec.ray_actor_pool")
+
+#: automatic chunk sizing: aim for this much stage time per actor call ...
+TARGET_CHUNK_SECONDS = 0.05
+#: ... starting from this many tasks before anything was measured, and never above
+FIRST_CHUNK = 4
+MAX_CHUNK = 256
+#: at most this many output pieces per call (more pieces spread fan-out over more actors)
+MAX_PIECES = 16
+#: at most this many queued pieces merged into one call
+MAX_MERGE = 64
+
+
+class ActorPoolError(CuratorExecError, RuntimeError):
+    """The actor pool could not go on (actors keep dying, or never start)."""
+
+
+@attrs.define(kw_only=True)
+class RayActorPoolOptions(ExecutorOptions):
+    """Options of the ``ray_actor_pool`` executor (plus those of every executor)."""
+
+    pool_size: int | None = option(
+        None, int, "The most actors per stage (None: as many as the plan gives the stage).",
+        minimum=1, allow_none=True)
+    reserved_cpus: float = option(0.0, float, "CPUs held back from planning (left free for other work).", minimum=0)
+    reserved_gpus: float = option(0.0, float, "GPUs held back from planning.", minimum=0)
+    runtime_env: dict | None = option(
+        None, dict,
+        "Ray runtime_env for the actors (env_vars, pip, working_dir, ...); also given to ray.init when this "
+        "executor starts Ray.", allow_none=True)
+    chunk_size: int | None = option(
+        None, int,
+        "Tasks per actor call (None: automatic, about 50 ms of stage work per call, at most 256 tasks). "
+        "The stage is still called with its own batch_size.", minimum=1, allow_none=True)
+    max_in_flight: int = option(
+        2, int, "Calls (chunks) queued or running per actor; bounds how far a stage runs ahead of the next.",
+        minimum=1)
+    max_actor_restarts: int = option(
+        3, int, "Actors of one stage that may die (and be replaced) in a run before the run fails.", minimum=0)
+    actor_start_timeout: float = option(
+        300.0, float, "Seconds a stage may wait for its first actor to start before the run fails "
+        "(instead of hanging when Ray cannot place it).", minimum=0)
+    teardown_timeout: float = option(
+        60.0, float, "Seconds to wait for the actors' teardown at the end of a run before they are killed anyway.",
+        minimum=0)
+
+
+class _Actor:
+    __slots__ = ("handle", "stage", "worker_id", "node", "ready", "dead", "inflight", "info", "requested_at",
+                 "setup_ref")
+
+    def __init__(self, handle: Any, stage: int, worker_id: str, node: str | None, setup_ref: Any) -> None:
+        self.handle = handle
+        self.stage = stage
+        self.worker_id = worker_id
+        self.node = node
+        self.ready = False
+        self.dead = False
+        self.inflight: set[Any] = set()
+        self.info: dict[str, Any] = {}
+        self.requested_at = time.monotonic()
+        self.setup_ref = setup_ref
+
+
+class _Call:
+    __slots__ = ("stage", "actor", "inputs", "pieces")
+
+    def __init__(self, stage: int, actor: _Actor, inputs: list[tuple[Any, int]], pieces: list[Any] | None) -> None:
+        self.stage = stage
+        self.actor = actor
+        self.inputs = inputs  # (chunk or object ref, number of tasks)
+        self.pieces = pieces  # object refs of the output pieces (None for the last stage)
+
+
+_remote_worker_cls: Any = None
+
+
+def _remote_worker() -> Any:
+    global _remote_worker_cls
+    if _remote_worker_cls is None:
+        import ray
+
+        from curator_exec_rayactorpool.worker import ActorPoolWorker
+
+        _remote_worker_cls = ray.remote(ActorPoolWorker)
+    return _remote_worker_cls
+
+
+def assign_nodes(stages: list[ManagedStage], capacity: Capacity) -> list[list[str | None]]:
+    """A node (of ``capacity``) for every planned actor: spread, GPU nodes kept for GPU stages."""
+    free = {n.node_id: [n.cpus, float(n.num_gpus)] for n in capacity.nodes}
+    nodes = {n.node_id: n for n in capacity.nodes}
+    out: list[list[str | None]] = [[] for _ in stages]
+    counts = [s.num_workers() or 1 for s in stages]
+    for k in range(max(counts, default=0)):
+        for i, stage in enumerate(stages):
+            if k >= counts[i]:
+                continue
+            cpus, gpus = stage.resources.cpus, stage.resources.gpus
+
+            def fits(nid: str, use_free: bool) -> bool:
+                c, g = free[nid] if use_free else (nodes[nid].cpus, float(nodes[nid].num_gpus))
+                return c + 1e-9 >= cpus and g + 1e-9 >= gpus
+
+            choice = [nid for nid in free if fits(nid, True)] or [nid for nid in free if fits(nid, False)]
+            if not choice:
+                out[i].append(None)
+                continue
+            best = max(choice, key=lambda nid: (free[nid][0] - (0 if gpus else 2 * nodes[nid].num_gpus), nid))
+            free[best][0] -= cpus
+            free[best][1] -= gpus
+            out[i].append(best)
+    return out
+
+
+class RayActorPoolExecutor(BaseExecutor):
+    """Runs every stage on a pool of Ray actors, streaming tasks between the pools.
+
+    ``RayActorPoolExecutor(config=None, ignore_head_node=False, show_progress=True,
+    progress_interval=10.0, **options)``; options may be given in ``config`` or as
+    keywords (see :class:`RayActorPoolOptions` and ``docs/executors/ray_actor_pool.md``).
+    """
+
+    name = "ray_actor_pool"
+    Options = RayActorPoolOptions
+    concurrent_stages = True
+
+    def __init__(self, config: dict[str, Any] | None = None, ignore_head_node: bool = False,
+                 show_progress: bool = True, progress_interval: float = 10.0, **options: Any) -> None:
+        given = dict(config or {})
+        # explicit keywords win; defaults do not override what config says
+        if show_progress is not True or "show_progress" not in given:
+            options.setdefault("show_progress", show_progress)
+        if progress_interval != 10.0 or "progress_interval" not in given:
+            options.setdefault("progress_interval", progress_interval)
+        super().__init__(config, ignore_head_node, **options)
+        self.show_progress: bool = self.options.show_progress
+        self.progress_interval: float = self.options.progress_interval
+        self._run_state: _PoolRun | None = None
+
+    # -- phases ------------------------------------------------------------------
+    def capacity(self) -> Capacity:
+        """Per-node capacity of the Ray cluster (attaching to Ray first); honours ``ignore_head_node``."""
+        from curator_exec_core.ray_session import cluster_capacity, ensure_ray
+
+        ensure_ray(runtime_env=self.options.runtime_env)
+        return cluster_capacity(ignore_head_node=self.ignore_head_node)
+
+    def plan_options(self) -> dict[str, Any]:
+        return {
+            "max_workers_per_stage": self.options.pool_size,
+            "reserved_cpus": self.options.reserved_cpus,
+            "reserved_gpus": self.options.reserved_gpus,
+        }
+
+    def execute(self, stages: list, initial_tasks: list[Task] | None = None) -> list[Task]:
+        from curator_exec_core.ray_session import ensure_ray
+
+        ensure_ray(runtime_env=self.options.runtime_env)
+        managed = self.managed_stages(stages, self.current_plan)
+        tasks = prepare_initial_tasks(initial_tasks)
+        if not tasks:
+            return []
+        capacity = self.current_plan.capacity if self.current_plan is not None else None
+        if self.ignore_head_node and capacity is None:
+            capacity = self.capacity()
+        run = _PoolRun(self, managed, tasks, capacity if self.ignore_head_node else None)
+        self._run_state = run
+        error: BaseException | None = None
+        try:
+            return run.run()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            try:
+                run.close(error)
+            finally:
+                self._run_state = None
+
+    def teardown(self) -> None:
+        """Kill whatever actors a run left (normally none: ``execute`` cleans up itself). Ray stays up."""
+        run, self._run_state = self._run_state, None
+        if run is not None:
+            run.close(None)
+
+
+class _PoolRun:
+    """One run: the actors of every stage and the driver loop."""
+
+    def __init__(self, executor: RayActorPoolExecutor, stages: list[ManagedStage], tasks: list[Task],
+                 capacity: Capacity | None) -> None:
+        import ray
+
+        self.ray = ray
+        self.executor = executor
+        self.opts: RayActorPoolOptions = executor.options  # type: ignore[assignment]
+        self.stages = stages
+        self.n = len(stages)
+        self.run_id = stages[0].run_id if stages else executor.run_id
+        self.source = tasks
+        self.src_pos = 0
+        self.queues: list[deque[tuple[Any, int]]] = [deque() for _ in stages]
+        self.actors: list[list[_Actor]] = [[] for _ in stages]
+        self.inflight = [0] * self.n
+        self.calls: dict[Any, _Call] = {}
+        self.setups: dict[Any, _Actor] = {}
+        self.task_seconds: list[float | None] = [None] * self.n
+        self.deaths = [0] * self.n
+        self.started = [0] * self.n
+        self.outputs: list[Task] = []
+        self.closed = False
+        self.placement = assign_nodes(stages, capacity) if capacity is not None else None
+        self.stage_refs: list[Any] = []
+
+    # -- actors ------------------------------------------------------------------
+    def _actor_options(self, stage: ManagedStage, node: str | None) -> dict[str, Any]:
+        res = stage.resources
+        opts: dict[str, Any] = {"num_cpus": res.cpus, "num_gpus": res.gpus, "max_restarts": 0,
+                                "max_task_retries": 0, "max_concurrency": 1}
+        if self.opts.runtime_env:
+            opts["runtime_env"] = dict(self.opts.runtime_env)
+        if node is not None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+        return opts
+
+    def start_actor(self, s: int, node: str | None) -> _Actor:
+        stage = self.stages[s]
+        k = self.started[s]
+        self.started[s] += 1
+        worker_id = f"{self.run_id}/{s}:{stage.name}/{k}"
+        handle = _remote_worker().options(**self._actor_options(stage, node)).remote()
+        setup_ref = handle.setup.remote(self.stage_refs[s], worker_id)
+        actor = _Actor(handle, s, worker_id, node, setup_ref)
+        self.actors[s].append(actor)
+        self.setups[setup_ref] = actor
+        return actor
+
+    def start_all(self) -> None:
+        self.stage_refs = [self.ray.put(stage) for stage in self.stages]
+        counts = [stage.num_workers() or 1 for stage in self.stages]
+        for k in range(max(counts)):  # interleaved, so that every stage gets its first actor early
+            for s in range(self.n):
+                if k < counts[s]:
+                    self.start_actor(s, self.placement[s][k] if self.placement else None)
+
+    def _replacement_node(self, actor: _Actor) -> str | None:
+        if actor.node is None:
+            return None
+        from curator_exec_core.ray_session import alive_nodes
+
+        alive = {n["NodeID"] for n in alive_nodes()}
+        if actor.node in alive:
+            return actor.node
+        for nodes in self.placement or []:
+            for nid in nodes:
+                if nid in alive:
+                    return nid
+        return actor.node
+
+    def on_death(self, actor: _Actor, err: BaseException) -> None:
+        if actor.dead:
+            return
+        actor.dead = True
+        s = actor.stage
+        retried = 0
+        for ref in list(actor.inflight):
+            call = self.calls.pop(ref, None)
+            if call is not None:
+                self.requeue(call)
+                retried += 1
+        actor.inflight.clear()
+        self.setups.pop(actor.setup_ref, None)
+        if actor in self.actors[s]:
+            self.actors[s].remove(actor)
+        name = self.stages[s].name
+        if "RuntimeEnvSetupError" in repr(err):
+            raise ActorPoolError(f"stage {name!r}: an actor could not set up its runtime_env: {err}") from err
+        self.deaths[s] += 1
+        if self.deaths[s] > self.opts.max_actor_restarts:
+            raise ActorPoolError(
+                f"stage {name!r}: {self.deaths[s]} actors died in this run (max_actor_restarts="
+                f"{self.opts.max_actor_restarts}); last: {err}") from err
+        logger.warning("stage %r: actor %s died (%s); replacing it and retrying its %d chunk(s)",
+                       name, actor.worker_id, type(err).__name__, retried)
+        self.start_actor(s, self._replacement_node(actor))
+
+    def requeue(self, call: _Call) -> None:
+        s = call.stage
+        self.inflight[s] -= 1
+        for item in reversed(call.inputs):
+            self.queues[s].appendleft(item)
+
+    # -- scheduling ----------------------------------------------------------------
+    def chunk_size(self, s: int) -> int:
+        if self.opts.chunk_size:
+            return self.opts.chunk_size
+        per_task = self.task_seconds[s]
+        size = FIRST_CHUNK if per_task is None else int(TARGET_CHUNK_SECONDS / max(per_task, 1e-7))
+        return max(1, min(MAX_CHUNK, size))
+
+    def slots(self, s: int) -> int:
+        return max(1, len(self.actors[s])) * self.opts.max_in_flight
+
+    def has_input(self, s: int) -> bool:
+        return bool(self.queues[s]) or (s == 0 and self.src_pos < len(self.source))
+
+    def free_actor(self, s: int) -> _Actor | None:
+        best = None
+        for actor in self.actors[s]:
+            if actor.ready and len(actor.inflight) < self.opts.max_in_flight:
+                if best is None or len(actor.inflight) < len(best.inflight):
+                    best = actor
+        return best
+
+    def submit(self, s: int, actor: _Actor) -> None:
+        want = self.chunk_size(s)
+        inputs: list[tuple[Any, int]] = []
+        count = 0
+        queue = self.queues[s]
+        while queue and count < want and len(inputs) < MAX_MERGE:
+            item = queue.popleft()
+            inputs.append(item)
+            count += item[1]
+        if s == 0 and count < want and self.src_pos < len(self.source):
+            remaining = len(self.source) - self.src_pos
+            if not self.opts.chunk_size:  # spread the tail over the actors
+                want = min(want, max(1, math.ceil(remaining / self.slots(0))))
+            take = min(max(1, want - count), remaining)
+            chunk = self.source[self.src_pos:self.src_pos + take]
+            self.src_pos += take
+            inputs.append((chunk, take))
+        args = [payload for payload, _ in inputs]
+        if s == self.n - 1:
+            ref = actor.handle.process.remote(0, 0, *args)
+            pieces = None
+        else:
+            n_pieces = max(1, min(MAX_PIECES, len(self.actors[s + 1])))
+            refs = actor.handle.process.options(num_returns=1 + n_pieces).remote(
+                n_pieces, self.chunk_size(s + 1), *args)
+            ref, pieces = refs[0], list(refs[1:])
+        self.calls[ref] = _Call(s, actor, inputs, pieces)
+        actor.inflight.add(ref)
+        self.inflight[s] += 1
+
+    def dispatch(self) -> None:
+        for s in reversed(range(self.n)):  # downstream first: drain before feeding
+            while self.has_input(s):
+                if s < self.n - 1 and len(self.queues[s + 1]) + self.inflight[s] >= 2 * self.slots(s + 1):
+                    break  # backpressure: the next stage has enough waiting
+                actor = self.free_actor(s)
+                if actor is None:
+                    break
+                self.submit(s, actor)
+
+    # -- results -------------------------------------------------------------------
+    def on_ready(self, ref: Any) -> None:
+        ray = self.ray
+        from ray.exceptions import RayActorError
+
+        actor = self.setups.pop(ref, None)
+        if actor is not None:
+            try:
+                actor.info = ray.get(ref)
+            except RayActorError as err:
+                self.on_death(actor, err)
+                return
+            actor.ready = True
+            return
+        call = self.calls.pop(ref, None)
+        if call is None:
+            return  # its actor died and the call was re-queued
+        actor = call.actor
+        actor.inflight.discard(ref)
+        s = call.stage
+        try:
+            value = ray.get(ref)
+        except RayActorError as err:
+            self.requeue(call)
+            self.on_death(actor, err)
+            return
+        self.inflight[s] -= 1
+        last = s == self.n - 1
+        n_in, n_out, seconds, sizes = value[0] if last else value
+        if n_in:
+            per_task = seconds / n_in
+            old = self.task_seconds[s]
+            self.task_seconds[s] = per_task if old is None else 0.5 * old + 0.5 * per_task
+        progress = self.executor.progress
+        if progress is not None:
+            progress.add(s, n_in, n_out)
+        if last:
+            self.outputs.extend(value[1])
+        else:
+            assert call.pieces is not None
+            for piece, size in zip(call.pieces, sizes):
+                if size:
+                    self.queues[s + 1].append((piece, size))
+
+    def done(self) -> bool:
+        return self.src_pos >= len(self.source) and not self.calls and not any(self.queues)
+
+    def check_start(self) -> None:
+        now = time.monotonic()
+        for s, actors in enumerate(self.actors):
+            if any(a.ready for a in actors) or not actors:
+                continue
+            oldest = min(a.requested_at for a in actors)
+            if now - oldest > self.opts.actor_start_timeout:
+                stage = self.stages[s]
+                raise ActorPoolError(
+                    f"stage {stage.name!r}: no actor started within actor_start_timeout="
+                    f"{self.opts.actor_start_timeout:g}s (each asks Ray for {stage.resources.describe()}; "
+                    f"Ray has {self.ray.available_resources()} free). Is the cluster busy, or a node gone?")
+
+    def run(self) -> list[Task]:
+        ray = self.ray
+        self.start_all()
+        while not self.done():
+            self.dispatch()
+            waitable = list(self.calls) + list(self.setups)
+            if not waitable:
+                raise ActorPoolError("internal error: work is left but nothing is running")  # pragma: no cover
+            ready, _ = ray.wait(waitable, num_returns=1, timeout=1.0)
+            if not ready:
+                self.check_start()
+                continue
+            if len(waitable) > 1:
+                ready, _ = ray.wait(waitable, num_returns=len(waitable), timeout=0)
+            for ref in ready:
+                self.on_ready(ref)
+        return self.outputs
+
+    # -- the end -------------------------------------------------------------------
+    def close(self, error: BaseException | None) -> None:
+        """Teardown on every live actor (after its current call), then kill them all."""
+        if self.closed:
+            return
+        self.closed = True
+        ray = self.ray
+        for ref in list(self.calls):
+            try:
+                ray.cancel(ref)  # queued calls never run; a running one finishes first
+            except Exception:
+                pass
+        live = [a for actors in self.actors for a in actors if not a.dead]
+        pending = {}
+        for actor in live:
+            try:
+                pending[actor.handle.teardown.remote()] = actor
+            except Exception:  # pragma: no cover - handle unusable
+                pass
+        if pending:
+            refs = list(pending)
+            done, not_done = ray.wait(refs, num_returns=len(refs), timeout=self.opts.teardown_timeout)
+            for ref in done:
+                try:
+                    ray.get(ref)
+                except Exception as exc:
+                    actor = pending[ref]
+                    if error is None:
+                        logger.warning("teardown of %s failed: %r", actor.worker_id, exc)
+            if not_done:
+                logger.warning("%d actor(s) did not finish teardown within %gs; killing them",
+                               len(not_done), self.opts.teardown_timeout)
+        for actor in live:
+            try:
+                ray.kill(actor.handle, no_restart=True)
+            except Exception:  # pragma: no cover
+                pass
+        self.calls.clear()
+        self.setups.clear()
+        self.queues = [deque() for _ in self.stages]
+        self.stage_refs = []

@@ -1,0 +1,87 @@
+"""The body of a pool actor: hosts one :class:`~curator_exec_core.runner.ManagedStage`.
+
+The class is plain Python; the executor wraps it with ``ray.remote`` when it
+starts actors, so importing this module does not import Ray. The stage arrives
+in :meth:`ActorPoolWorker.setup` (not the constructor), so a setup error comes back
+as the stage's own exception, and a worker could host another stage later.
+
+``process`` takes one or more chunks (lists of tasks; Ray resolves the object
+refs the driver passes) and returns, for a stage that feeds another,
+``(meta, piece_1, ..., piece_p)`` as separate return objects: the driver reads
+only the small ``meta`` and hands the pieces, still in Ray's object store, to the
+next stage's actors. The last stage returns ``(meta, outputs)`` as one object.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Any
+
+from curator_exec_core.runner import ManagedStage
+from curator_exec_core.stages import WorkerMetadata
+from curator_exec_core.tasks import Task
+
+#: (tasks in, tasks out, seconds in the stage, size of each piece)
+Meta = tuple[int, int, float, tuple[int, ...]]
+
+
+def split(tasks: list[Task], pieces: int, piece_size: int) -> list[list[Task]]:
+    """``tasks`` in at most ``pieces`` near-equal parts of about ``piece_size``, padded with empty lists."""
+    n = len(tasks)
+    k = max(1, min(pieces, math.ceil(n / max(1, piece_size)))) if n else 1
+    out: list[list[Task]] = []
+    start = 0
+    for i in range(k):
+        end = start + (n - start) // (k - i)
+        out.append(tasks[start:end])
+        start = end
+    return out + [[] for _ in range(pieces - k)]
+
+
+class ActorPoolWorker:
+    """One actor of a stage's pool."""
+
+    def __init__(self) -> None:
+        self.stage: ManagedStage | None = None
+        self.info: dict[str, Any] = {}
+
+    def setup(self, stage: ManagedStage, worker_id: str) -> dict[str, Any]:
+        """``stage.setup`` (which runs ``setup_on_node`` once per node) with this actor's metadata."""
+        import ray
+
+        ctx = ray.get_runtime_context()
+        node_id = ctx.get_node_id()
+        try:
+            allocation = ctx.get_assigned_resources()
+        except Exception:  # pragma: no cover - older Ray
+            allocation = None
+        self.stage = stage
+        stage.setup(WorkerMetadata(worker_id=worker_id, node_id=node_id, allocation=allocation))
+        self.info = {"worker_id": worker_id, "node_id": node_id, "pid": os.getpid(),
+                     "gpu_ids": list(ray.get_gpu_ids())}
+        return self.info
+
+    def process(self, pieces: int, piece_size: int, *chunks: list[Task]) -> Any:
+        stage = self.stage
+        assert stage is not None, "process() before setup()"
+        tasks = chunks[0] if len(chunks) == 1 else [t for chunk in chunks for t in chunk]
+        start = time.perf_counter()
+        out = stage.process_batch(tasks)
+        seconds = time.perf_counter() - start
+        if pieces <= 0:  # last stage: everything back to the driver in one object
+            return (len(tasks), len(out), seconds, ()), out
+        parts = split(out, pieces, piece_size)
+        meta: Meta = (len(tasks), len(out), seconds, tuple(len(p) for p in parts))
+        return (meta, *parts)
+
+    def teardown(self) -> dict[str, Any]:
+        """``stage.teardown`` (once; only if setup ran), then forget the stage."""
+        stage, self.stage = self.stage, None
+        if stage is not None:
+            stage.teardown()
+        return self.info
+
+    def ping(self) -> int:
+        return os.getpid()
