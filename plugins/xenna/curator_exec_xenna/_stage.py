@@ -33,6 +33,7 @@ COORDINATOR_NAMESPACE = "curator_exec_xenna"
 # Adapters that ran setup in this process (inside a StageWorker actor), for teardown on request.
 _LIVE: list[CuratorStage] = []
 _LIVE_LOCK = threading.Lock()
+_CLOSING: dict[str, bool] = {}  # run ids whose workers in this process are being stopped
 
 
 class Chunk:
@@ -128,11 +129,16 @@ class CuratorStage(xenna.Stage):
         ctx = ray.get_runtime_context()
         node_id = ctx.get_node_id()
         worker_id = str(getattr(worker_metadata, "worker_id", "") or f"{node_id[:8]}:{os.getpid()}")
+        # The lock is held through setup, so a teardown request (which may arrive while
+        # Xenna is still setting the worker up, right before it kills it) waits for it.
         self._lock = threading.Lock()
-        self.managed.setup(WorkerMetadata(worker_id=worker_id, node_id=node_id,
-                                          allocation=getattr(worker_metadata, "allocation", None)))
-        with _LIVE_LOCK:
-            _LIVE.append(self)
+        with self._lock:
+            with _LIVE_LOCK:
+                if _CLOSING.get(self.managed.run_id):
+                    return  # this worker is being stopped before it started: no setup, no teardown
+                _LIVE.append(self)
+            self.managed.setup(WorkerMetadata(worker_id=worker_id, node_id=node_id,
+                                              allocation=getattr(worker_metadata, "allocation", None)))
         try:
             handle = ctx.current_actor
         except Exception:  # not in an actor (should not happen)
@@ -171,6 +177,8 @@ class CuratorStage(xenna.Stage):
 def teardown_in_worker(_actor_self: Any = None, run_id: str | None = None) -> int:
     """Run inside a ``StageWorker`` (via ``__ray_call__``): tear down this process's adapters."""
     with _LIVE_LOCK:
+        if run_id is not None:
+            _CLOSING[run_id] = True
         live = [s for s in _LIVE if run_id is None or s.managed.run_id == run_id]
     for stage in live:
         stage.teardown()

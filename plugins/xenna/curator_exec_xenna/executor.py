@@ -278,6 +278,36 @@ class XennaExecutor(BaseExecutor):
         workers = max((m.num_workers() or 1) for m in managed)
         return max(16, min(256, math.ceil(n_tasks / (16 * workers))))
 
+    def build_pipeline_spec(self, managed: Sequence[ManagedStage], tasks: list[Task], chunk: int,
+                            coordinator: str = "") -> Any:
+        """The ``PipelineSpec`` this executor hands to ``cosmos_xenna.pipelines.v1.run_pipeline``."""
+        xenna, xs = _import_xenna()
+        opts = self.options
+        stage_specs = []
+        for m in managed:
+            sopts = XennaStageOptions.from_stage(m.stage)
+            res = m.resources
+            pinned = m.stage.num_workers()
+            if pinned is None and opts.max_workers_per_stage is not None and sopts.num_workers_per_node is None:
+                pinned = m.num_workers()
+            adapter = xs.CuratorStage(m, cpus=res.cpus, gpus=res.gpus, chunk_size=chunk, coordinator=coordinator)
+            stage_specs.append(xenna.StageSpec(adapter, num_workers=pinned, **sopts.spec_fields()))
+
+        mode = xenna.ExecutionMode.STREAMING if opts.execution_mode == "streaming" else xenna.ExecutionMode.BATCH
+        config = xenna.PipelineConfig(
+            execution_mode=mode,
+            logging_interval_s=opts.logging_interval,
+            cpu_allocation_percentage=opts.cpu_allocation_percentage,
+            # failures are the core's: a failed task is a FailedTask record (ignore_failures) or a
+            # StageFailedError (abort); Xenna must neither retry nor drop anything itself
+            ignore_failures=False,
+            num_run_attempts_python=1,
+            return_last_stage_outputs=True,
+            mode_specific=xenna.StreamingSpecificSpec(autoscale_interval_s=opts.autoscale_interval_s),
+        )
+        spec = xenna.PipelineSpec(input_data=xs.split(tasks, chunk), stages=stage_specs, config=config)
+        return spec
+
     def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task] | None = None) -> list[Task]:
         managed = self.managed_stages(stages)
         tasks = prepare_initial_tasks(initial_tasks)
@@ -294,29 +324,8 @@ class XennaExecutor(BaseExecutor):
         coordinator = ray.remote(num_cpus=0)(xs.RunCoordinator).options(
             name=coord_name, namespace=xs.COORDINATOR_NAMESPACE, lifetime=None).remote(len(managed))
 
-        stage_specs = []
-        for m in managed:
-            sopts = XennaStageOptions.from_stage(m.stage)
-            res = m.resources
-            pinned = m.stage.num_workers()
-            if pinned is None and opts.max_workers_per_stage is not None and sopts.num_workers_per_node is None:
-                pinned = m.num_workers()
-            adapter = xs.CuratorStage(m, cpus=res.cpus, gpus=res.gpus, chunk_size=chunk, coordinator=coord_name)
-            stage_specs.append(xenna.StageSpec(adapter, num_workers=pinned, **sopts.spec_fields()))
-
-        mode = xenna.ExecutionMode.STREAMING if opts.execution_mode == "streaming" else xenna.ExecutionMode.BATCH
-        config = xenna.PipelineConfig(
-            execution_mode=mode,
-            logging_interval_s=opts.logging_interval,
-            cpu_allocation_percentage=opts.cpu_allocation_percentage,
-            # failures are the core's: a failed task is a FailedTask record (ignore_failures) or a
-            # StageFailedError (abort); Xenna must neither retry nor drop anything itself
-            ignore_failures=False,
-            num_run_attempts_python=1,
-            return_last_stage_outputs=True,
-            mode_specific=xenna.StreamingSpecificSpec(autoscale_interval_s=opts.autoscale_interval_s),
-        )
-        spec = xenna.PipelineSpec(input_data=xs.split(tasks, chunk), stages=stage_specs, config=config)
+        spec = self.build_pipeline_spec(managed, tasks, chunk, coord_name)
+        stage_specs = spec.stages
         self.last_run_info = {"chunk_size": chunk, "xenna_version": xenna_version(), "ray_address": session.address,
                               "pinned_workers": [s.num_workers for s in stage_specs]}
 
@@ -460,7 +469,10 @@ def _call_teardown(ray: Any, handles: Sequence[Any], run_id: str, timeout: float
             continue
     if not refs:
         return
+    t0 = time.perf_counter()
     done, _pending = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    logger.debug("xenna: teardown of %d worker(s): %d answered in %.2fs", len(refs), len(done),
+                 time.perf_counter() - t0)
     for ref in done:
         try:
             ray.get(ref)
@@ -469,9 +481,11 @@ def _call_teardown(ray: Any, handles: Sequence[Any], run_id: str, timeout: float
 
 
 def _list_state(**kwargs: Any) -> list[Any]:
+    import ray
     from ray.util.state import list_actors
 
-    address = os.environ.get("RAY_ADDRESS")
+    # never rely on auto-discovery: other Ray clusters may run on this host
+    address = ray.get_runtime_context().gcs_address if ray.is_initialized() else os.environ.get("RAY_ADDRESS")
     return list(list_actors(**({"address": address} if address else {}), **kwargs))
 
 

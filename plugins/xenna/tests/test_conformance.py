@@ -1,0 +1,22 @@
+"""The core conformance kit, in streaming and in batch mode."""
+
+from __future__ import annotations
+
+import pytest
+
+from curator_exec_core import get_executor
+from curator_exec_core.testing import ExecutorConformance
+
+pytestmark = pytest.mark.timeout(300)
+
+
+class TestXennaStreaming(ExecutorConformance):
+    @pytest.fixture
+    def make_executor(self, ray_session):
+        return lambda **options: get_executor("xenna", execution_mode="streaming", **options)
+
+
+class TestXennaBatch(ExecutorConformance):
+    @pytest.fixture
+    def make_executor(self, ray_session):
+        return lambda **options: get_executor("xenna", execution_mode="batch", **options)
