@@ -8,7 +8,12 @@ is reused and never shut down.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +21,12 @@ def ray_session():
     from curator_exec_core.ray_session import ensure_ray, shutdown_if_owned
     from curator_exec_xenna.executor import XENNA_START_ENV
 
+    import ray.cloudpickle
+
+    import xenna_test_stages
+
     session = ensure_ray(start_env=XENNA_START_ENV, include_dashboard=True, num_cpus=2)
+    # workers cannot import the tests folder: ship the test stages by value
+    ray.cloudpickle.register_pickle_by_value(xenna_test_stages)
     yield session
     shutdown_if_owned()
