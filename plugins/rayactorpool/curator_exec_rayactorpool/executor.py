@@ -93,11 +93,17 @@ class RayActorPoolOptions(ExecutorOptions):
     teardown_timeout: float = option(
         60.0, float, "Seconds to wait for the actors' teardown at the end of a run before they are killed anyway.",
         minimum=0)
+    reuse_actors: bool = option(
+        False, bool,
+        "Keep this executor's actors alive between its runs, so a second run skips starting actors (about 1 s). "
+        "Stages are still torn down at the end of every run and set up at the start of the next. Idle actors "
+        "are killed by executor.close(), after a failed run, or when the driver exits. False: no actor "
+        "outlives a run.")
 
 
 class _Actor:
     __slots__ = ("handle", "stage", "worker_id", "node", "ready", "dead", "inflight", "info", "requested_at",
-                 "setup_ref")
+                 "setup_ref", "key", "reused")
 
     def __init__(self, handle: Any, stage: int, worker_id: str, node: str | None, setup_ref: Any) -> None:
         self.handle = handle
@@ -110,6 +116,8 @@ class _Actor:
         self.info: dict[str, Any] = {}
         self.requested_at = time.monotonic()
         self.setup_ref = setup_ref
+        self.key: tuple = ()
+        self.reused = False
 
 
 class _Call:
@@ -187,6 +195,8 @@ class RayActorPoolExecutor(BaseExecutor):
         self.show_progress: bool = self.options.show_progress
         self.progress_interval: float = self.options.progress_interval
         self._run_state: _PoolRun | None = None
+        #: idle actors kept between runs (``reuse_actors``): (key, actor)
+        self._idle: list[tuple[tuple, _Actor]] = []
 
     # -- phases ------------------------------------------------------------------
     def capacity(self) -> Capacity:
@@ -234,6 +244,34 @@ class RayActorPoolExecutor(BaseExecutor):
         if run is not None:
             run.close(None)
 
+    def close(self) -> None:
+        """Kill the idle actors kept by ``reuse_actors`` (a no-op otherwise)."""
+        idle, self._idle = self._idle, []
+        if not idle:
+            return
+        import ray
+
+        if not ray.is_initialized():
+            return
+        for _key, actor in idle:
+            try:
+                ray.kill(actor.handle, no_restart=True)
+            except Exception:  # pragma: no cover - the cluster is gone
+                pass
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _take_idle(self, key: tuple) -> _Actor | None:
+        for i, (k, actor) in enumerate(self._idle):
+            if k == key:
+                del self._idle[i]
+                return actor
+        return None
+
 
 class _PoolRun:
     """One run: the actors of every stage and the driver loop."""
@@ -276,14 +314,29 @@ class _PoolRun:
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
         return opts
 
+    def _key(self, stage: ManagedStage, node: str | None) -> tuple:
+        """What an actor must match to be reused: the Ray connection, its resources, node pin and runtime_env."""
+        import json
+
+        from curator_exec_core.ray_session import current_session
+
+        session = current_session()
+        env = json.dumps(self.opts.runtime_env, sort_keys=True, default=str) if self.opts.runtime_env else ""
+        return (session.token if session else None, stage.resources.cpus, stage.resources.gpus, node, env)
+
     def start_actor(self, s: int, node: str | None) -> _Actor:
         stage = self.stages[s]
         k = self.started[s]
         self.started[s] += 1
         worker_id = f"{self.run_id}/{s}:{stage.name}/{k}"
-        handle = _remote_worker().options(**self._actor_options(stage, node)).remote()
+        key = self._key(stage, node)
+        reused = self.executor._take_idle(key) if self.opts.reuse_actors else None
+        handle = reused.handle if reused is not None else _remote_worker().options(
+            **self._actor_options(stage, node)).remote()
         setup_ref = handle.setup.remote(self.stage_refs[s], worker_id)
         actor = _Actor(handle, s, worker_id, node, setup_ref)
+        actor.key = key
+        actor.reused = reused is not None
         self.actors[s].append(actor)
         self.setups[setup_ref] = actor
         return actor
@@ -328,7 +381,8 @@ class _PoolRun:
         name = self.stages[s].name
         if "RuntimeEnvSetupError" in repr(err):
             raise ActorPoolError(f"stage {name!r}: an actor could not set up its runtime_env: {err}") from err
-        self.deaths[s] += 1
+        if not (actor.reused and not actor.ready):  # an idle actor that died in between costs no restart
+            self.deaths[s] += 1
         if self.deaths[s] > self.opts.max_actor_restarts:
             raise ActorPoolError(
                 f"stage {name!r}: {self.deaths[s]} actors died in this run (max_actor_restarts="
@@ -502,24 +556,34 @@ class _PoolRun:
                 pending[actor.handle.teardown.remote()] = actor
             except Exception:  # pragma: no cover - handle unusable
                 pass
+        keep: list[_Actor] = []
         if pending:
             refs = list(pending)
             done, not_done = ray.wait(refs, num_returns=len(refs), timeout=self.opts.teardown_timeout)
             for ref in done:
+                actor = pending[ref]
                 try:
                     ray.get(ref)
                 except Exception as exc:
-                    actor = pending[ref]
                     if error is None:
                         logger.warning("teardown of %s failed: %r", actor.worker_id, exc)
+                else:
+                    if self.opts.reuse_actors and error is None:
+                        keep.append(actor)
             if not_done:
                 logger.warning("%d actor(s) did not finish teardown within %gs; killing them",
                                len(not_done), self.opts.teardown_timeout)
         for actor in live:
+            if actor in keep:
+                continue
             try:
                 ray.kill(actor.handle, no_restart=True)
             except Exception:  # pragma: no cover
                 pass
+        if error is not None:
+            self.executor.close()  # after a failure nothing is kept
+        for actor in keep:
+            self.executor._idle.append((actor.key, actor))
         self.calls.clear()
         self.setups.clear()
         self.queues = [deque() for _ in self.stages]

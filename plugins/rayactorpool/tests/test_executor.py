@@ -271,6 +271,21 @@ def test_no_actor_left_after_success_or_failure(ray_attached, tmp_path):
         assert setups and setups == teardowns, name
 
 
+def test_reuse_actors_keeps_them_between_runs_until_close(ray_attached, tmp_path):
+    a = Logged(tmp_path, "a")
+    ex = RayActorPoolExecutor(config={"reuse_actors": True, "pool_size": 1, "show_progress": False})
+    for _ in range(2):
+        assert sorted(t.data for t in ex.run([a], ints(10))) == list(range(1, 11))
+    events = read(a.log)
+    setups = [e["pid"] for e in events if e["event"] == "setup"]
+    teardowns = [e["pid"] for e in events if e["event"] == "teardown"]
+    assert len(setups) == 2 and len(set(setups)) == 1  # set up once per run, in the same actor
+    assert teardowns == setups  # and torn down at the end of every run
+    assert len(alive_pool_actors(timeout=0)) == 1
+    ex.close()
+    assert alive_pool_actors() == []
+
+
 def test_get_executor_by_name_runs(ray_attached):
     ex = get_executor("ray_actor_pool", show_progress=False)
     assert isinstance(ex, RayActorPoolExecutor)

@@ -1,0 +1,116 @@
+"""Ray session ownership (curator_exec_core.ray_session) as the Ray plugins rely on it.
+
+Cases that need a driver in another state than this test process (a user's own
+``ray.init``, ``RAY_ADDRESS``, no Ray at all) run a small script in a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+
+import attrs
+import pytest
+
+from curator_exec_core import ray_session as rs
+from curator_exec_core.testing.stages import AddOne
+
+SCRIPT_HEAD = """
+import os, sys
+import ray
+from curator_exec_core import Task, ray_session as rs
+from curator_exec_core.testing.stages import AddOne
+from curator_exec_rayactorpool import RayActorPoolExecutor
+
+def run_pipeline(**config):
+    out = RayActorPoolExecutor(config={"show_progress": False, **config}).run([AddOne()], [Task(data=i) for i in range(5)])
+    assert sorted(t.data for t in out) == [1, 2, 3, 4, 5], out
+"""
+
+
+def run_script(body: str, env: dict[str, str | None]) -> str:
+    full_env = dict(os.environ)
+    for key, value in env.items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
+    code = SCRIPT_HEAD + textwrap.dedent(body)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=420)
+    assert out.returncode == 0, f"stdout:\n{out.stdout[-3000:]}\nstderr:\n{out.stderr[-5000:]}"
+    return out.stdout
+
+
+def test_session_is_reused_and_survives_runs(ray_attached):
+    import ray
+
+    first = rs.ensure_ray()
+    assert rs.ensure_ray() is first and rs.current_session() is first
+    from curator_exec_core import Task
+    from curator_exec_rayactorpool import RayActorPoolExecutor
+
+    RayActorPoolExecutor(show_progress=False).run([AddOne()], [Task(data=1)])
+    assert ray.is_initialized() and rs.current_session() is first
+
+
+def test_a_session_of_an_earlier_connection_is_never_shut_down(ray_attached, monkeypatch):
+    import ray
+
+    # what the module would hold had it started a cluster that the user has since replaced by their own
+    stale = attrs.evolve(rs.ensure_ray(), owned=True, how="started", token=("session_gone", "01000000"))
+    monkeypatch.setattr(rs, "_session", stale)
+    assert rs.shutdown_if_owned() is False
+    assert ray.is_initialized()
+    assert rs.current_session() is None  # forgotten
+    fresh = rs.ensure_ray()
+    assert fresh.token != stale.token and fresh.owned is False and fresh.how == "existing"
+
+
+def test_users_ray_init_and_ray_address_are_reused_never_shut_down(ray_attached):
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    # the user called ray.init themselves
+    out = run_script(f"""
+        ray.init(address={address!r})
+        s = rs.ensure_ray(runtime_env={{"env_vars": {{"X": "1"}}}})
+        assert (s.how, s.owned) == ("existing", False), s
+        run_pipeline(runtime_env={{"env_vars": {{"X": "1"}}}})
+        run_pipeline()
+        assert rs.shutdown_if_owned() is False and ray.is_initialized()
+        print("EXISTING-OK", ray.get_runtime_context().gcs_address)
+    """, {"RAY_ADDRESS": None})
+    assert f"EXISTING-OK {address}" in out
+    # RAY_ADDRESS names the cluster to use
+    out = run_script("""
+        s = rs.ensure_ray()
+        assert (s.how, s.owned) == ("connected", False), s
+        run_pipeline()
+        assert rs.shutdown_if_owned() is False and ray.is_initialized()
+        print("CONNECTED-OK", ray.get_runtime_context().gcs_address)
+    """, {"RAY_ADDRESS": address})
+    assert f"CONNECTED-OK {address}" in out
+    # and this session's cluster is still up
+    assert ray.get(ray.remote(lambda: 42).remote(), timeout=120) == 42
+
+
+@pytest.mark.timeout(600)
+def test_starts_its_own_ray_only_when_none_exists(ray_attached):
+    # A private Ray temp dir whose ray_current_cluster file names a cluster that is gone:
+    # ensure_ray must start its own (with the runtime_env) instead of failing to connect.
+    with tempfile.TemporaryDirectory(prefix="rs", dir="/tmp") as tmp:
+        os.makedirs(os.path.join(tmp, "ray"))
+        with open(os.path.join(tmp, "ray", "ray_current_cluster"), "w") as f:
+            f.write("127.0.0.1:9")
+        out = run_script("""
+            s = rs.ensure_ray(runtime_env={"env_vars": {"RS_JOB_VAR": "from-job"}}, num_cpus=1)
+            assert (s.how, s.owned) == ("started", True), s
+            assert ray.get(ray.remote(lambda: os.environ.get("RS_JOB_VAR")).remote()) == "from-job"
+            run_pipeline()
+            assert rs.shutdown_if_owned() is True and not ray.is_initialized()
+            print("STARTED-OK")
+        """, {"RAY_ADDRESS": None, "RAY_TMPDIR": tmp})
+    assert "STARTED-OK" in out
