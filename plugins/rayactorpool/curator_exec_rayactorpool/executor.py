@@ -217,11 +217,13 @@ class RayActorPoolExecutor(BaseExecutor):
         from curator_exec_core.ray_session import ensure_ray
 
         ensure_ray(runtime_env=self.options.runtime_env)
-        managed = self.managed_stages(stages, self.current_plan)
+        from_run = bool(stages) and all(isinstance(s, ManagedStage) for s in stages)
+        # called by run(): the stages come managed and planned; called directly: plan them here
+        managed = self.managed_stages(stages)
         tasks = prepare_initial_tasks(initial_tasks)
         if not tasks:
             return []
-        capacity = self.current_plan.capacity if self.current_plan is not None else None
+        capacity = self.current_plan.capacity if from_run and self.current_plan is not None else None
         if self.ignore_head_node and capacity is None:
             capacity = self.capacity()
         run = _PoolRun(self, managed, tasks, capacity if self.ignore_head_node else None)

@@ -286,6 +286,16 @@ def test_reuse_actors_keeps_them_between_runs_until_close(ray_attached, tmp_path
     assert alive_pool_actors() == []
 
 
+def test_execute_called_directly_with_plain_stages(ray_attached):
+    # the NeMo Curator custom-executor shape: someone calls execute() without run()
+    from curator_exec_core.testing.stages import AddOne
+
+    ex = RayActorPoolExecutor(show_progress=False)
+    out = ex.execute([AddOne("a"), AddOne("b")], [Task(data=i, task_id=str(i)) for i in range(5)])
+    assert sorted(t.data for t in out) == [2, 3, 4, 5, 6]
+    assert alive_pool_actors() == []
+
+
 def test_get_executor_by_name_runs(ray_attached):
     ex = get_executor("ray_actor_pool", show_progress=False)
     assert isinstance(ex, RayActorPoolExecutor)

@@ -114,3 +114,36 @@ def test_starts_its_own_ray_only_when_none_exists(ray_attached):
             print("STARTED-OK")
         """, {"RAY_ADDRESS": None, "RAY_TMPDIR": tmp})
     assert "STARTED-OK" in out
+
+
+@pytest.mark.timeout(900)
+def test_cluster_helper_stops_only_its_cluster_and_reattaches(ray_attached):
+    import ray
+
+    from curator_exec_core.testing.fixtures import _address_file, ray_cluster
+
+    before = rs.current_session()
+    address_file = _address_file()
+    file_before = open(address_file).read() if address_file and os.path.exists(address_file) else None
+    with ray_cluster(head={"num_cpus": 1}, workers=[{"num_cpus": 1, "num_gpus": 1}]) as c:
+        assert ray.get_runtime_context().gcs_address == c.address
+        s = rs.current_session()
+        assert (s.how, s.owned) == ("connected", False)  # the executor must never stop the test's cluster
+        cap = rs.cluster_capacity()
+        assert sorted(n.num_gpus for n in cap.nodes) == [0, 1]
+        from curator_exec_core import Task
+        from curator_exec_rayactorpool import RayActorPoolExecutor
+
+        out = RayActorPoolExecutor(show_progress=False).run([AddOne()], [Task(data=1)])
+        assert [t.data for t in out] == [2]
+    # the Cluster is gone, this process is attached again the way it was, and Ray works
+    assert not rs._reachable(c.address)
+    assert ray.is_initialized()
+    after = rs.current_session()
+    assert after is not None and (after.how, after.owned) == (before.how, before.owned)
+    if before.how != "started":
+        assert after.address == before.address  # a cluster we only connected to was left running
+    assert ray.get(ray.remote(lambda: 7).remote(), timeout=120) == 7
+    if address_file:
+        assert (open(address_file).read() if os.path.exists(address_file) else None) == file_before
+    assert rs.NVML_MODULE_ENV not in os.environ
