@@ -71,13 +71,23 @@ class RunCoordinator:
         self.tasks_in = [0] * num_stages
         self.tasks_out = [0] * num_stages
         self.workers: list[tuple[int, str, str, int, list[Any]]] = []
+        self.closed = False
 
     def add(self, index: int, tasks_in: int, tasks_out: int) -> None:
         self.tasks_in[index] += tasks_in
         self.tasks_out[index] += tasks_out
 
-    def register(self, index: int, worker_id: str, node_id: str, pid: int, handle: list[Any]) -> None:
+    def register(self, index: int, worker_id: str, node_id: str, pid: int, handle: list[Any]) -> bool:
+        """A worker asks before its setup; after :meth:`close` the answer is no (the run is over)."""
+        if self.closed:
+            return False
         self.workers.append((index, worker_id, node_id, pid, handle))
+        return True
+
+    def close(self) -> list[tuple[int, str, str, int, list[Any]]]:
+        """End of run: no more registrations; returns every worker that registered."""
+        self.closed = True
+        return list(self.workers)
 
     def counts(self) -> tuple[list[int], list[int]]:
         return list(self.tasks_in), list(self.tasks_out)
@@ -129,31 +139,45 @@ class CuratorStage(xenna.Stage):
         ctx = ray.get_runtime_context()
         node_id = ctx.get_node_id()
         worker_id = str(getattr(worker_metadata, "worker_id", "") or f"{node_id[:8]}:{os.getpid()}")
+        try:
+            handle = ctx.current_actor
+        except Exception:  # not in an actor (should not happen)
+            handle = None
+        # Register before the user's setup, so that the driver can always tear this worker down;
+        # a worker that starts after the run ended (coordinator closed or gone) does not set up.
+        try:
+            accepted = ray.get(self._coordinator().register.remote(
+                self.managed.index, worker_id, node_id, os.getpid(), [handle]))  # list: pass the handle as a value
+        except Exception as exc:
+            import sys
+
+            print(f"curator-exec xenna: worker {worker_id} could not register: {exc!r}", file=sys.stderr)
+            accepted = False
         # The lock is held through setup, so a teardown request (which may arrive while
         # Xenna is still setting the worker up, right before it kills it) waits for it.
         self._lock = threading.Lock()
         with self._lock:
             with _LIVE_LOCK:
-                if _CLOSING.get(self.managed.run_id):
+                if not accepted or _CLOSING.get(self.managed.run_id):
+                    _CLOSING[self.managed.run_id] = True
                     return  # this worker is being stopped before it started: no setup, no teardown
                 _LIVE.append(self)
             self.managed.setup(WorkerMetadata(worker_id=worker_id, node_id=node_id,
                                               allocation=getattr(worker_metadata, "allocation", None)))
-        try:
-            handle = ctx.current_actor
-        except Exception:  # not in an actor (should not happen)
-            handle = None
-        # the handle goes inside a list so that Ray passes it as a value
-        self._coordinator().register.remote(self.managed.index, worker_id, node_id, os.getpid(), [handle])
 
     def process_data(self, in_data: list[Chunk]) -> list[Chunk]:
+        if not self.managed.is_set_up:
+            raise RuntimeError(f"stage {self.managed.name!r}: worker was not set up (its run had ended)")
         tasks: list[Task] = []
         for chunk in in_data:
             tasks.extend(chunk.tasks)
         lock = self._lock or threading.Lock()
         with lock:
             out = self.managed.process_batch(tasks)
-        self._coordinator().add.remote(self.managed.index, len(tasks), len(out))
+        try:
+            self._coordinator().add.remote(self.managed.index, len(tasks), len(out))
+        except Exception:  # the run is over (coordinator gone): counts no longer matter
+            pass
         return split(out, self.chunk_size)
 
     def teardown(self) -> None:

@@ -394,7 +394,7 @@ class XennaExecutor(BaseExecutor):
         """Tear down and kill every worker of this run that is still alive (after a failure, Xenna
         leaves them running; after success they are gone and this does nothing)."""
         try:
-            workers = ray.get(coordinator.registered.remote(), timeout=self.options.cleanup_timeout_s)
+            workers = ray.get(coordinator.close.remote(), timeout=self.options.cleanup_timeout_s)
         except Exception as exc:  # pragma: no cover - coordinator lost
             logger.warning("xenna: could not list the run's workers: %s", exc)
             return
