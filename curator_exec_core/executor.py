@@ -197,6 +197,8 @@ class BaseExecutor(ABC):
                        for name, i, o in zip([s.name for s in stages], self.progress.tasks_in, self.progress.tasks_out)},
         }
         logger.info("%s: %d tasks out, %d failed in %.2fs", self.executor_name, len(results), len(failed), seconds)
+        for name, counts in metrics["stages"].items():
+            logger.info("  stage %-24s in=%d out=%d", name, counts["tasks_in"], counts["tasks_out"])
         self.last_result = PipelineResult(results, failed_tasks=failed, metrics=metrics, plan=self.current_plan,
                                           executor=self.executor_name)
         return self.last_result

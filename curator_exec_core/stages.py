@@ -32,6 +32,8 @@ Out = TypeVar("Out", bound=Task)
 def _non_negative(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
         raise TypeError(f"Resources.{attribute.name} must be a number, got {value!r}")
+    if math.isinf(value):
+        raise ValueError(f"Resources.{attribute.name} must be finite, got {value!r}")
     if value < 0:
         raise ValueError(f"Resources.{attribute.name} must be >= 0, got {value!r}")
 

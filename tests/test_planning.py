@@ -496,11 +496,10 @@ def test_resources_rejects_non_numbers(kwargs):
         Resources(**kwargs)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="stages._gpus_valid: int(inf) raises OverflowError instead of a clear ValueError")
-def test_resources_rejects_infinite_gpus():
-    with pytest.raises((TypeError, ValueError)):
-        Resources(gpus=math.inf)
+@pytest.mark.parametrize("field", ["cpus", "gpus", "gpu_memory_gb"])
+def test_resources_rejects_infinite_values(field):
+    with pytest.raises(ValueError, match="must be finite"):
+        Resources(**{field: math.inf})
 
 
 @pytest.mark.parametrize(
