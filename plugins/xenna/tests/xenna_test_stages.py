@@ -44,3 +44,19 @@ class Sized(Recorded):
         return self._workers
 
 
+
+
+class Placed(Recorded):
+    """Records the node of every worker's setup (``setup_node`` entries) besides the usual lifecycle."""
+
+    def setup(self, worker_metadata: Any = None) -> None:
+        super().setup(worker_metadata)
+        node = getattr(worker_metadata, "node_id", "") or "?"
+        self._log().record("setup_node", self.name, node)
+
+    def num_workers(self) -> int | None:
+        return getattr(self, "workers", None)
+
+    def process(self, task: Task) -> Task:
+        time.sleep(getattr(self, "sleep", 0.0))
+        return super().process(task)
