@@ -1,0 +1,508 @@
+"""The ``ray_data`` executor: a pipeline as one Ray Data streaming dataset.
+
+How a run maps onto Ray Data:
+
+* **Blocks carry chunks of tasks.** Tasks are pickled in chunks of
+  ``tasks_per_block`` into a one-column Arrow table (one row = one chunk = one
+  block), so Ray Data's per-block cost is paid per chunk, not per task.
+* **One actor pool per stage.** Each stage is a ``map_batches`` over the callable
+  class :class:`StageWorker` with ``compute=ActorPoolStrategy(size=workers)``,
+  ``num_cpus``/``num_gpus`` from the core's plan. The actor holds the core's
+  :class:`~curator_exec_core.runner.ManagedStage` across batches: its constructor
+  runs ``setup`` (and ``setup_on_node`` once per node, through the core's file
+  lock); every batch goes through ``ManagedStage.process_batch``, which re-batches
+  to the stage's own ``batch_size`` and implements ids, retries and failure records.
+* **Outputs are re-chunked** by each stage (at most ``tasks_per_block`` tasks and
+  ``max_block_bytes`` bytes per block), and every chunk is its own block, so a
+  fan-out stage's output spreads over the next stage's actors.
+* **Teardown is explicit.** Ray Data ends its actors on its own schedule (when
+  their handles go out of scope; a stage's ``__del__`` may never run). So every
+  stage actor registers with a small per-run registry actor *before* it runs
+  ``setup``, and a Ray Data execution callback keeps the pool's actor handles
+  alive past Ray Data's own release. When the dataset is consumed, or fails, the
+  driver closes the registry (a late actor then refuses to start), calls
+  ``teardown`` in every registered actor (``__ray_call__``) and kills them:
+  ``teardown`` runs once per actor also after a failure, and no actor outlives
+  the run. Should the callback not find the pools (a future Ray Data), the actor
+  still tears down when it exits (``__del__``, then ``atexit``).
+* **Progress** is counted where the work happens and travels with the chunks:
+  each chunk carries the per-stage (tasks in, tasks out) counts of its lineage,
+  which the driver adds to ``self.progress`` as the final stage's output is
+  consumed.
+* Ray Data settings (progress bars, order, block shaping) are set on a *copy*
+  of the current ``DataContext`` for the duration of the run only.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import pickle
+import threading
+import uuid
+import weakref
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import attrs
+
+from curator_exec_core import ray_session
+from curator_exec_core.capacity import Capacity
+from curator_exec_core.config import ExecutorOptions, option
+from curator_exec_core.errors import ConfigError
+from curator_exec_core.executor import BaseExecutor, prepare_initial_tasks
+from curator_exec_core.runner import ManagedStage
+from curator_exec_core.stages import ProcessingStage, WorkerMetadata
+from curator_exec_core.tasks import Task
+
+__all__ = ["RayDataExecutor", "RayDataOptions", "StageWorker"]
+
+logger = logging.getLogger("curator_exec.ray_data")
+
+#: the one column of every block: pickled ``(counts, [Task, ...])`` chunks
+COLUMN = "tasks"
+#: auto block sizing: at least this many blocks per run (or 4 per worker of the widest stage)
+MIN_BLOCKS = 16
+#: auto block sizing: at most this many tasks per block
+MAX_AUTO_TASKS_PER_BLOCK = 1000
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+@attrs.define(kw_only=True)
+class RayDataOptions(ExecutorOptions):
+    """Options of the ``ray_data`` executor (on top of those every executor has)."""
+
+    runtime_env: dict | None = option(
+        None, dict,
+        "Ray runtime environment for the stage actors (passed to ray.init when this executor starts or "
+        "connects to Ray, and to every map_batches actor pool).",
+        allow_none=True,
+    )
+    preserve_order: bool = option(
+        False, bool,
+        "Keep the output in input order (DataContext.execution_options.preserve_order). Costs throughput "
+        "when tasks take uneven time.",
+    )
+    tasks_per_block: int | None = option(
+        None, int,
+        "Tasks per Ray Data block (each block is one pickled chunk of tasks). None: automatic, "
+        f"about {MIN_BLOCKS} blocks per run or 4 per worker of the widest stage, at most "
+        f"{MAX_AUTO_TASKS_PER_BLOCK} tasks per block; a stage's large output is split the same way.",
+        minimum=1, allow_none=True,
+    )
+    max_block_bytes: int = option(
+        16 * 1024**2, int,
+        "Split a stage's output into more blocks when a pickled chunk would exceed this many bytes.",
+        minimum=1024,
+    )
+    max_workers_per_stage: int | None = option(
+        None, int, "Cap on the actors of an automatically sized stage (the plan's workers).",
+        minimum=1, allow_none=True,
+    )
+    reserved_cpus: float = option(0.0, float, "CPUs of the cluster the plan leaves free (for other work).", minimum=0)
+    reserved_gpus: float = option(0.0, float, "GPUs of the cluster the plan leaves free.", minimum=0)
+    max_tasks_in_flight_per_actor: int = option(
+        2, int, "Blocks queued on one stage actor at a time (ActorPoolStrategy.max_tasks_in_flight_per_actor).",
+        minimum=1,
+    )
+    ray_progress_bars: bool = option(
+        False, bool,
+        "Also show Ray Data's own per-operator progress bars (only when show_progress is True).",
+    )
+    teardown_timeout: float = option(
+        300.0, float, "Seconds to wait for the stage actors' teardown after a run before killing them.",
+        minimum=0,
+    )
+    data_context: dict = option(
+        {}, dict,
+        "Extra ray.data.DataContext attributes for this run only, e.g. {'execution_no_progress_timeout_s': 600}. "
+        "Unknown attribute names are an error.",
+    )
+
+
+class RayDataExecutor(BaseExecutor):
+    """Runs a pipeline on Ray Data's streaming executor, one actor pool per stage.
+
+    ``RayDataExecutor(config=None, ignore_head_node=False, **options)``; see
+    :class:`RayDataOptions` and ``docs/executors/ray_data.md``.
+    """
+
+    name = "ray_data"
+    Options = RayDataOptions
+    concurrent_stages = True
+
+    def __init__(self, config: dict[str, Any] | None = None, ignore_head_node: bool = False, **options: Any) -> None:
+        super().__init__(config, ignore_head_node, **options)
+        self.options: RayDataOptions
+        if self.options.data_context:
+            _check_data_context_keys(self.options.data_context)
+        self._lock = threading.Lock()
+        self._runs: list[_RunActors] = []
+
+    # -- phases ----------------------------------------------------------------------
+    def _ensure_ray(self) -> ray_session.RaySession:
+        return ray_session.ensure_ray(self.options.runtime_env)
+
+    def capacity(self) -> Capacity:
+        """The Ray cluster, node by node (a probe task per node; GPUs through NVML there)."""
+        self._ensure_ray()
+        return ray_session.cluster_capacity(ignore_head_node=self.ignore_head_node)
+
+    def plan_options(self) -> dict[str, Any]:
+        o = self.options
+        return {"max_workers_per_stage": o.max_workers_per_stage, "reserved_cpus": o.reserved_cpus,
+                "reserved_gpus": o.reserved_gpus}
+
+    def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task] | None = None) -> list[Task]:
+        managed = self.managed_stages(stages, self.current_plan if _plan_matches(self.current_plan, stages) else None)
+        tasks = prepare_initial_tasks(initial_tasks)
+        if not tasks:
+            return []
+        self._ensure_ray()
+        import ray
+        from ray.data import ActorPoolStrategy, DataContext
+
+        o = self.options
+        per_block = o.tasks_per_block or auto_tasks_per_block(len(tasks), managed)
+        auto = o.tasks_per_block is None
+        run = _RunActors.start()
+        with self._lock:
+            self._runs.append(run)
+        remote_args = self._remote_args()
+        n_stages = len(managed)
+        outputs: list[Task] = []
+        ctx = self._data_context(run)
+        try:
+            with DataContext.current(ctx):
+                ds = ray.data.from_arrow([_table([p]) for p in _chunks(tasks, None, per_block, o.max_block_bytes)])
+                for stage in managed:
+                    plan = stage.plan
+                    cpus = plan.resources.cpus if plan is not None else stage.resources.cpus
+                    gpus = plan.resources.gpus if plan is not None else stage.resources.gpus
+                    ds = ds.map_batches(
+                        StageWorker,
+                        fn_constructor_args=(stage, run.registry, n_stages, per_block, auto, o.max_block_bytes),
+                        compute=ActorPoolStrategy(size=stage.num_workers() or 1,
+                                                  max_tasks_in_flight_per_actor=o.max_tasks_in_flight_per_actor),
+                        batch_size=max(1, math.ceil(stage.batch_size / per_block)),
+                        batch_format="pyarrow",
+                        zero_copy_batch=True,
+                        num_cpus=cpus,
+                        num_gpus=gpus or None,
+                        **remote_args,
+                    )
+                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+                    for payload in batch.column(COLUMN).to_pylist():
+                        counts, chunk = pickle.loads(payload)
+                        if counts:
+                            self._report(counts, n_stages)
+                        outputs.extend(chunk)
+        finally:
+            self._finish_run(run)
+        return outputs
+
+    def teardown(self) -> None:
+        """Tear down and kill what a run left behind (normally nothing: execute() cleans up itself)."""
+        with self._lock:
+            runs = list(self._runs)
+        for run in runs:
+            self._finish_run(run)
+
+    # -- helpers ------------------------------------------------------------------
+    def _remote_args(self) -> dict[str, Any]:
+        import ray
+
+        args: dict[str, Any] = {}
+        env = self.options.runtime_env
+        if env:
+            args["runtime_env"] = dict(env)
+        if self.ignore_head_node:
+            heads = [n["NodeID"] for n in ray_session.alive_nodes()
+                     if ray_session.HEAD_RESOURCE in n.get("Resources", {})]
+            if heads:
+                key = getattr(ray._raylet, "RAY_NODE_ID_KEY", "ray.io/node-id")
+                args["label_selector"] = {key: "!" + heads[0] if len(heads) == 1 else "!in(" + ", ".join(heads) + ")"}
+        return args
+
+    def _data_context(self, run: _RunActors) -> Any:
+        import warnings
+
+        from ray.data import DataContext
+
+        from curator_exec_raydata._callback import KeepActorsAlive
+
+        o = self.options
+        with warnings.catch_warnings():  # copying touches deprecated attributes
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx = DataContext.get_current().copy()
+        bars = o.show_progress and o.ray_progress_bars
+        ctx.enable_progress_bars = bars
+        ctx.enable_operator_progress_bars = bars
+        ctx.print_on_execution_start = bars
+        ctx.enable_auto_log_stats = False
+        ctx.execution_options.preserve_order = o.preserve_order
+        # Every chunk a stage yields becomes its own block (the chunks are sized by us).
+        ctx.target_max_block_size = 1
+        # Failures are the core's business: the first error that reaches Ray Data ends the run.
+        ctx.max_errored_blocks = 0
+        ctx.actor_init_retry_on_errors = False
+        ctx.custom_execution_callback_classes = [*ctx.custom_execution_callback_classes, KeepActorsAlive]
+        ctx.set_config(_RUN_KEY, run.token)
+        for key, value in o.data_context.items():
+            setattr(ctx, key, value)
+        return ctx
+
+    def _report(self, counts: Sequence[int], n_stages: int) -> None:
+        if self.progress is None:
+            return
+        for i in range(n_stages):
+            t_in, t_out = counts[2 * i], counts[2 * i + 1]
+            if t_in or t_out:
+                self.progress.add(i, t_in, t_out)
+
+    def _finish_run(self, run: _RunActors) -> None:
+        with self._lock:
+            if run not in self._runs:
+                return
+            self._runs.remove(run)
+        problems = run.finish(self.options.teardown_timeout)
+        for problem in problems:
+            logger.error("ray_data: %s", problem)
+
+
+def _plan_matches(plan: Any, stages: Sequence[ProcessingStage]) -> bool:
+    return plan is not None and len(plan.stages) == len(stages)
+
+
+def _check_data_context_keys(values: dict) -> None:
+    import dataclasses
+
+    from ray.data import DataContext
+
+    known = {f.name for f in dataclasses.fields(DataContext)}
+    unknown = sorted(str(k) for k in values if k not in known)
+    if unknown:
+        from curator_exec_core.errors import did_you_mean
+
+        hints = [f"{k!r}" + (f" (did you mean {h!r}?)" if (h := did_you_mean(k, sorted(known))) else "") for k in unknown]
+        raise ConfigError(f"option 'data_context': unknown DataContext attribute(s) {', '.join(hints)}")
+
+
+def auto_tasks_per_block(n_tasks: int, stages: Sequence[ManagedStage]) -> int:
+    """Tasks per block for ``n_tasks`` initial tasks: enough blocks to keep every actor busy."""
+    widest = max([s.num_workers() or 1 for s in stages] or [1])
+    target_blocks = max(MIN_BLOCKS, 4 * widest)
+    return max(1, min(MAX_AUTO_TASKS_PER_BLOCK, math.ceil(n_tasks / target_blocks)))
+
+
+# -- chunks of tasks ------------------------------------------------------------------------
+
+
+def _table(payloads: list[bytes]) -> Any:
+    import pyarrow as pa
+
+    return pa.Table.from_arrays([pa.array(payloads, type=pa.large_binary())], names=[COLUMN])
+
+
+def _fit(counts: list[int] | None, part: list[Task], max_bytes: int) -> Iterator[bytes]:
+    data = pickle.dumps((counts, part), protocol=_PROTOCOL)
+    if len(data) <= max_bytes or len(part) <= 1:
+        yield data
+        return
+    pieces = min(len(part), math.ceil(len(data) / max_bytes))
+    size = math.ceil(len(part) / pieces)
+    for j, start in enumerate(range(0, len(part), size)):
+        yield from _fit(counts if j == 0 else None, part[start:start + size], max_bytes)
+
+
+def _chunks(tasks: list[Task], counts: list[int] | None, per_block: int, max_bytes: int) -> Iterator[bytes]:
+    """Pickled ``(counts, tasks)`` chunks; ``counts`` travel with the first chunk only."""
+    if not tasks:
+        if counts and any(counts):
+            yield pickle.dumps((counts, []), protocol=_PROTOCOL)
+        return
+    for j, start in enumerate(range(0, len(tasks), per_block)):
+        yield from _fit(counts if j == 0 else None, tasks[start:start + per_block], max_bytes)
+
+
+# -- the actor side -------------------------------------------------------------------------
+
+#: in each actor process: the StageWorkers living there (weakly held, so ``__del__`` can run)
+_LIVE: weakref.WeakSet[StageWorker] = weakref.WeakSet()
+_atexit_registered = False
+
+
+class StageWorker:
+    """Ray Data callable class: one per actor, holding one set-up ManagedStage."""
+
+    def __init__(self, stage: ManagedStage, registry: Any, n_stages: int, per_block: int, auto: bool,
+                 max_bytes: int) -> None:
+        import ray
+
+        global _atexit_registered
+        rc = ray.get_runtime_context()
+        actor_id = rc.get_actor_id() or uuid.uuid4().hex
+        # Register before setup: every actor that runs setup is known to the driver, which tears it down.
+        if not ray.get(registry.register.remote(actor_id, [rc.current_actor])):
+            raise RuntimeError("curator-exec ray_data: the run is over; not starting this stage actor")
+        self.stage = stage
+        self.n_stages = n_stages
+        self.per_block = per_block
+        self.auto = auto
+        self.max_bytes = max_bytes
+        self.closed = False
+        _LIVE.add(self)
+        if not _atexit_registered:
+            atexit.register(_teardown_in_actor, None, "")
+            _atexit_registered = True
+        stage.setup(WorkerMetadata(worker_id=f"{stage.name}:{actor_id}", node_id=rc.get_node_id()))
+
+    def __call__(self, batch: Any) -> Iterator[Any]:
+        if self.closed:
+            raise RuntimeError(f"stage {self.stage.name!r}: this actor was already torn down")
+        counts = [0] * (2 * self.n_stages)
+        tasks: list[Task] = []
+        for payload in batch.column(COLUMN).to_pylist():
+            c, chunk = pickle.loads(payload)
+            if c:
+                counts = [a + b for a, b in zip(counts, c, strict=True)]
+            tasks.extend(chunk)
+        out = self.stage.process_batch(tasks) if tasks else []
+        i = self.stage.index
+        counts[2 * i] += len(tasks)
+        counts[2 * i + 1] += len(out)
+        size = self.per_block
+        if self.auto:  # a large output (fan-out from one small chunk) still spreads over enough blocks
+            size = max(size, min(MAX_AUTO_TASKS_PER_BLOCK, math.ceil(len(out) / MIN_BLOCKS)))
+        for payload in _chunks(out, counts, size, self.max_bytes):
+            yield _table([payload])
+
+    def teardown(self) -> str | None:
+        """The stage's teardown (once); a failure comes back as text."""
+        if self.closed:
+            return None
+        self.closed = True
+        try:
+            self.stage.teardown()
+        except Exception:
+            import traceback
+
+            return f"teardown of stage {self.stage.name!r} failed:\n" + traceback.format_exc()
+        return None
+
+    def __del__(self) -> None:  # Ray Data's graceful actor exit drops the UDF: last-resort teardown
+        problem = self.teardown()
+        if problem:
+            logger.error("ray_data: %s", problem)
+
+
+def _teardown_in_actor(_actor_instance: Any, run_id: str) -> list[str]:
+    """In a stage actor (through ``__ray_call__``, or atexit): tear down its workers of ``run_id``."""
+    problems = []
+    for worker in list(_LIVE):
+        if not run_id or worker.stage.run_id == run_id:
+            problem = worker.teardown()
+            if problem:
+                problems.append(problem)
+    return problems
+
+
+class _Registry:
+    """Per-run registry of stage actors (a 0-CPU actor). ``close`` ends registration."""
+
+    def __init__(self) -> None:
+        self.actors: dict[str, Any] = {}
+        self.closed = False
+
+    def register(self, actor_id: str, handle: list[Any]) -> bool:
+        if self.closed:
+            return False
+        self.actors[actor_id] = handle[0]
+        return True
+
+    def close(self) -> list[Any]:
+        self.closed = True
+        return list(self.actors.values())
+
+
+# -- the driver side of a run's actors ---------------------------------------------------
+
+_RUN_KEY = "curator_exec.ray_data.run"
+#: token -> the run's actors, for the execution callback (driver process)
+_RUNS: dict[str, _RunActors] = {}
+_registry_cls: Any = None
+
+
+class _RunActors:
+    """The stage actors of one run: the registry, the handles kept alive, the final teardown."""
+
+    def __init__(self, registry: Any) -> None:
+        self.token = uuid.uuid4().hex
+        self.registry = registry
+        self.keep: dict[str, Any] = {}  # actor id -> Ray Data's (owning) handle
+        self.keep_lock = threading.Lock()
+        self.found_pools = False
+
+    @classmethod
+    def start(cls) -> _RunActors:
+        import ray
+
+        global _registry_cls
+        if _registry_cls is None:
+            _registry_cls = ray.remote(_Registry)
+        run = cls(_registry_cls.options(num_cpus=0, max_restarts=0, max_concurrency=1).remote())
+        _RUNS[run.token] = run
+        return run
+
+    def hold(self, executor: Any) -> None:
+        """Keep the handles of the executor's actor pools (Ray Data internals, read defensively)."""
+        try:
+            topology = executor._topology
+            pools = [pool for op in topology for pool in op.get_autoscaling_actor_pools()]
+            handles = []
+            for pool in pools:
+                handles += list(pool._running_actors.keys()) + list(pool._pending_actors.values())
+        except Exception as exc:  # Ray Data changed: fall back on the actors' own exit path
+            if not getattr(self, "_warned", False):
+                self._warned = True
+                logger.warning("ray_data: cannot reach Ray Data's actor pools (%r); stage teardown then relies "
+                               "on the actors' exit", exc)
+            return
+        self.found_pools = True
+        with self.keep_lock:
+            for h in handles:
+                self.keep.setdefault(h._actor_id.hex(), h)
+
+    def finish(self, timeout: float) -> list[str]:
+        """Close the registry, tear down every registered actor, kill them all. Returns problems."""
+        import ray
+
+        _RUNS.pop(self.token, None)
+        problems: list[str] = []
+        try:
+            handles = ray.get(self.registry.close.remote(), timeout=60)
+        except Exception as exc:
+            problems.append(f"the actor registry did not answer ({exc!r}); stage actors may not be torn down")
+            handles = []
+        calls = [h.__ray_call__.remote(_teardown_in_actor, "") for h in handles]
+        if calls:
+            ready, pending = ray.wait(calls, num_returns=len(calls), timeout=timeout)
+            for ref in ready:
+                try:
+                    problems += ray.get(ref)
+                except ray.exceptions.RayActorError:
+                    pass  # died (killed, or its setup failed): nothing left to tear down
+                except Exception as exc:
+                    problems.append(f"teardown call failed: {exc!r}")
+            if pending:
+                problems.append(f"{len(pending)} stage actor(s) did not finish teardown within {timeout:g}s; "
+                                "killed")
+        with self.keep_lock:
+            kept, self.keep = list(self.keep.values()), {}
+        for h in [*handles, *kept, self.registry]:
+            try:
+                ray.kill(h, no_restart=True)
+            except Exception:
+                pass
+        return problems
