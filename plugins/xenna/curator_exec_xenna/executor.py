@@ -329,24 +329,34 @@ class XennaExecutor(BaseExecutor):
         self.last_run_info = {"chunk_size": chunk, "xenna_version": xenna_version(), "ray_address": session.address,
                               "pinned_workers": [s.num_workers for s in stage_specs]}
 
+        t0 = time.perf_counter()
         before = _xenna_actors(ray)
         started = time.time()
+        timings = self.last_run_info["timings"] = {"list_before": time.perf_counter() - t0}
         poller = _ProgressPoller(self, coordinator, len(managed))
         outputs: list[Task] = []
         try:
+            t0 = time.perf_counter()
             with _RUN_LOCK, self._xenna_context(session, ray, run_id):
+                timings["context"] = time.perf_counter() - t0
                 poller.start()
                 try:
+                    t0 = time.perf_counter()
                     result = xenna.run_pipeline(spec)
                 finally:
+                    timings["run_pipeline"] = time.perf_counter() - t0
+                    t0 = time.perf_counter()
                     poller.stop()
                     self._teardown_workers(ray, coordinator, run_id)
+                    timings["teardown"] = time.perf_counter() - t0
             for item in result or []:
                 outputs.extend(item.tasks)
         finally:
             with contextlib.suppress(Exception):
                 ray.kill(coordinator)
+            t0 = time.perf_counter()
             self.last_run_info["reaped"] = _reap_leftovers(ray, before, started, opts.cleanup_timeout_s)
+            timings["reap"] = time.perf_counter() - t0
         return outputs
 
     @contextlib.contextmanager
@@ -489,8 +499,20 @@ def _list_state(**kwargs: Any) -> list[Any]:
     return list(list_actors(**({"address": address} if address else {}), **kwargs))
 
 
+_LIMITS: dict[tuple[str, int], int] = {}
+
+
 def _accepted_state_limit(wanted: int) -> int:
     """The largest ``list_actors`` limit the cluster's dashboard accepts (Xenna asks for 40000)."""
+    import ray
+
+    key = (ray.get_runtime_context().gcs_address, wanted)
+    if key not in _LIMITS:
+        _LIMITS[key] = _probe_state_limit(wanted)
+    return _LIMITS[key]
+
+
+def _probe_state_limit(wanted: int) -> int:
     try:
         _list_state(limit=wanted, filters=[("class_name", "=", "__curator_exec_probe__")], raise_on_missing_output=False)
         return wanted
@@ -511,15 +533,12 @@ def _accepted_state_limit(wanted: int) -> int:
 def _xenna_actors(ray: Any) -> dict[str, Any]:
     """This job's Xenna actors (StageWorker, NodeResourceMonitor) by actor id."""
     job = ray.get_runtime_context().get_job_id()
-    found: dict[str, Any] = {}
-    for cls in _XENNA_ACTOR_CLASSES:
-        try:
-            for a in _list_state(filters=[("class_name", "=", cls), ("job_id", "=", job)], limit=10000,
-                                 raise_on_missing_output=False):
-                found[a.actor_id] = a
-        except Exception as exc:
-            logger.debug("xenna: list_actors failed: %s", exc)
-    return found
+    try:
+        actors = _list_state(filters=[("job_id", "=", job)], limit=10000, raise_on_missing_output=False)
+    except Exception as exc:
+        logger.debug("xenna: list_actors failed: %s", exc)
+        return {}
+    return {a.actor_id: a for a in actors if a.class_name in _XENNA_ACTOR_CLASSES}
 
 
 def _reap_on_node(pids: list[int], since: float, wait_s: float) -> list[int]:
