@@ -50,7 +50,7 @@ import attrs
 from curator_exec_core import ray_session
 from curator_exec_core.capacity import Capacity
 from curator_exec_core.config import ExecutorOptions, option
-from curator_exec_core.errors import ConfigError
+from curator_exec_core.errors import ConfigError, StageFailedError
 from curator_exec_core.executor import BaseExecutor, prepare_initial_tasks
 from curator_exec_core.runner import ManagedStage
 from curator_exec_core.stages import ProcessingStage, WorkerMetadata
@@ -198,6 +198,13 @@ class RayDataExecutor(BaseExecutor):
                         if counts:
                             self._report(counts, n_stages)
                         outputs.extend(chunk)
+        except Exception as exc:
+            # Ray wraps the stage's StageFailedError (RayTaskError(StageFailedError), with Ray's
+            # traceback as its message): raise the core's own error, chained to Ray's.
+            error = _plain_stage_error(exc)
+            if error is not None and error is not exc:
+                raise error from exc
+            raise
         finally:
             self._finish_run(run)
         return outputs
@@ -269,6 +276,23 @@ class RayDataExecutor(BaseExecutor):
         problems = run.finish(self.options.teardown_timeout)
         for problem in problems:
             logger.error("ray_data: %s", problem)
+
+
+def _plain_stage_error(exc: BaseException) -> StageFailedError | None:
+    """The StageFailedError a stage raised, as the core made it (not Ray's wrapper class)."""
+    from ray.exceptions import RayError
+
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        cur = todo.pop(0)
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, StageFailedError) and not isinstance(cur, RayError):
+            return cur
+        todo += [getattr(cur, "cause", None), cur.__cause__, cur.__context__]
+    return None
 
 
 def _plan_matches(plan: Any, stages: Sequence[ProcessingStage]) -> bool:

@@ -1,23 +1,15 @@
-"""Shared fixtures: one local Ray for the whole test session (started here, stopped here)."""
+"""Shared fixtures: the core's opt-in Ray fixtures (one local Ray per session, multi-node clusters)."""
 
 from __future__ import annotations
 
 import os
+import sys
 
-import pytest
+from curator_exec_core.testing.fixtures import ray_attached, ray_session, ray_two_node_cluster  # noqa: F401
 
-
-@pytest.fixture(scope="session")
-def ray_session():
-    """A Ray to run on: the running one if any, else a local 2-CPU Ray we stop at the end."""
-    from curator_exec_core import ray_session as rs
-
-    session = rs.ensure_ray(num_cpus=2)
-    yield session
-    rs.shutdown_if_owned()
-
-
-@pytest.fixture
-def tmp_run_dir(tmp_path):
-    os.makedirs(tmp_path, exist_ok=True)
-    return tmp_path
+# the test stages module must be importable by Ray workers (they inherit the environment)
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, os.environ.get("PYTHONPATH")) if p)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)

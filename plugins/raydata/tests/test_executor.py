@@ -1,0 +1,211 @@
+"""ray_data behaviour beyond the conformance kit, on a real local Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from curator_exec_raydata import RayDataExecutor
+from curator_exec_raydata.executor import MAX_AUTO_TASKS_PER_BLOCK, _chunks, auto_tasks_per_block
+from rd_stages import BadSetup, DieOnce, FanOutOne, SlowUneven, WhoAmI, read_rows
+
+from curator_exec_core import ConfigError, PlanError, ProcessingStage, Resources, Task, get_executor
+from curator_exec_core.errors import StageFailedError
+from curator_exec_core.testing import canonical, reference_run
+from curator_exec_core.testing.stages import AddOne, FanOut, KeepEven, Recorded
+
+
+def _ints(n: int) -> list[Task]:
+    return [Task(data=i) for i in range(n)]
+
+
+def _our_live_actors() -> list[str]:
+    import ray
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "!=", "DEAD")],
+                         limit=10_000)
+    return [a.class_name for a in actors if "StageWorker" in a.class_name or a.class_name == "_Registry"]
+
+
+def _wait_no_actors(timeout: float = 20.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = _our_live_actors()
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+# -- registration, options ---------------------------------------------------------------
+
+
+def test_registration_imports_no_ray() -> None:
+    code = ("import sys, json; from curator_exec_core import list_executors; "
+            "names = [s.name for s in list_executors()]; import curator_exec_raydata; "
+            "print(json.dumps([names, 'ray' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    names, ray_imported = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "ray_data" in names and ray_imported is False
+
+
+def test_get_executor_by_name() -> None:
+    ex = get_executor("ray_data", preserve_order=True, show_progress=False)
+    assert isinstance(ex, RayDataExecutor) and ex.options.preserve_order is True
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"ignore_failurs": True}, "did you mean 'ignore_failures'"),
+    ({"tasks_per_block": 0}, "tasks_per_block"),
+    ({"tasks_per_block": "many"}, "tasks_per_block"),
+    ({"runtime_env": "conda"}, "runtime_env"),
+    ({"max_block_bytes": 10}, "max_block_bytes"),
+    ({"preserve_order": "yes"}, "preserve_order"),
+    ({"data_context": {"enable_progres_bars": True}}, "did you mean 'enable_progress_bars'"),
+])
+def test_bad_options_are_errors(bad: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        RayDataExecutor(config=bad)
+
+
+def test_config_dict_and_keywords_merge() -> None:
+    ex = RayDataExecutor(config={"tasks_per_block": 7}, ignore_head_node=True, max_retries=2)
+    assert (ex.options.tasks_per_block, ex.ignore_head_node, ex.options.max_retries) == (7, True, 2)
+
+
+# -- blocks ------------------------------------------------------------------------------------
+
+
+def test_auto_block_size_groups_tasks() -> None:
+    stage = Recorded("/tmp", "x")
+    ex = RayDataExecutor(show_progress=False)
+    from curator_exec_core import Capacity, NodeCapacity
+
+    cap = Capacity(nodes=[NodeCapacity("n", "h", 2.0, 2**30, gpu_reason="none")])
+    managed = ex.managed_stages([stage], ex.plan([stage], cap))
+    assert auto_tasks_per_block(10_000, managed) > 100  # not one block per task
+    assert auto_tasks_per_block(10_000_000, managed) == MAX_AUTO_TASKS_PER_BLOCK
+    assert auto_tasks_per_block(3, managed) == 1
+
+
+def test_chunks_split_by_count_and_bytes_and_carry_counts_once() -> None:
+    import pickle
+
+    tasks = [Task(data=bytes([i]) * 1000, task_id=str(i)) for i in range(100)]
+    parts = [pickle.loads(p) for p in _chunks(tasks, [1, 2], per_block=30, max_bytes=10_000)]
+    assert [t.task_id for _, chunk in parts for t in chunk] == [str(i) for i in range(100)]
+    assert all(len(chunk) <= 30 for _, chunk in parts) and len(parts) >= 10  # 30 tasks are ~30 KB > 10 KB
+    assert [c for c, _ in parts if c] == [[1, 2]]
+    # nothing to send but counts: one empty chunk carries them
+    assert [pickle.loads(p) for p in _chunks([], [3, 0], 10, 10_000)] == [([3, 0], [])]
+
+
+def test_fan_out_output_spreads_over_the_next_stages_actors(ray_attached, tmp_path) -> None:
+    stages = [FanOutOne(400), WhoAmI(str(tmp_path), workers=2, sleep=0.01)]
+    got = RayDataExecutor(show_progress=False).run(stages, _ints(1))
+    assert len(got) == 400
+    pids = {row[1] for row in read_rows(str(tmp_path), "who", "tasks")}
+    assert len(pids) == 2, "the fan-out's 400 tasks went to one actor: they were one block"
+
+
+# -- lifecycle, failures ---------------------------------------------------------------------
+
+
+def test_no_actors_left_after_success_and_failure(ray_attached, tmp_path) -> None:
+    ex = RayDataExecutor(show_progress=False)
+    assert len(ex.run([AddOne(), AddOne("b")], _ints(50))) == 50
+    assert _wait_no_actors(0.5) == []
+    with pytest.raises(StageFailedError) as info:
+        ex.run([AddOne(), Recorded(str(tmp_path), "bad", fail_on=(4,))], _ints(50))
+    # the core's own error (not Ray's wrapper, whose message is a Ray traceback)
+    assert type(info.value) is StageFailedError
+    assert str(info.value).startswith("stage 'bad' failed on task '3'")
+    assert _wait_no_actors(0.5) == []
+
+
+def test_setup_failure_fails_the_run_and_does_not_hang(ray_attached) -> None:
+    started = time.monotonic()
+    with pytest.raises(Exception, match="model weights not found"):
+        RayDataExecutor(show_progress=False).run([AddOne(), BadSetup()], _ints(20))
+    assert time.monotonic() - started < 120
+    assert _wait_no_actors() == []
+
+
+def test_killed_worker_is_retried_with_exactly_the_expected_outputs(ray_attached, tmp_path) -> None:
+    stages = [AddOne(), DieOnce(str(tmp_path), value=37), AddOne("b")]
+    got = RayDataExecutor(show_progress=False).run(stages, _ints(200))
+    assert os.path.exists(tmp_path / "died")  # a worker really was killed mid-run
+    expected = reference_run([AddOne(), _Double(), AddOne("b")], _ints(200))
+    assert canonical(got) == canonical(expected)  # no task lost, none duplicated
+    assert not got.failed_tasks
+
+
+class _Double(ProcessingStage):
+    name = "die_once"
+
+    def process(self, task: Task) -> Task:
+        return Task(data=task.data * 2)
+
+
+def test_stages_asking_for_more_cpus_than_exist_are_scaled_and_finish(ray_attached) -> None:
+    stages = [AddOne("a", cpus=1.0), AddOne("b", cpus=1.0), AddOne("c", cpus=1.0)]  # 3 CPUs on a 2-CPU Ray
+    got = RayDataExecutor(show_progress=False).run(stages, _ints(30))
+    assert sorted(t.data for t in got) == list(range(3, 33))
+    assert sum(s.workers * s.resources.cpus for s in got.plan.stages) <= 2.0 + 1e-9
+
+
+def test_a_worker_larger_than_any_node_fails_at_plan_time(ray_attached, tmp_path) -> None:
+    stage = WhoAmI(str(tmp_path), workers=1, resources=Resources(cpus=64.0))
+    with pytest.raises(PlanError):
+        RayDataExecutor(show_progress=False).run([stage], _ints(5))
+    assert read_rows(str(tmp_path), "who", "setup") == []
+
+
+# -- options at work ------------------------------------------------------------------------
+
+
+def test_progress_counts_match_the_reference(ray_attached) -> None:
+    stages = [FanOut(3), KeepEven(), AddOne()]
+    got = RayDataExecutor(show_progress=False).run(stages, _ints(90))
+    assert got.metrics["stages"] == reference_run(stages, _ints(90)).metrics["stages"]
+
+
+def test_preserve_order(ray_attached) -> None:
+    got = RayDataExecutor(show_progress=False, preserve_order=True, tasks_per_block=5).run(
+        [SlowUneven(workers=2), AddOne()], _ints(200))
+    assert [t.task_id for t in got] == [str(i) for i in range(200)]
+
+
+def test_data_context_settings_do_not_leak(ray_attached) -> None:
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    before = (ctx.enable_progress_bars, ctx.target_max_block_size, ctx.execution_options.preserve_order,
+              list(ctx.custom_execution_callback_classes), ctx.max_errored_blocks, ctx.get_config(
+                  "curator_exec.ray_data.run", None), ctx.execution_no_progress_timeout_s)
+    ex = RayDataExecutor(show_progress=False, preserve_order=True,
+                         data_context={"execution_no_progress_timeout_s": 123})
+    assert len(ex.run([AddOne()], _ints(10))) == 10
+    ctx = DataContext.get_current()
+    after = (ctx.enable_progress_bars, ctx.target_max_block_size, ctx.execution_options.preserve_order,
+             list(ctx.custom_execution_callback_classes), ctx.max_errored_blocks, ctx.get_config(
+                 "curator_exec.ray_data.run", None), ctx.execution_no_progress_timeout_s)
+    assert after == before
+
+
+class _EnvProbe(ProcessingStage):
+    name = "env_probe"
+    resources = Resources(cpus=0.5)
+
+    def process(self, task: Task) -> Task:
+        return Task(data=os.environ.get("CX_RAYDATA_PROBE", "unset"))
+
+
+def test_runtime_env_reaches_the_stage_actors(ray_attached) -> None:
+    got = RayDataExecutor(show_progress=False, runtime_env={"env_vars": {"CX_RAYDATA_PROBE": "hello"}}).run(
+        [_EnvProbe()], _ints(3))
+    assert [t.data for t in got] == ["hello"] * 3
