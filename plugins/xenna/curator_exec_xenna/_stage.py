@@ -148,10 +148,7 @@ class CuratorStage(xenna.Stage):
         try:
             accepted = ray.get(self._coordinator().register.remote(
                 self.managed.index, worker_id, node_id, os.getpid(), [handle]))  # list: pass the handle as a value
-        except Exception as exc:
-            import sys
-
-            print(f"curator-exec xenna: worker {worker_id} could not register: {exc!r}", file=sys.stderr)
+        except Exception:  # the coordinator is gone: the run is over
             accepted = False
         # The lock is held through setup, so a teardown request (which may arrive while
         # Xenna is still setting the worker up, right before it kills it) waits for it.

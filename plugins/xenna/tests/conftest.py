@@ -1,9 +1,9 @@
-"""One Ray cluster per test session, started the way the xenna executor would start it.
+"""Shared Ray fixtures from the core (one Ray per test session), plus this plugin's test stages.
 
-If ``curator_exec_core.testing.fixtures`` provides a session Ray fixture, prefer it;
-until then this starts (and at the end stops) a 2-CPU local Ray with the dashboard
-and the state-API limits Xenna needs. A cluster that was already running (RAY_ADDRESS)
-is reused and never shut down.
+``ray_session`` comes from :mod:`curator_exec_core.testing.fixtures`: it reuses a running Ray
+or starts a 2-CPU one *without* Xenna's start variables, so these tests also cover a
+cluster whose dashboard accepts only 10,000 state-API rows (the executor lowers Xenna's
+limit for its runs). The multi-node test runs its own ``Cluster`` in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -15,18 +15,14 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+pytest_plugins = ["curator_exec_core.testing.fixtures"]
 
-@pytest.fixture(scope="session")
-def ray_session():
-    from curator_exec_core.ray_session import ensure_ray, shutdown_if_owned
-    from curator_exec_xenna.executor import XENNA_START_ENV
 
+@pytest.fixture(scope="session", autouse=True)
+def _ship_test_stages_by_value() -> None:
+    """Ray workers cannot import the tests folder: pickle the test stages by value."""
     import ray.cloudpickle
 
     import xenna_test_stages
 
-    session = ensure_ray(start_env=XENNA_START_ENV, include_dashboard=True, num_cpus=2)
-    # workers cannot import the tests folder: ship the test stages by value
     ray.cloudpickle.register_pickle_by_value(xenna_test_stages)
-    yield session
-    shutdown_if_owned()
