@@ -364,12 +364,16 @@ class XennaExecutor(BaseExecutor):
         """Only while ``run_pipeline`` runs: RAY_ADDRESS pinned, the state-API limit Xenna will use
         accepted by the cluster, teardown before Xenna 0.3 kills a worker, ``ignore_head_node``
         applied to Xenna's cluster view. Everything is restored afterwards."""
+        from cosmos_xenna.pipelines.private import monitoring
         from cosmos_xenna.ray_utils import actor_pool, cluster
 
         saved_env = {k: os.environ.get(k) for k in _XENNA_TOUCHED_ENV}
         saved_limit = cluster.API_LIMIT
         saved_kill = actor_pool._kill_actor_and_reap
         saved_resources = cluster.make_cluster_resources_from_ray_nodes
+        monitor_cls = getattr(monitoring, "RayResourceMonitor", None)
+        saved_monitor_init = getattr(monitor_cls, "__init__", None)
+        monitors: list[Any] = []
         os.environ["RAY_ADDRESS"] = session.address
         try:
             cluster.API_LIMIT = _accepted_state_limit(int(saved_limit))
@@ -380,6 +384,14 @@ class XennaExecutor(BaseExecutor):
                     return saved_kill(actor_ref, *args, **kwargs)
 
                 actor_pool._kill_actor_and_reap = kill_with_teardown
+            if monitor_cls is not None and not hasattr(monitor_cls, "stop"):
+                # Xenna < 0.5 never stops its per-node NodeResourceMonitor actors: remember them
+                # and kill them when the run ends (their processes would otherwise hang around).
+                def init_and_remember(this: Any, *args: Any, **kwargs: Any) -> None:
+                    saved_monitor_init(this, *args, **kwargs)
+                    monitors.append(this)
+
+                monitor_cls.__init__ = init_and_remember
             if self.ignore_head_node:
                 head_ids = {n.node_id for n in (self._ray_capacity.nodes if self._ray_capacity else ())
                             if n.is_head}
@@ -395,6 +407,12 @@ class XennaExecutor(BaseExecutor):
                 cluster.make_cluster_resources_from_ray_nodes = without_head
             yield
         finally:
+            if monitor_cls is not None and saved_monitor_init is not None:
+                monitor_cls.__init__ = saved_monitor_init
+            for monitor in monitors:
+                for handle in getattr(monitor, "_monitors", ()):
+                    with contextlib.suppress(Exception):
+                        ray.kill(handle)
             cluster.API_LIMIT = saved_limit
             actor_pool._kill_actor_and_reap = saved_kill
             cluster.make_cluster_resources_from_ray_nodes = saved_resources
