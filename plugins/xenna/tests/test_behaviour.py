@@ -142,3 +142,33 @@ def test_worker_counts_follow_options(ray_session: Any, tmp_path: Any) -> None:
         # a worker Xenna stops before it finished starting never sets up; one that did tears down once
         assert 1 <= len(log.per_who("setup", name)) <= limit
         assert log.per_who("setup", name) == log.per_who("teardown", name)
+
+
+def test_starting_ray_ourselves_sets_variables_only_for_the_start(tmp_path: Any) -> None:
+    """In a fresh interpreter with no Ray: the executor starts one (dashboard on, Xenna's state-API
+    limits given to the Ray processes), the run works, and the driver's environment is unchanged."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, json\n"
+        "before = {k: os.environ.get(k) for k in %r}\n"
+        "from curator_exec_core import Task, get_executor\n"
+        "from curator_exec_core.testing.stages import AddOne\n"
+        "from curator_exec_core.ray_session import current_session\n"
+        "ex = get_executor('xenna', show_progress=False)\n"
+        "got = ex.run([AddOne('a'), AddOne('b')], [Task(data=i) for i in range(30)])\n"
+        "from curator_exec_xenna.executor import _accepted_state_limit\n"
+        "after = {k: os.environ.get(k) for k in %r}\n"
+        "print('RESULT ' + json.dumps({'n': len(got), 'how': current_session().how, 'same_env': before == after,\n"
+        "      'limit': _accepted_state_limit(40000)}))\n"
+    ) % (TOUCHED, TOUCHED)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=str(tmp_path))
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    import json
+
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert out == {"n": 30, "how": "started", "same_env": True, "limit": 40000}
