@@ -289,7 +289,7 @@ def cluster_capacity(*, ignore_head_node: bool = False, timeout: float = 120.0) 
     ]
     probed = ray.get(refs, timeout=timeout)
     result: list[NodeCapacity] = []
-    for n, cap in zip(nodes, probed):
+    for n, cap in zip(nodes, probed, strict=True):
         res = n.get("Resources", {})
         ray_gpus = int(res.get("GPU", 0))
         gpus = cap.gpus[:ray_gpus]

@@ -199,7 +199,7 @@ def ray_cluster(
                             for i, w in enumerate(workers)]
             cluster.wait_for_nodes()
             rs.ensure_ray(runtime_env=runtime_env, address=cluster.address)
-            gpu_nodes = [n.node_id for n, w in zip(worker_nodes, workers) if w.get("num_gpus")]
+            gpu_nodes = [n.node_id for n, w in zip(worker_nodes, workers, strict=True) if w.get("num_gpus")]
             if (head or {}).get("num_gpus"):
                 gpu_nodes.insert(0, cluster.head_node.node_id)
             yield RayTestCluster(

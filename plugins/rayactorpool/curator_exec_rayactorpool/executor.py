@@ -156,7 +156,7 @@ def assign_nodes(stages: list[ManagedStage], capacity: Capacity) -> list[list[st
                 continue
             cpus, gpus = stage.resources.cpus, stage.resources.gpus
 
-            def fits(nid: str, use_free: bool) -> bool:
+            def fits(nid: str, use_free: bool, cpus: float = cpus, gpus: float = gpus) -> bool:
                 c, g = free[nid] if use_free else (nodes[nid].cpus, float(nodes[nid].num_gpus))
                 return c + 1e-9 >= cpus and g + 1e-9 >= gpus
 
@@ -501,7 +501,7 @@ class _PoolRun:
             self.outputs.extend(value[1])
         else:
             assert call.pieces is not None
-            for piece, size in zip(call.pieces, sizes):
+            for piece, size in zip(call.pieces, sizes, strict=True):
                 if size:
                     self.queues[s + 1].append((piece, size))
 

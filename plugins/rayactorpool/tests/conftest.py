@@ -3,8 +3,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import rap_stages  # noqa: E402  (test stages; shipped to Ray workers by value, so workers need not import them)
-from ray import cloudpickle  # noqa: E402
+import rap_stages
+from ray import cloudpickle
 
 cloudpickle.register_pickle_by_value(rap_stages)
 

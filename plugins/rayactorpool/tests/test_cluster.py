@@ -11,11 +11,11 @@ import subprocess
 import sys
 
 import pytest
+from curator_exec_rayactorpool import RayActorPoolExecutor
 from rap_stages import Logged, read
 
 from curator_exec_core import PlanError, Task
 from curator_exec_core.ray_session import cluster_capacity, current_session
-from curator_exec_rayactorpool import RayActorPoolExecutor
 
 pytestmark = pytest.mark.timeout(900)
 

@@ -49,8 +49,9 @@ def test_session_is_reused_and_survives_runs(ray_attached):
 
     first = rs.ensure_ray()
     assert rs.ensure_ray() is first and rs.current_session() is first
-    from curator_exec_core import Task
     from curator_exec_rayactorpool import RayActorPoolExecutor
+
+    from curator_exec_core import Task
 
     RayActorPoolExecutor(show_progress=False).run([AddOne()], [Task(data=1)])
     assert ray.is_initialized() and rs.current_session() is first
@@ -131,13 +132,19 @@ def test_cluster_helper_stops_only_its_cluster_and_reattaches(ray_attached):
         assert (s.how, s.owned) == ("connected", False)  # the executor must never stop the test's cluster
         cap = rs.cluster_capacity()
         assert sorted(n.num_gpus for n in cap.nodes) == [0, 1]
-        from curator_exec_core import Task
         from curator_exec_rayactorpool import RayActorPoolExecutor
+
+        from curator_exec_core import Task
 
         out = RayActorPoolExecutor(show_progress=False).run([AddOne()], [Task(data=1)])
         assert [t.data for t in out] == [2]
-    # the Cluster is gone, this process is attached again the way it was, and Ray works
-    assert not rs._reachable(c.address)
+        nodes = [c.cluster.head_node, *c.cluster.worker_nodes]
+        pids = [p.process.pid for node in nodes for infos in node.all_processes.values() for p in infos]
+    # the Cluster's processes are gone, this process is attached again the way it was, and Ray works
+    assert pids
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
     assert ray.is_initialized()
     after = rs.current_session()
     assert after is not None and (after.how, after.owned) == (before.how, before.owned)
