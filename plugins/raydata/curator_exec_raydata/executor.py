@@ -16,15 +16,14 @@ How a run maps onto Ray Data:
   ``max_block_bytes`` bytes per block), and every chunk is its own block, so a
   fan-out stage's output spreads over the next stage's actors.
 * **Teardown is explicit.** Ray Data ends its actors on its own schedule (when
-  their handles go out of scope; a stage's ``__del__`` may never run). So every
-  stage actor registers with a small per-run registry actor *before* it runs
-  ``setup``, and a Ray Data execution callback keeps the pool's actor handles
-  alive past Ray Data's own release. When the dataset is consumed, or fails, the
-  driver closes the registry (a late actor then refuses to start), calls
-  ``teardown`` in every registered actor (``__ray_call__``) and kills them:
-  ``teardown`` runs once per actor also after a failure, and no actor outlives
-  the run. Should the callback not find the pools (a future Ray Data), the actor
-  still tears down when it exits (``__del__``, then ``atexit``).
+  their handles go out of scope; a callable class's ``__del__`` may never run,
+  and a failed dataset can keep its actors alive until it is garbage-collected).
+  So a Ray Data execution callback holds the handles of the run's actor pools;
+  when the dataset is consumed, or fails, the driver calls ``teardown`` in every
+  actor (``__ray_call__``, queued behind any constructor still running ``setup``)
+  and kills them: ``teardown`` runs once per actor also after a failure, and no
+  actor outlives the run. Should the callback not find the pools (a future Ray
+  Data), the actors still tear down when they exit (``__del__``, then ``atexit``).
 * **Progress** is counted where the work happens and travels with the chunks:
   each chunk carries the per-stage (tasks in, tasks out) counts of its lineage,
   which the driver adds to ``self.progress`` as the final stage's output is
@@ -38,6 +37,7 @@ from __future__ import annotations
 import atexit
 import logging
 import math
+import os
 import pickle
 import threading
 import uuid
@@ -145,9 +145,19 @@ class RayDataExecutor(BaseExecutor):
         return ray_session.ensure_ray(self.options.runtime_env)
 
     def capacity(self) -> Capacity:
-        """The Ray cluster, node by node (a probe task per node; GPUs through NVML there)."""
+        """The Ray cluster, node by node (a probe task per node; GPUs through NVML there).
+
+        The probe result is reused while the cluster's nodes and their resources stay the same.
+        """
+        global _capacity_cache
         self._ensure_ray()
-        return ray_session.cluster_capacity(ignore_head_node=self.ignore_head_node)
+        key = (_nodes_signature(), self.ignore_head_node, os.environ.get(ray_session.NVML_MODULE_ENV))
+        cached = _capacity_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        capacity = ray_session.cluster_capacity(ignore_head_node=self.ignore_head_node)
+        _capacity_cache = (key, capacity)
+        return capacity
 
     def plan_options(self) -> dict[str, Any]:
         o = self.options
@@ -175,14 +185,16 @@ class RayDataExecutor(BaseExecutor):
         ctx = self._data_context(run)
         try:
             with DataContext.current(ctx):
-                ds = ray.data.from_arrow([_table([p]) for p in _chunks(tasks, None, per_block, o.max_block_bytes)])
+                # from_items builds the blocks here (from_arrow would run a metadata task on a worker)
+                payloads = list(_chunks(tasks, None, per_block, o.max_block_bytes))
+                ds = ray.data.from_items([{COLUMN: p} for p in payloads], override_num_blocks=len(payloads))
                 for stage in managed:
                     plan = stage.plan
                     cpus = plan.resources.cpus if plan is not None else stage.resources.cpus
                     gpus = plan.resources.gpus if plan is not None else stage.resources.gpus
                     ds = ds.map_batches(
                         StageWorker,
-                        fn_constructor_args=(stage, run.registry, n_stages, per_block, auto, o.max_block_bytes),
+                        fn_constructor_args=(stage, n_stages, per_block, auto, o.max_block_bytes),
                         compute=ActorPoolStrategy(size=stage.num_workers() or 1,
                                                   max_tasks_in_flight_per_actor=o.max_tasks_in_flight_per_actor),
                         batch_size=max(1, math.ceil(stage.batch_size / per_block)),
@@ -278,6 +290,14 @@ class RayDataExecutor(BaseExecutor):
             logger.error("ray_data: %s", problem)
 
 
+_capacity_cache: tuple[Any, Capacity] | None = None
+
+
+def _nodes_signature() -> tuple:
+    return tuple(sorted((n["NodeID"], tuple(sorted(n.get("Resources", {}).items())))
+                        for n in ray_session.alive_nodes()))
+
+
 def _plain_stage_error(exc: BaseException) -> StageFailedError | None:
     """The StageFailedError a stage raised, as the core made it (not Ray's wrapper class)."""
     from ray.exceptions import RayError
@@ -360,16 +380,12 @@ _atexit_registered = False
 class StageWorker:
     """Ray Data callable class: one per actor, holding one set-up ManagedStage."""
 
-    def __init__(self, stage: ManagedStage, registry: Any, n_stages: int, per_block: int, auto: bool,
-                 max_bytes: int) -> None:
+    def __init__(self, stage: ManagedStage, n_stages: int, per_block: int, auto: bool, max_bytes: int) -> None:
         import ray
 
         global _atexit_registered
         rc = ray.get_runtime_context()
         actor_id = rc.get_actor_id() or uuid.uuid4().hex
-        # Register before setup: every actor that runs setup is known to the driver, which tears it down.
-        if not ray.get(registry.register.remote(actor_id, [rc.current_actor])):
-            raise RuntimeError("curator-exec ray_data: the run is over; not starting this stage actor")
         self.stage = stage
         self.n_stages = n_stages
         self.per_block = per_block
@@ -432,83 +448,56 @@ def _teardown_in_actor(_actor_instance: Any, run_id: str) -> list[str]:
     return problems
 
 
-class _Registry:
-    """Per-run registry of stage actors (a 0-CPU actor). ``close`` ends registration."""
-
-    def __init__(self) -> None:
-        self.actors: dict[str, Any] = {}
-        self.closed = False
-
-    def register(self, actor_id: str, handle: list[Any]) -> bool:
-        if self.closed:
-            return False
-        self.actors[actor_id] = handle[0]
-        return True
-
-    def close(self) -> list[Any]:
-        self.closed = True
-        return list(self.actors.values())
-
-
 # -- the driver side of a run's actors ---------------------------------------------------
 
 _RUN_KEY = "curator_exec.ray_data.run"
 #: token -> the run's actors, for the execution callback (driver process)
 _RUNS: dict[str, _RunActors] = {}
-_registry_cls: Any = None
 
 
 class _RunActors:
-    """The stage actors of one run: the registry, the handles kept alive, the final teardown."""
+    """The stage actors of one run: their handles, kept alive until the final teardown."""
 
-    def __init__(self, registry: Any) -> None:
+    def __init__(self) -> None:
         self.token = uuid.uuid4().hex
-        self.registry = registry
         self.keep: dict[str, Any] = {}  # actor id -> Ray Data's (owning) handle
-        self.keep_lock = threading.Lock()
-        self.found_pools = False
+        self.lock = threading.Lock()
+        self.finished = False
+        self.warned = False
 
     @classmethod
     def start(cls) -> _RunActors:
-        import ray
-
-        global _registry_cls
-        if _registry_cls is None:
-            _registry_cls = ray.remote(_Registry)
-        run = cls(_registry_cls.options(num_cpus=0, max_restarts=0, max_concurrency=1).remote())
+        run = cls()
         _RUNS[run.token] = run
         return run
 
     def hold(self, executor: Any) -> None:
         """Keep the handles of the executor's actor pools (Ray Data internals, read defensively)."""
         try:
-            topology = executor._topology
-            pools = [pool for op in topology for pool in op.get_autoscaling_actor_pools()]
             handles = []
-            for pool in pools:
-                handles += list(pool._running_actors.keys()) + list(pool._pending_actors.values())
+            for op in executor._topology:
+                for pool in op.get_autoscaling_actor_pools():
+                    handles += list(pool._running_actors.keys()) + list(pool._pending_actors.values())
         except Exception as exc:  # Ray Data changed: fall back on the actors' own exit path
-            if not getattr(self, "_warned", False):
-                self._warned = True
+            if not self.warned:
+                self.warned = True
                 logger.warning("ray_data: cannot reach Ray Data's actor pools (%r); stage teardown then relies "
                                "on the actors' exit", exc)
             return
-        self.found_pools = True
-        with self.keep_lock:
-            for h in handles:
-                self.keep.setdefault(h._actor_id.hex(), h)
+        with self.lock:
+            if not self.finished:
+                for h in handles:
+                    self.keep.setdefault(h._actor_id.hex(), h)
 
     def finish(self, timeout: float) -> list[str]:
-        """Close the registry, tear down every registered actor, kill them all. Returns problems."""
+        """Teardown in every actor of the run, then kill them. Returns the problems seen."""
         import ray
 
         _RUNS.pop(self.token, None)
+        with self.lock:
+            self.finished = True
+            handles, self.keep = list(self.keep.values()), {}
         problems: list[str] = []
-        try:
-            handles = ray.get(self.registry.close.remote(), timeout=60)
-        except Exception as exc:
-            problems.append(f"the actor registry did not answer ({exc!r}); stage actors may not be torn down")
-            handles = []
         calls = [h.__ray_call__.remote(_teardown_in_actor, "") for h in handles]
         if calls:
             ready, pending = ray.wait(calls, num_returns=len(calls), timeout=timeout)
@@ -522,9 +511,7 @@ class _RunActors:
             if pending:
                 problems.append(f"{len(pending)} stage actor(s) did not finish teardown within {timeout:g}s; "
                                 "killed")
-        with self.keep_lock:
-            kept, self.keep = list(self.keep.values()), {}
-        for h in [*handles, *kept, self.registry]:
+        for h in handles:
             try:
                 ray.kill(h, no_restart=True)
             except Exception:
