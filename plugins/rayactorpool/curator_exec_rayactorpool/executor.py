@@ -131,6 +131,9 @@ class _Call:
 
 
 _remote_worker_cls: Any = None
+#: seconds a capacity probe is reused while the cluster's nodes do not change
+CAPACITY_TTL = 60.0
+_capacity_cache: dict[tuple, tuple[float, Capacity]] = {}
 
 
 def _remote_worker() -> Any:
@@ -200,11 +203,26 @@ class RayActorPoolExecutor(BaseExecutor):
 
     # -- phases ------------------------------------------------------------------
     def capacity(self) -> Capacity:
-        """Per-node capacity of the Ray cluster (attaching to Ray first); honours ``ignore_head_node``."""
-        from curator_exec_core.ray_session import cluster_capacity, ensure_ray
+        """Per-node capacity of the Ray cluster (attaching to Ray first); honours ``ignore_head_node``.
 
-        ensure_ray(runtime_env=self.options.runtime_env)
-        return cluster_capacity(ignore_head_node=self.ignore_head_node)
+        The per-node probe runs again whenever the set of alive nodes or their Ray
+        resources change, and at least every ``CAPACITY_TTL`` seconds; in between the
+        last probe is reused (a probe task costs a worker start on a busy cluster).
+        """
+        import os
+
+        from curator_exec_core.ray_session import NVML_MODULE_ENV, alive_nodes, cluster_capacity, ensure_ray
+
+        session = ensure_ray(runtime_env=self.options.runtime_env)
+        nodes = tuple(sorted((n["NodeID"], tuple(sorted(n.get("Resources", {}).items()))) for n in alive_nodes()))
+        key = (session.token, nodes, self.ignore_head_node, os.environ.get(NVML_MODULE_ENV))
+        cached = _capacity_cache.get(key)
+        if cached is not None and time.monotonic() - cached[0] < CAPACITY_TTL:
+            return cached[1]
+        capacity = cluster_capacity(ignore_head_node=self.ignore_head_node)
+        _capacity_cache.clear()
+        _capacity_cache[key] = (time.monotonic(), capacity)
+        return capacity
 
     def plan_options(self) -> dict[str, Any]:
         return {
