@@ -64,36 +64,56 @@ def split(tasks: list[Task], size: int) -> list[Chunk]:
 
 
 class RunCoordinator:
-    """One small actor per run (``num_cpus=0``): per-stage task counts for the driver's
-    progress, and the workers that ran setup (so the driver can tear them down)."""
+    """A small actor (``num_cpus=0``), one per driver process, shared by its runs: per run, the
+    per-stage task counts for the driver's progress and the workers that registered before
+    their setup (so that the driver can tear them down)."""
 
-    def __init__(self, num_stages: int) -> None:
-        self.tasks_in = [0] * num_stages
-        self.tasks_out = [0] * num_stages
-        self.workers: list[tuple[int, str, str, int, list[Any]]] = []
-        self.closed = False
+    def __init__(self) -> None:
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.finished: set[str] = set()  # closed runs: late workers are refused
 
-    def add(self, index: int, tasks_in: int, tasks_out: int) -> None:
-        self.tasks_in[index] += tasks_in
-        self.tasks_out[index] += tasks_out
-
-    def register(self, index: int, worker_id: str, node_id: str, pid: int, handle: list[Any]) -> bool:
-        """A worker asks before its setup; after :meth:`close` the answer is no (the run is over)."""
-        if self.closed:
-            return False
-        self.workers.append((index, worker_id, node_id, pid, handle))
+    def ping(self) -> bool:
         return True
 
-    def close(self) -> list[tuple[int, str, str, int, list[Any]]]:
+    def _run(self, run_id: str, num_stages: int = 0) -> dict[str, Any] | None:
+        if run_id in self.finished:
+            return None
+        run = self.runs.setdefault(run_id, {"in": [], "out": [], "workers": []})
+        while len(run["in"]) < num_stages:
+            run["in"].append(0)
+            run["out"].append(0)
+        return run
+
+    def open(self, run_id: str, num_stages: int) -> None:
+        self._run(run_id, num_stages)
+
+    def add(self, run_id: str, index: int, tasks_in: int, tasks_out: int) -> None:
+        run = self._run(run_id, index + 1)
+        if run is not None:
+            run["in"][index] += tasks_in
+            run["out"][index] += tasks_out
+
+    def register(self, run_id: str, index: int, worker_id: str, node_id: str, pid: int, handle: list[Any]) -> bool:
+        """A worker asks before its setup; once the run is closed the answer is no."""
+        run = self._run(run_id, index + 1)
+        if run is None:
+            return False
+        run["workers"].append((index, worker_id, node_id, pid, handle))
+        return True
+
+    def close(self, run_id: str) -> list[tuple[int, str, str, int, list[Any]]]:
         """End of run: no more registrations; returns every worker that registered."""
-        self.closed = True
-        return list(self.workers)
+        run = self._run(run_id)
+        self.finished.add(run_id)
+        return list(run["workers"]) if run else []
 
-    def counts(self) -> tuple[list[int], list[int]]:
-        return list(self.tasks_in), list(self.tasks_out)
+    def counts(self, run_id: str) -> tuple[list[int], list[int]]:
+        run = self.runs.get(run_id)
+        return (list(run["in"]), list(run["out"])) if run else ([], [])
 
-    def registered(self) -> list[tuple[int, str, str, int, list[Any]]]:
-        return list(self.workers)
+    def forget(self, run_id: str) -> None:
+        self.finished.add(run_id)
+        self.runs.pop(run_id, None)
 
 
 class CuratorStage(xenna.Stage):
@@ -104,7 +124,7 @@ class CuratorStage(xenna.Stage):
         self.cpus = float(cpus)
         self.gpus = float(gpus)
         self.chunk_size = max(1, int(chunk_size))
-        self.coordinator = coordinator  # name of the run's RunCoordinator actor
+        self.coordinator = coordinator  # name of the driver's RunCoordinator actor
         self._coord: Any = None
         self._lock: threading.Lock | None = None
 
@@ -147,7 +167,7 @@ class CuratorStage(xenna.Stage):
         # a worker that starts after the run ended (coordinator closed or gone) does not set up.
         try:
             accepted = ray.get(self._coordinator().register.remote(
-                self.managed.index, worker_id, node_id, os.getpid(), [handle]))  # list: pass the handle as a value
+                self.managed.run_id, self.managed.index, worker_id, node_id, os.getpid(), [handle]))  # list: pass the handle as a value
         except Exception:  # the coordinator is gone: the run is over
             accepted = False
         # The lock is held through setup, so a teardown request (which may arrive while
@@ -172,7 +192,7 @@ class CuratorStage(xenna.Stage):
         with lock:
             out = self.managed.process_batch(tasks)
         try:
-            self._coordinator().add.remote(self.managed.index, len(tasks), len(out))
+            self._coordinator().add.remote(self.managed.run_id, self.managed.index, len(tasks), len(out))
         except Exception:  # the run is over (coordinator gone): counts no longer matter
             pass
         return split(out, self.chunk_size)

@@ -320,9 +320,8 @@ class XennaExecutor(BaseExecutor):
         opts = self.options
         run_id = managed[0].run_id
         chunk = self._chunk_size(len(tasks), managed)
-        coord_name = f"coordinator-{run_id}-{os.getpid()}"
-        coordinator = ray.remote(num_cpus=0)(xs.RunCoordinator).options(
-            name=coord_name, namespace=xs.COORDINATOR_NAMESPACE, lifetime=None).remote(len(managed))
+        coordinator, coord_name = _coordinator(ray, xs)
+        coordinator.open.remote(run_id, len(managed))  # order does not matter: runs are created on first use
 
         spec = self.build_pipeline_spec(managed, tasks, chunk, coord_name)
         stage_specs = spec.stages
@@ -333,7 +332,7 @@ class XennaExecutor(BaseExecutor):
         before = _xenna_actors(ray)
         started = time.time()
         timings = self.last_run_info["timings"] = {"list_before": time.perf_counter() - t0}
-        poller = _ProgressPoller(self, coordinator, len(managed))
+        poller = _ProgressPoller(self, coordinator, run_id, len(managed))
         outputs: list[Task] = []
         try:
             t0 = time.perf_counter()
@@ -353,7 +352,7 @@ class XennaExecutor(BaseExecutor):
                 outputs.extend(item.tasks)
         finally:
             with contextlib.suppress(Exception):
-                ray.kill(coordinator)
+                coordinator.forget.remote(run_id)
             t0 = time.perf_counter()
             self.last_run_info["reaped"] = _reap_leftovers(ray, before, started, opts.cleanup_timeout_s)
             timings["reap"] = time.perf_counter() - t0
@@ -422,7 +421,7 @@ class XennaExecutor(BaseExecutor):
         """Tear down and kill every worker of this run that is still alive (after a failure, Xenna
         leaves them running; after success they are gone and this does nothing)."""
         try:
-            workers = ray.get(coordinator.close.remote(), timeout=self.options.cleanup_timeout_s)
+            workers = ray.get(coordinator.close.remote(run_id), timeout=self.options.cleanup_timeout_s)
         except Exception as exc:  # pragma: no cover - coordinator lost
             logger.warning("xenna: could not list the run's workers: %s", exc)
             return
@@ -441,12 +440,35 @@ class XennaExecutor(BaseExecutor):
 # -- helpers (driver side) ----------------------------------------------------------------
 
 
+_COORDINATORS: dict[tuple[str, int], tuple[Any, str]] = {}
+
+
+def _coordinator(ray: Any, xs: Any) -> tuple[Any, str]:
+    """This process's :class:`RunCoordinator` on the current cluster (created once, reused by later runs)."""
+    key = (ray.get_runtime_context().gcs_address, os.getpid())
+    cached = _COORDINATORS.get(key)
+    if cached is not None:
+        try:
+            ray.get(cached[0].ping.remote(), timeout=30)
+            return cached
+        except Exception:
+            _COORDINATORS.pop(key, None)
+    import uuid
+
+    name = f"coordinator-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    handle = ray.remote(num_cpus=0)(xs.RunCoordinator).options(
+        name=name, namespace=xs.COORDINATOR_NAMESPACE, lifetime=None).remote()
+    _COORDINATORS[key] = (handle, name)
+    return handle, name
+
+
 class _ProgressPoller:
     """Feeds the driver's progress reporter from the run's coordinator actor."""
 
-    def __init__(self, executor: XennaExecutor, coordinator: Any, n: int) -> None:
+    def __init__(self, executor: XennaExecutor, coordinator: Any, run_id: str, n: int) -> None:
         self.executor = executor
         self.coordinator = coordinator
+        self.run_id = run_id
         self.seen_in = [0] * n
         self.seen_out = [0] * n
         self._stop = threading.Event()
@@ -466,7 +488,7 @@ class _ProgressPoller:
         import ray
 
         try:
-            tasks_in, tasks_out = ray.get(self.coordinator.counts.remote(), timeout=timeout)
+            tasks_in, tasks_out = ray.get(self.coordinator.counts.remote(self.run_id), timeout=timeout)
         except Exception:
             return
         progress = self.executor.progress
