@@ -122,7 +122,7 @@ class BaseExecutor(ABC):
     def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task] | None = None) -> list[Task]:
         """Run the stages on the initial tasks and return the last stage's outputs."""
 
-    def teardown(self) -> None:
+    def teardown(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release what the run acquired (engine sessions, actors). Called after every run."""
 
     # -- driver ------------------------------------------------------------
@@ -194,7 +194,7 @@ class BaseExecutor(ABC):
         metrics = {
             "seconds": seconds,
             "stages": {name: {"tasks_in": i, "tasks_out": o}
-                       for name, i, o in zip([s.name for s in stages], self.progress.tasks_in, self.progress.tasks_out)},
+                       for name, i, o in zip([s.name for s in stages], self.progress.tasks_in, self.progress.tasks_out, strict=True)},
         }
         logger.info("%s: %d tasks out, %d failed in %.2fs", self.executor_name, len(results), len(failed), seconds)
         for name, counts in metrics["stages"].items():

@@ -238,7 +238,7 @@ class ManagedStage(ProcessingStage):
                     for child in result:
                         self._check(child)
                     if len(result) == len(batch):
-                        for child, parent in zip(result, batch):
+                        for child, parent in zip(result, batch, strict=True):
                             _inherit(child, parent, parent.task_id)
                     else:
                         for i, child in enumerate(result):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from seed_custom_executor import MyCustomExecutor
 
 from curator_exec_core.testing import ExecutorConformance
-from seed_custom_executor import MyCustomExecutor
 
 
 class TestSeedCustomExecutorConformance(ExecutorConformance):
