@@ -41,6 +41,7 @@ import os
 import pickle
 import threading
 import uuid
+import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -59,6 +60,11 @@ from curator_exec_core.tasks import Task
 __all__ = ["RayDataExecutor", "RayDataOptions", "StageWorker"]
 
 logger = logging.getLogger("curator_exec.ray_data")
+
+# Ray Data warns when a pool has more actors than the blocks it received (a filter upstream
+# emptied the stream, a short input): expected here, and not actionable by the user.
+warnings.filterwarnings("ignore", message=r"The minimum number of concurrent actors for 'MapBatches\(StageWorker\)'",
+                        category=UserWarning)
 
 #: the one column of every block: pickled ``(counts, [Task, ...])`` chunks
 COLUMN = "tasks"
@@ -189,13 +195,16 @@ class RayDataExecutor(BaseExecutor):
                 payloads = list(_chunks(tasks, None, per_block, o.max_block_bytes))
                 ds = ray.data.from_items([{COLUMN: p} for p in payloads], override_num_blocks=len(payloads))
                 for stage in managed:
+                    workers = stage.num_workers() or 1
+                    if stage.index == 0:  # more actors than initial blocks would idle
+                        workers = min(workers, len(payloads))
                     plan = stage.plan
                     cpus = plan.resources.cpus if plan is not None else stage.resources.cpus
                     gpus = plan.resources.gpus if plan is not None else stage.resources.gpus
                     ds = ds.map_batches(
                         StageWorker,
                         fn_constructor_args=(stage, n_stages, per_block, auto, o.max_block_bytes),
-                        compute=ActorPoolStrategy(size=stage.num_workers() or 1,
+                        compute=ActorPoolStrategy(size=workers,
                                                   max_tasks_in_flight_per_actor=o.max_tasks_in_flight_per_actor),
                         batch_size=max(1, math.ceil(stage.batch_size / per_block)),
                         batch_format="pyarrow",
@@ -245,8 +254,6 @@ class RayDataExecutor(BaseExecutor):
         return args
 
     def _data_context(self, run: _RunActors) -> Any:
-        import warnings
-
         from ray.data import DataContext
 
         from curator_exec_raydata._callback import KeepActorsAlive
