@@ -23,7 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PY311 = "3.11"
 PLUGINS = ["local", "rayactorpool", "raydata"]  # plugins tested on the default Python
 XENNA_PINS = {"3.11": "cosmos-xenna==0.3.0", "3.12": "cosmos-xenna>=0.5,<0.6"}
-TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.2"]
+TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.2", "psutil"]
 
 
 def _python(version: str) -> str:
