@@ -299,6 +299,7 @@ def run_child(spec: dict[str, Any]) -> int:
             rss_before = current_rss_bytes()
             if sampler is not None:
                 sampler.reset()
+            cpu0 = time.process_time()
             t0 = time.perf_counter()
             construct = 0.0
             if name == PLAIN:
@@ -323,6 +324,7 @@ def run_child(spec: dict[str, Any]) -> int:
                     construct = time.perf_counter() - t0
                 outputs = Pipeline(f"bench-{workload}", stages=stages).run(executor, initial_tasks=tasks)
             seconds = time.perf_counter() - t0
+            record["driver_cpu_seconds"] = time.process_time() - cpu0  # this process only (contention check)
             if sampler is not None:
                 peak, samples = sampler.snapshot()
                 record.update(peak_rss_mb=peak / MB, rss_samples=samples,
