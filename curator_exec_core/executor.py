@@ -93,7 +93,6 @@ class BaseExecutor(ABC):
         self.run_id: str = ""
         self.current_plan: ExecutionPlan | None = None
         self.progress: ProgressReporter | None = None
-        self.last_result: PipelineResult | None = None
 
     @property
     def executor_name(self) -> str:
@@ -151,8 +150,7 @@ class BaseExecutor(ABC):
             raise ValueError("a pipeline needs at least one stage")
         tasks = prepare_initial_tasks(initial_tasks)
         if not tasks:
-            self.last_result = PipelineResult([], executor=self.executor_name)
-            return self.last_result
+            return PipelineResult([], executor=self.executor_name)
         hook = get_plugin_manager().hook
         self.run_id = run_id = uuid.uuid4().hex[:12]
         started = time.perf_counter()
@@ -199,9 +197,8 @@ class BaseExecutor(ABC):
         logger.info("%s: %d tasks out, %d failed in %.2fs", self.executor_name, len(results), len(failed), seconds)
         for name, counts in metrics["stages"].items():
             logger.info("  stage %-24s in=%d out=%d", name, counts["tasks_in"], counts["tasks_out"])
-        self.last_result = PipelineResult(results, failed_tasks=failed, metrics=metrics, plan=self.current_plan,
-                                          executor=self.executor_name)
-        return self.last_result
+        return PipelineResult(results, failed_tasks=failed, metrics=metrics, plan=self.current_plan,
+                              executor=self.executor_name)
 
     def _count(self, stage: ManagedStage, tasks_in: int, tasks_out: int) -> None:
         if self.progress is not None:
