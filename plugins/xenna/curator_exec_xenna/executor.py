@@ -247,8 +247,8 @@ class XennaExecutor(BaseExecutor):
         floor_note = ""
         if raw is not None and len(raw.nodes) == len(capacity.nodes) and raw.total_cpus > capacity.total_cpus:
             floor_note = (
-                f" Xenna allocates floor(Ray CPUs x cpu_allocation_percentage) per node: "
-                + ", ".join(f"{r.cpus:g} x {pct:g} -> {c.cpus:g}" for r, c in zip(raw.nodes, capacity.nodes))
+                " Xenna allocates floor(Ray CPUs x cpu_allocation_percentage) per node: "
+                + ", ".join(f"{r.cpus:g} x {pct:g} -> {c.cpus:g}" for r, c in zip(raw.nodes, capacity.nodes, strict=True))
                 + ". Raise cpu_allocation_percentage (up to 1.0) to give Xenna more CPUs.")
         if capacity.nodes and capacity.total_cpus <= 0:
             raise PlanError(
@@ -261,7 +261,7 @@ class XennaExecutor(BaseExecutor):
             raise
         notes = list(plan.notes)
         if self.concurrent_stages:
-            auto = [sp.name for sp, s in zip(plan.stages, stages)
+            auto = [sp.name for sp, s in zip(plan.stages, stages, strict=True)
                     if s.num_workers() is None and self.options.max_workers_per_stage is None
                     and XennaStageOptions.from_stage(s).num_workers_per_node is None]
             if auto:
@@ -492,7 +492,7 @@ class _ProgressPoller:
         except Exception:
             return
         progress = self.executor.progress
-        for i, (a, b) in enumerate(zip(tasks_in, tasks_out)):
+        for i, (a, b) in enumerate(zip(tasks_in, tasks_out, strict=False)):
             da, db = a - self.seen_in[i], b - self.seen_out[i]
             if da or db:
                 self.seen_in[i], self.seen_out[i] = a, b

@@ -22,7 +22,6 @@ pytest_plugins = ["curator_exec_core.testing.fixtures"]
 def _ship_test_stages_by_value() -> None:
     """Ray workers cannot import the tests folder: pickle the test stages by value."""
     import ray.cloudpickle
-
     import xenna_test_stages
 
     ray.cloudpickle.register_pickle_by_value(xenna_test_stages)

@@ -11,13 +11,14 @@ from curator_exec_xenna.executor import XENNA_START_ENV
 
 os.environ.update(XENNA_START_ENV)  # this throwaway process starts the cluster: its raylets need them
 
-import ray  # noqa: E402
-import ray.cloudpickle  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
+import ray
+import ray.cloudpickle
+import xenna_test_stages
+from ray.cluster_utils import Cluster
 
-import xenna_test_stages  # noqa: E402
-from curator_exec_core import Resources, Task, get_executor  # noqa: E402
-from curator_exec_core.testing import LifecycleLog  # noqa: E402
+from curator_exec_core import Resources, Task, get_executor
+from curator_exec_core.testing import LifecycleLog
+
 
 def free_port() -> int:
     import socket

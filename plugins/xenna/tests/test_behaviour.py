@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from typing import Any
 
 import pytest
+from xenna_test_stages import Sized, Stamp, stamps
 
-from curator_exec_core import PlanError, ProcessingStage, Resources, StageFailedError, Task, get_executor
+from curator_exec_core import PlanError, StageFailedError, Task, get_executor
 from curator_exec_core.testing import LifecycleLog
 from curator_exec_core.testing.stages import AddOne, FailOn, Recorded
-from xenna_test_stages import Sized, Stamp, stamps
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -162,7 +161,7 @@ def test_starting_ray_ourselves_sets_variables_only_for_the_start(tmp_path: Any)
         "after = {k: os.environ.get(k) for k in %r}\n"
         "print('RESULT ' + json.dumps({'n': len(got), 'how': current_session().how, 'same_env': before == after,\n"
         "      'limit': _accepted_state_limit(40000)}))\n"
-    ) % (TOUCHED, TOUCHED)
+    ).replace("%r", repr(TOUCHED))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
                           cwd=str(tmp_path))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from curator_exec_xenna import XennaExecutor
 
 from curator_exec_core import (
     Capacity,
@@ -19,7 +20,6 @@ from curator_exec_core import (
     get_executor,
 )
 from curator_exec_core.testing.stages import AddOne
-from curator_exec_xenna import XennaExecutor
 
 SEED_CONFIG = {
     "execution_mode": "streaming",
