@@ -39,6 +39,12 @@ def _plugin_path(name: str) -> str:
     return os.path.join(HERE, "plugins", name)
 
 
+def _with_test_extra(name: str) -> str:
+    """The plugin's path, with its `[test]` extra when its pyproject declares one."""
+    with open(os.path.join(_plugin_path(name), "pyproject.toml")) as f:
+        return _plugin_path(name) + ("[test]" if "\ntest = [" in f.read() else "")
+
+
 def _has_tests(name: str) -> bool:
     return os.path.isdir(os.path.join(_plugin_path(name), "tests"))
 
@@ -60,7 +66,7 @@ def core(session: nox.Session) -> None:
 @nox.parametrize("name", [p for p in PLUGINS if os.path.isdir(_plugin_path(p))])
 def plugin(session: nox.Session, name: str) -> None:
     """One backend plugin in a fresh venv holding only the core and that plugin."""
-    session.install(".", _plugin_path(name), *TEST_DEPS)
+    session.install(".", _with_test_extra(name), *TEST_DEPS)
     session.run("python", "-c", f"import curator_exec_core as c; print(c.get_executor({_exec_name(name)!r}))")
     if _has_tests(name):
         session.run("pytest", os.path.join("plugins", name, "tests"), *session.posargs)
@@ -74,7 +80,7 @@ def xenna(session: nox.Session) -> None:
         session.skip("plugins/xenna does not exist yet")
     version = session.run("python", "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')",
                           silent=True).strip()
-    session.install(".", _plugin_path("xenna"), XENNA_PINS[version], *TEST_DEPS)
+    session.install(".", _with_test_extra("xenna"), XENNA_PINS[version], *TEST_DEPS)
     if _has_tests("xenna"):
         session.run("pytest", os.path.join("plugins", "xenna", "tests"), *session.posargs)
 
@@ -82,7 +88,7 @@ def xenna(session: nox.Session) -> None:
 @nox.session(python=_python(PY311))
 def integration(session: nox.Session) -> None:
     """The core's tests with every plugin installed together (registry, docs, CLI see them all)."""
-    present = [_plugin_path(p) for p in ["local", "rayactorpool", "raydata", "xenna"] if os.path.isdir(_plugin_path(p))]
+    present = [_with_test_extra(p) for p in ["local", "rayactorpool", "raydata", "xenna"] if os.path.isdir(_plugin_path(p))]
     session.install(".", *present, *TEST_DEPS)
     session.run("pytest", "tests", *session.posargs)
 

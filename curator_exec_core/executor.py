@@ -45,16 +45,20 @@ def find_stage_error(exc: BaseException) -> StageFailedError | None:
     """The :class:`StageFailedError` inside an engine's exception (cause chains, Ray's ``.cause``)."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
+    wrapped: StageFailedError | None = None
     while todo:
-        cur = todo.pop()
+        cur = todo.pop(0)
         if cur is None or id(cur) in seen:
             continue
         seen.add(id(cur))
         if isinstance(cur, StageFailedError):
-            return cur
-        todo += [cur.__cause__, cur.__context__, getattr(cur, "cause", None)]
+            if type(cur) is StageFailedError or not hasattr(cur, "cause"):
+                return cur
+            # Ray's RayTaskError(StageFailedError) is both; prefer the plain one it carries
+            wrapped = wrapped or cur
+        todo += [getattr(cur, "cause", None), cur.__cause__, cur.__context__]
         todo += [e for e in getattr(cur, "exceptions", ()) if isinstance(e, BaseException)]
-    return None
+    return wrapped
 
 
 def prepare_initial_tasks(initial_tasks: Sequence[Task] | None) -> list[Task]:

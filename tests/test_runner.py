@@ -106,3 +106,22 @@ def test_teardown_without_setup_does_nothing(tmp_path):
     managed = ManagedStage(Recorded(str(tmp_path), "rec"))
     managed.teardown()
     assert LifecycleLog(tmp_path).entries() == []
+
+
+def test_find_stage_error_prefers_the_plain_error_inside_an_engine_wrapper():
+    """Ray raises a class that is both its wrapper and the cause's type; users get the plain error."""
+    from curator_exec_core.executor import find_stage_error
+
+    plain = StageFailedError("s", "3", "ValueError('x')")
+
+    class DualWrapper(RuntimeError, StageFailedError):  # what RayTaskError.as_instanceof_cause() builds
+        def __init__(self, cause):
+            RuntimeError.__init__(self, "ray traceback text")
+            self.cause = cause
+
+    wrapper = DualWrapper(plain)
+    assert find_stage_error(wrapper) is plain
+    outer = RuntimeError("engine failed")
+    outer.__cause__ = wrapper
+    assert find_stage_error(outer) is plain
+    assert find_stage_error(RuntimeError("unrelated")) is None
