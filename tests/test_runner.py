@@ -114,9 +114,12 @@ def test_find_stage_error_prefers_the_plain_error_inside_an_engine_wrapper():
 
     plain = StageFailedError("s", "3", "ValueError('x')")
 
-    class DualWrapper(RuntimeError, StageFailedError):  # what RayTaskError.as_instanceof_cause() builds
+    class EngineError(Exception):
+        pass
+
+    class DualWrapper(EngineError, StageFailedError):  # what RayTaskError.as_instanceof_cause() builds
         def __init__(self, cause):
-            RuntimeError.__init__(self, "ray traceback text")
+            Exception.__init__(self, "ray traceback text")
             self.cause = cause
 
     wrapper = DualWrapper(plain)
