@@ -376,13 +376,14 @@ class XennaExecutor(BaseExecutor):
         os.environ["RAY_ADDRESS"] = session.address
         try:
             cluster.API_LIMIT = _accepted_state_limit(int(saved_limit))
-            xs_stage = _import_xenna()[0].Stage
-            if not hasattr(xs_stage, "destroy"):  # Xenna < 0.5: no destroy(); tear down right before the kill
-                def kill_with_teardown(actor_ref: Any, *args: Any, **kwargs: Any) -> Any:
-                    _call_teardown(ray, [actor_ref], run_id, self.options.cleanup_timeout_s)
-                    return saved_kill(actor_ref, *args, **kwargs)
+            # Tear down right before Xenna kills a worker: 0.3 has no destroy(), and 0.5 may kill the
+            # actor before its destroy() has finished (seen in batch mode). Teardown is idempotent.
 
-                actor_pool._kill_actor_and_reap = kill_with_teardown
+            def kill_with_teardown(actor_ref: Any, *args: Any, **kwargs: Any) -> Any:
+                _call_teardown(ray, [actor_ref], run_id, self.options.cleanup_timeout_s)
+                return saved_kill(actor_ref, *args, **kwargs)
+
+            actor_pool._kill_actor_and_reap = kill_with_teardown
             if monitor_cls is not None and not hasattr(monitor_cls, "stop"):
                 # Xenna < 0.5 never stops its per-node NodeResourceMonitor actors: remember them
                 # and kill them when the run ends (their processes would otherwise hang around).
