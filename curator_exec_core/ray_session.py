@@ -36,6 +36,7 @@ import attrs
 from curator_exec_core.capacity import Capacity, NodeCapacity, probe_local
 
 __all__ = [
+    "temporary_env",
     "RaySession",
     "ensure_ray",
     "current_session",
@@ -111,7 +112,7 @@ def _reachable(address: str, timeout: float = 2.0) -> bool:
 
 
 @contextmanager
-def _temporary_env(env: Mapping[str, str] | None) -> Iterator[None]:
+def temporary_env(env: Mapping[str, str] | None) -> Iterator[None]:
     """Set ``env`` for the duration of a Ray start only (children inherit it), then restore."""
     if not env:
         yield
@@ -187,7 +188,7 @@ def ensure_ray(
             ray.init(address=address, **kwargs)
             how, owned = "connected", False
         else:
-            with _temporary_env(start_env):
+            with temporary_env(start_env):
                 # "local": start a new cluster even if a ray_current_cluster file names another
                 ray.init(address="local", **kwargs)
             how, owned = "started", True

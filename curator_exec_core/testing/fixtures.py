@@ -133,20 +133,6 @@ def _restore_file(path: str | None) -> Iterator[None]:
             pass
 
 
-@contextlib.contextmanager
-def _env(updates: Mapping[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in updates}
-    os.environ.update(updates)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _node_args(args: Mapping[str, Any], label: str, gpu_memory_gb: float) -> dict[str, Any]:
     out = {"num_cpus": 1, **args}
     env = dict(out.pop("env_vars", None) or {})
@@ -190,7 +176,7 @@ def ray_cluster(
     env = {rs.NVML_MODULE_ENV: fake_nvml.MODULE} if fake_nvml_probe else {}
     cluster = None
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_env(env))
+        stack.enter_context(rs.temporary_env(env))
         try:
             with _restore_file(_address_file()):
                 cluster = Cluster(initialize_head=True,
