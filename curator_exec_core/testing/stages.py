@@ -11,7 +11,8 @@ from curator_exec_core.stages import NodeInfo, ProcessingStage, Resources, Worke
 from curator_exec_core.tasks import Task
 
 
-def _append(path: str, line: str) -> None:
+def append_line(path: str, line: str) -> None:
+    """Append one line atomically (O_APPEND), so workers in several processes can share a file."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, (line + "\n").encode())
@@ -26,7 +27,7 @@ class LifecycleLog:
         self.path = str(Path(folder) / "lifecycle.log")
 
     def record(self, event: str, stage: str, who: str) -> None:
-        _append(self.path, f"{event}\t{stage}\t{who}")
+        append_line(self.path, f"{event}\t{stage}\t{who}")
 
     def entries(self) -> list[tuple[str, str, str]]:
         if not os.path.exists(self.path):
@@ -147,7 +148,7 @@ class Flaky(ProcessingStage):
 
     def process(self, task: Task) -> Task:
         marker = os.path.join(self.folder, f"flaky-{task.task_id}")
-        _append(marker, "x")
+        append_line(marker, "x")
         with open(marker) as f:
             attempts = sum(1 for _ in f)
         if attempts <= self.failures:

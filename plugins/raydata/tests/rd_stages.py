@@ -8,14 +8,7 @@ import time
 from typing import Any
 
 from curator_exec_core import ProcessingStage, Resources, Task
-
-
-def _append(path: str, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\n").encode())
-    finally:
-        os.close(fd)
+from curator_exec_core.testing.stages import append_line
 
 
 class WhoAmI(ProcessingStage):
@@ -40,12 +33,12 @@ class WhoAmI(ProcessingStage):
 
         ctx = ray.get_runtime_context()
         self._me = f"{os.getpid()}\t{ctx.get_node_id()}\t{os.environ.get('CUDA_VISIBLE_DEVICES', '')}"
-        _append(os.path.join(self.folder, f"{self.name}.setup"), f"{self._me}\t{worker_metadata.node_id}")
+        append_line(os.path.join(self.folder, f"{self.name}.setup"), f"{self._me}\t{worker_metadata.node_id}")
 
     def process(self, task: Task) -> Task:
         if self.sleep:
             time.sleep(self.sleep)
-        _append(os.path.join(self.folder, f"{self.name}.tasks"), f"{task.task_id}\t{self._me}")
+        append_line(os.path.join(self.folder, f"{self.name}.tasks"), f"{task.task_id}\t{self._me}")
         return Task(data=task.data)
 
 
@@ -87,7 +80,7 @@ class DieOnce(ProcessingStage):
         if task.data == self.value:
             marker = os.path.join(self.folder, "died")
             if not os.path.exists(marker):
-                _append(marker, str(os.getpid()))
+                append_line(marker, str(os.getpid()))
                 os.kill(os.getpid(), signal.SIGKILL)
         return Task(data=task.data * 2)
 

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from curator_exec_core import ProcessingStage, Resources, Task
-from curator_exec_core.testing.stages import Recorded, _append
+from curator_exec_core.testing.stages import Recorded, append_line
 
 
 class Stamp(ProcessingStage):
@@ -24,7 +24,7 @@ class Stamp(ProcessingStage):
     def process(self, task: Task) -> Task:
         if self.sleep:
             time.sleep(self.sleep)
-        _append(os.path.join(self.folder, f"{self.name}.times"), repr(time.time()))
+        append_line(os.path.join(self.folder, f"{self.name}.times"), repr(time.time()))
         return task
 
 
