@@ -32,7 +32,7 @@ from typing import Any
 import attrs
 
 from curator_exec_core.errors import StageFailedError
-from curator_exec_core.stages import NodeInfo, ProcessingStage, Resources, WorkerMetadata
+from curator_exec_core.stages import NodeInfo, ProcessingStage, Resources, WorkerMetadata, has_lifecycle
 from curator_exec_core.tasks import FailedTask, StagePerf, Task
 
 __all__ = ["FailurePolicy", "ManagedStage", "run_dir"]
@@ -118,6 +118,11 @@ class ManagedStage(ProcessingStage):
     @property
     def is_set_up(self) -> bool:
         return self._set_up and not self._torn_down
+
+    @property
+    def has_lifecycle(self) -> bool:
+        """Whether the user's stage overrides ``setup``, ``setup_on_node`` or ``teardown``."""
+        return has_lifecycle(self.stage)
 
     def num_workers(self) -> int | None:
         return self.plan.workers if self.plan is not None else self.stage.num_workers()

@@ -23,7 +23,7 @@ import attrs
 
 from curator_exec_core.tasks import Task
 
-__all__ = ["Resources", "ProcessingStage", "NodeInfo", "WorkerMetadata"]
+__all__ = ["Resources", "ProcessingStage", "NodeInfo", "WorkerMetadata", "has_lifecycle"]
 
 In = TypeVar("In", bound=Task)
 Out = TypeVar("Out", bound=Task)
@@ -145,3 +145,19 @@ class ProcessingStage(Generic[In, Out]):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r} {self.resources.describe()} batch_size={self.batch_size}>"
+
+
+LIFECYCLE_METHODS = ("setup_on_node", "setup", "teardown")
+
+
+def has_lifecycle(stage: ProcessingStage) -> bool:
+    """Whether ``stage`` overrides ``setup``, ``setup_on_node`` or ``teardown``.
+
+    A stage without them keeps no per-worker state, so an engine may run it on any
+    pooled worker process (Ray tasks) instead of a dedicated long-lived one (an actor).
+    (For a :class:`~curator_exec_core.runner.ManagedStage`, ask its ``has_lifecycle``
+    property, which answers for the user's stage it wraps.)
+    """
+    cls = type(stage)
+    return any(getattr(cls, m) is not getattr(ProcessingStage, m) for m in LIFECYCLE_METHODS)
+

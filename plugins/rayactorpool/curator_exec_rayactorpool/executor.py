@@ -15,6 +15,16 @@ How a run maps onto Ray:
   non-head node (``NodeAffinitySchedulingStrategy``). An actor runs the stage's
   ``setup`` (and ``setup_on_node`` once per node) when it starts and its
   ``teardown`` when the run ends, also after a failure; then it is killed.
+* **Stages without lifecycle methods run as tasks** (``stateless_as_tasks``, on by
+  default): a stage that overrides none of ``setup``, ``setup_on_node`` and
+  ``teardown`` keeps no per-worker state, so it needs no actor of its own. Its
+  chunks go out as Ray tasks with the same resources, node pins, chunking and
+  backpressure; Ray runs them on its pooled worker processes, which outlive the
+  run (they are Ray's, not ours), so a second run starts nothing. The stage is
+  fetched once per worker process and run. Up to ``workers x max_in_flight``
+  calls of such a stage are out at once (one per worker when ``pool_size`` or the
+  stage's ``num_workers()`` fixes its size), and Ray runs as many of them as
+  the free CPUs allow, so a stage may use CPUs the other stages leave idle.
 * **Streaming**: a driver loop keeps every actor busy with up to
   ``max_in_flight`` calls. A call carries a *chunk* of tasks (``chunk_size``, or
   sized automatically to about 50 ms of work, at most 256 tasks), so the ~0.5 ms
@@ -78,6 +88,10 @@ class RayActorPoolOptions(ExecutorOptions):
         None, dict,
         "Ray runtime_env for the actors (env_vars, pip, working_dir, ...); also given to ray.init when this "
         "executor starts Ray.", allow_none=True)
+    include_dashboard: bool = option(
+        False, bool,
+        "Start Ray's dashboard when this executor starts Ray itself (it adds about 2 s to the start here); "
+        "no effect when attaching to a running Ray.")
     chunk_size: int | None = option(
         None, int,
         "Tasks per actor call (None: automatic, about 50 ms of stage work per call, at most 256 tasks). "
@@ -93,6 +107,11 @@ class RayActorPoolOptions(ExecutorOptions):
     teardown_timeout: float = option(
         60.0, float, "Seconds to wait for the actors' teardown at the end of a run before they are killed anyway.",
         minimum=0)
+    stateless_as_tasks: bool = option(
+        True, bool,
+        "Run a stage that overrides none of setup, setup_on_node and teardown as chunked Ray tasks on Ray's "
+        "pooled worker processes instead of on actors of its own: same plan, same chunks and backpressure, "
+        "but no actor to start (about 0.7 s a run) and nothing to tear down. False: every stage gets actors.")
     reuse_actors: bool = option(
         False, bool,
         "Keep this executor's actors alive between its runs, so a second run skips starting actors (about 1 s). "
@@ -102,10 +121,13 @@ class RayActorPoolOptions(ExecutorOptions):
 
 
 class _Actor:
-    __slots__ = ("handle", "stage", "worker_id", "node", "ready", "dead", "inflight", "info", "requested_at",
-                 "setup_ref", "key", "reused")
+    """An actor of a stage's pool, or (``handle`` None) a task slot of a stage run as Ray tasks."""
 
-    def __init__(self, handle: Any, stage: int, worker_id: str, node: str | None, setup_ref: Any) -> None:
+    __slots__ = ("handle", "stage", "worker_id", "node", "ready", "dead", "inflight", "info", "requested_at",
+                 "setup_ref", "key", "reused", "depth")
+
+    def __init__(self, handle: Any, stage: int, worker_id: str, node: str | None, setup_ref: Any,
+                 depth: int) -> None:
         self.handle = handle
         self.stage = stage
         self.worker_id = worker_id
@@ -118,6 +140,7 @@ class _Actor:
         self.setup_ref = setup_ref
         self.key: tuple = ()
         self.reused = False
+        self.depth = depth  # calls queued or running at once
 
 
 class _Call:
@@ -131,6 +154,7 @@ class _Call:
 
 
 _remote_worker_cls: Any = None
+_remote_task_fn: Any = None
 #: seconds a capacity probe is reused while the cluster's nodes do not change
 CAPACITY_TTL = 60.0
 _capacity_cache: dict[tuple, tuple[float, Capacity]] = {}
@@ -145,6 +169,17 @@ def _remote_worker() -> Any:
 
         _remote_worker_cls = ray.remote(ActorPoolWorker)
     return _remote_worker_cls
+
+
+def _remote_task() -> Any:
+    global _remote_task_fn
+    if _remote_task_fn is None:
+        import ray
+
+        from curator_exec_rayactorpool.worker import process_in_task
+
+        _remote_task_fn = ray.remote(process_in_task)
+    return _remote_task_fn
 
 
 def assign_nodes(stages: list[ManagedStage], capacity: Capacity) -> list[list[str | None]]:
@@ -213,7 +248,7 @@ class RayActorPoolExecutor(BaseExecutor):
 
         from curator_exec_core.ray_session import NVML_MODULE_ENV, alive_nodes, cluster_capacity, ensure_ray
 
-        session = ensure_ray(runtime_env=self.options.runtime_env)
+        session = ensure_ray(runtime_env=self.options.runtime_env, include_dashboard=self.options.include_dashboard)
         nodes = tuple(sorted((n["NodeID"], tuple(sorted(n.get("Resources", {}).items()))) for n in alive_nodes()))
         key = (session.token, nodes, self.ignore_head_node, os.environ.get(NVML_MODULE_ENV))
         cached = _capacity_cache.get(key)
@@ -234,7 +269,7 @@ class RayActorPoolExecutor(BaseExecutor):
     def execute(self, stages: list, initial_tasks: list[Task] | None = None) -> list[Task]:
         from curator_exec_core.ray_session import ensure_ray
 
-        ensure_ray(runtime_env=self.options.runtime_env)
+        ensure_ray(runtime_env=self.options.runtime_env, include_dashboard=self.options.include_dashboard)
         from_run = bool(stages) and all(isinstance(s, ManagedStage) for s in stages)
         # called by run(): the stages come managed and planned; called directly: plan them here
         managed = self.managed_stages(stages)
@@ -320,12 +355,16 @@ class _PoolRun:
         self.closed = False
         self.placement = assign_nodes(stages, capacity) if capacity is not None else None
         self.stage_refs: list[Any] = []
+        #: stages run as Ray tasks (no lifecycle methods), see ``stateless_as_tasks``
+        self.as_tasks = [self.opts.stateless_as_tasks and not st.has_lifecycle for st in stages]
+        self.task_options: dict[tuple[int, str | None], dict[str, Any]] = {}
 
     # -- actors ------------------------------------------------------------------
-    def _actor_options(self, stage: ManagedStage, node: str | None) -> dict[str, Any]:
+    def _actor_options(self, stage: ManagedStage, node: str | None, task: bool = False) -> dict[str, Any]:
         res = stage.resources
-        opts: dict[str, Any] = {"num_cpus": res.cpus, "num_gpus": res.gpus, "max_restarts": 0,
-                                "max_task_retries": 0, "max_concurrency": 1}
+        opts: dict[str, Any] = {"num_cpus": res.cpus, "num_gpus": res.gpus}
+        if not task:
+            opts.update(max_restarts=0, max_task_retries=0, max_concurrency=1)
         if self.opts.runtime_env:
             opts["runtime_env"] = dict(self.opts.runtime_env)
         if node is not None:
@@ -349,12 +388,20 @@ class _PoolRun:
         k = self.started[s]
         self.started[s] += 1
         worker_id = f"{self.run_id}/{s}:{stage.name}/{k}"
+        if self.as_tasks[s]:
+            # a task slot: up to `depth` calls of this stage at once, run by whichever pooled worker Ray picks;
+            # a stage with an explicit size (pool_size, num_workers()) gets one running call per slot
+            explicit = self.opts.pool_size is not None or stage.stage.num_workers() is not None
+            slot = _Actor(None, s, worker_id, node, None, 1 if explicit else self.opts.max_in_flight)
+            slot.ready = True
+            self.actors[s].append(slot)
+            return slot
         key = self._key(stage, node)
         reused = self.executor._take_idle(key) if self.opts.reuse_actors else None
         handle = reused.handle if reused is not None else _remote_worker().options(
             **self._actor_options(stage, node)).remote()
         setup_ref = handle.setup.remote(self.stage_refs[s], worker_id)
-        actor = _Actor(handle, s, worker_id, node, setup_ref)
+        actor = _Actor(handle, s, worker_id, node, setup_ref, self.opts.max_in_flight)
         actor.key = key
         actor.reused = reused is not None
         self.actors[s].append(actor)
@@ -407,7 +454,7 @@ class _PoolRun:
             raise ActorPoolError(
                 f"stage {name!r}: {self.deaths[s]} actors died in this run (max_actor_restarts="
                 f"{self.opts.max_actor_restarts}); last: {err}") from err
-        logger.warning("stage %r: actor %s died (%s); replacing it and retrying its %d chunk(s)",
+        logger.warning("stage %r: worker %s died (%s); replacing it and retrying its %d chunk(s)",
                        name, actor.worker_id, type(err).__name__, retried)
         self.start_actor(s, self._replacement_node(actor))
 
@@ -426,7 +473,8 @@ class _PoolRun:
         return max(1, min(MAX_CHUNK, size))
 
     def slots(self, s: int) -> int:
-        return max(1, len(self.actors[s])) * self.opts.max_in_flight
+        actors = self.actors[s]
+        return sum(a.depth for a in actors) if actors else self.opts.max_in_flight
 
     def has_input(self, s: int) -> bool:
         return bool(self.queues[s]) or (s == 0 and self.src_pos < len(self.source))
@@ -434,7 +482,7 @@ class _PoolRun:
     def free_actor(self, s: int) -> _Actor | None:
         best = None
         for actor in self.actors[s]:
-            if actor.ready and len(actor.inflight) < self.opts.max_in_flight:
+            if actor.ready and len(actor.inflight) < actor.depth:
                 if best is None or len(actor.inflight) < len(best.inflight):
                     best = actor
         return best
@@ -458,16 +506,29 @@ class _PoolRun:
             inputs.append((chunk, take))
         args = [payload for payload, _ in inputs]
         if s == self.n - 1:
-            ref = actor.handle.process.remote(0, 0, *args)
+            ref = self.call(actor, 1, 0, 0, args)
             pieces = None
         else:
             n_pieces = max(1, min(MAX_PIECES, len(self.actors[s + 1])))
-            refs = actor.handle.process.options(num_returns=1 + n_pieces).remote(
-                n_pieces, self.chunk_size(s + 1), *args)
+            refs = self.call(actor, 1 + n_pieces, n_pieces, self.chunk_size(s + 1), args)
             ref, pieces = refs[0], list(refs[1:])
         self.calls[ref] = _Call(s, actor, inputs, pieces)
         actor.inflight.add(ref)
         self.inflight[s] += 1
+
+    def call(self, actor: _Actor, num_returns: int, pieces: int, piece_size: int, args: list[Any]) -> Any:
+        """Send one call to ``actor``: an actor method call, or a Ray task for a task slot."""
+        if actor.handle is not None:
+            method = actor.handle.process
+            if num_returns != 1:
+                method = method.options(num_returns=num_returns)
+            return method.remote(pieces, piece_size, *args)
+        s = actor.stage
+        opts = self.task_options.get((s, actor.node))
+        if opts is None:
+            opts = self.task_options[(s, actor.node)] = self._actor_options(self.stages[s], actor.node, task=True)
+        return _remote_task().options(num_returns=num_returns, **opts).remote(
+            (self.run_id, s), [self.stage_refs[s]], pieces, piece_size, *args)
 
     def dispatch(self) -> None:
         for s in reversed(range(self.n)):  # downstream first: drain before feeding
@@ -482,8 +543,9 @@ class _PoolRun:
     # -- results -------------------------------------------------------------------
     def on_ready(self, ref: Any) -> None:
         ray = self.ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
 
+        lost = (RayActorError, WorkerCrashedError, NodeDiedError)
         actor = self.setups.pop(ref, None)
         if actor is not None:
             try:
@@ -501,7 +563,7 @@ class _PoolRun:
         s = call.stage
         try:
             value = ray.get(ref)
-        except RayActorError as err:
+        except lost as err:  # the actor or the task's worker died (Ray already retried a task's)
             self.requeue(call)
             self.on_death(actor, err)
             return
@@ -569,7 +631,7 @@ class _PoolRun:
                 ray.cancel(ref)  # queued calls never run; a running one finishes first
             except Exception:
                 pass
-        live = [a for actors in self.actors for a in actors if not a.dead]
+        live = [a for actors in self.actors for a in actors if not a.dead and a.handle is not None]
         pending = {}
         for actor in live:
             try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import OrderedDict
 from typing import Any
 
 from curator_exec_core.runner import ManagedStage
@@ -38,6 +39,45 @@ def split(tasks: list[Task], pieces: int, piece_size: int) -> list[list[Task]]:
         out.append(tasks[start:end])
         start = end
     return out + [[] for _ in range(pieces - k)]
+
+
+def run_chunks(stage: ManagedStage, pieces: int, piece_size: int, chunks: tuple[list[Task], ...]) -> Any:
+    """One call's work, on an actor or in a task: the chunks through ``stage``, the output split into pieces."""
+    tasks = chunks[0] if len(chunks) == 1 else [t for chunk in chunks for t in chunk]
+    start = time.perf_counter()
+    out = stage.process_batch(tasks)
+    seconds = time.perf_counter() - start
+    if pieces <= 0:  # last stage: everything back to the driver in one object
+        return (len(tasks), len(out), seconds, ()), out
+    parts = split(out, pieces, piece_size)
+    meta: Meta = (len(tasks), len(out), seconds, tuple(len(p) for p in parts))
+    return (meta, *parts)
+
+
+#: stages of recent runs in this (pooled, reused) worker process: (run id, stage index) -> stage
+_task_stages: OrderedDict[tuple[str, int], ManagedStage] = OrderedDict()
+TASK_STAGE_CACHE = 16
+
+
+def process_in_task(key: tuple[str, int], stage_box: list[Any], pieces: int, piece_size: int,
+                    *chunks: list[Task]) -> Any:
+    """The body of a Ray *task* for a stage without lifecycle methods (see ``has_lifecycle``).
+
+    Such a stage needs no dedicated actor: any of Ray's pooled worker processes can run
+    it. ``stage_box`` holds the stage's object ref (boxed, so Ray does not fetch it for
+    every call); the stage is fetched once per process and run and kept for the run's
+    next calls. Nothing to set up or tear down, so nothing is left behind.
+    """
+    stage = _task_stages.get(key)
+    if stage is None:
+        import ray
+
+        stage = ray.get(stage_box[0])
+        stage.worker_id = f"{ray.get_runtime_context().get_node_id()[:12]}:{os.getpid()}"
+        _task_stages[key] = stage
+        while len(_task_stages) > TASK_STAGE_CACHE:
+            _task_stages.popitem(last=False)
+    return run_chunks(stage, pieces, piece_size, chunks)
 
 
 class ActorPoolWorker:
@@ -64,17 +104,8 @@ class ActorPoolWorker:
         return self.info
 
     def process(self, pieces: int, piece_size: int, *chunks: list[Task]) -> Any:
-        stage = self.stage
-        assert stage is not None, "process() before setup()"
-        tasks = chunks[0] if len(chunks) == 1 else [t for chunk in chunks for t in chunk]
-        start = time.perf_counter()
-        out = stage.process_batch(tasks)
-        seconds = time.perf_counter() - start
-        if pieces <= 0:  # last stage: everything back to the driver in one object
-            return (len(tasks), len(out), seconds, ()), out
-        parts = split(out, pieces, piece_size)
-        meta: Meta = (len(tasks), len(out), seconds, tuple(len(p) for p in parts))
-        return (meta, *parts)
+        assert self.stage is not None, "process() before setup()"
+        return run_chunks(self.stage, pieces, piece_size, chunks)
 
     def teardown(self) -> dict[str, Any]:
         """``stage.teardown`` (once; only if setup ran), then forget the stage."""

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 from curator_exec_rayactorpool import RayActorPoolExecutor
-from rap_stages import Logged, read
+from rap_stages import Logged, Plain, read
 
 from curator_exec_core import PlanError, Task
 from curator_exec_core.ray_session import cluster_capacity, current_session
@@ -55,6 +55,14 @@ def test_ignore_head_node_places_no_actor_on_the_head(ray_two_node_cluster, tmp_
     # without it, the head's CPU is part of the plan
     plan = RayActorPoolExecutor().plan([a, b], RayActorPoolExecutor().capacity())
     assert plan.capacity.total_cpus == 3
+
+
+def test_ignore_head_node_places_no_task_on_the_head(ray_two_node_cluster, tmp_path):
+    c = ray_two_node_cluster
+    a, b = Plain(tmp_path, "a", cpus=0.25), Plain(tmp_path, "b", cpus=0.25)  # no lifecycle: run as tasks
+    result = RayActorPoolExecutor(ignore_head_node=True, show_progress=False).run([a, b], ints(60))
+    assert sorted(t.data for t in result) == list(range(2, 62))
+    assert {e["node"] for e in read(a.log) + read(b.log)} == {c.worker_node_ids[0]}
 
 
 def test_gpu_stage_lands_only_on_the_gpu_node(ray_two_node_cluster, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from curator_exec_rayactorpool import RayActorPoolExecutor
 from curator_exec_rayactorpool import executor as pool_module
 from curator_exec_rayactorpool.executor import ActorPoolError
-from rap_stages import Big, EnvReader, Logged, SetupFails, Small, read
+from rap_stages import Big, EnvReader, Logged, Plain, SetupFails, Small, read
 
 from curator_exec_core import ConfigError, PlanError, StageFailedError, Task, get_executor
 from curator_exec_core.testing.stages import FailOn, SquareBatch
@@ -234,6 +234,69 @@ def test_killed_actor_is_replaced_and_nothing_is_lost_or_duplicated(ray_attached
         assert len(setups) == result.plan.stage(stage.name).workers + 1  # one replacement each
         assert set(killed) & set(setups)
     assert alive_pool_actors() == []
+
+
+def _pool_actors_ever() -> int:
+    """How many ActorPoolWorker actors this cluster has had (alive or dead)."""
+    import ray
+    from ray.util.state import list_actors
+
+    return len(list_actors(filters=[("class_name", "=", "ActorPoolWorker")], limit=10_000,
+                           address=ray.get_runtime_context().gcs_address, raise_on_missing_output=False))
+
+
+def test_stateless_stages_run_as_tasks_on_reused_workers(ray_attached, tmp_path):
+    a, b = Plain(tmp_path, "a"), Plain(tmp_path, "b")
+    ex = RayActorPoolExecutor(show_progress=False)
+    before = _pool_actors_ever()
+    first = ex.run([a, b], ints(200))
+    pids_first = {e["pid"] for e in read(a.log) + read(b.log)}
+    second = ex.run([a, b], ints(200))
+    assert sorted(t.data for t in first) == sorted(t.data for t in second) == list(range(2, 202))
+    assert _pool_actors_ever() == before, "a stage without lifecycle methods started actors"
+    pids_second = {e["pid"] for e in read(a.log) + read(b.log)} - pids_first
+    assert not pids_second, "the second run started new worker processes instead of reusing Ray's pool"
+    # opting out: the same stages get actors of their own
+    ex_actors = RayActorPoolExecutor(stateless_as_tasks=False, show_progress=False)
+    assert sorted(t.data for t in ex_actors.run([a, b], ints(20))) == list(range(2, 22))
+    assert _pool_actors_ever() >= before + 2
+    assert alive_pool_actors() == []
+
+
+def test_pool_size_caps_the_running_calls_of_a_task_stage(ray_attached, tmp_path):
+    stage = Plain(tmp_path, "capped", seconds=0.02, cpus=0.1)
+    ex = RayActorPoolExecutor(config={"pool_size": 1, "chunk_size": 2, "show_progress": False})
+    result = ex.run([stage], ints(40))
+    assert sorted(t.data for t in result) == list(range(1, 41))
+    spans = sorted((e["t0"], e["t"]) for e in read(stage.log))
+    assert all(later[0] >= earlier[1] - 1e-3 for earlier, later in zip(spans, spans[1:], strict=False)), \
+        "pool_size=1 ran two calls of the stage at once"
+
+
+def test_killed_task_worker_is_retried_and_nothing_is_lost_or_duplicated(ray_attached, tmp_path):
+    a, b = Plain(tmp_path, "a", seconds=0.01), Plain(tmp_path, "b", seconds=0.01)
+    ex = RayActorPoolExecutor(config={"chunk_size": 10, "show_progress": False})
+    killed: list[int] = []
+
+    def kill_after(stage: Plain, n: int) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            events = read(stage.log)
+            if len(events) >= n:
+                os.kill(events[-1]["pid"], signal.SIGKILL)
+                killed.append(events[-1]["pid"])
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_after, args=(b, 50))
+    killer.start()
+    try:
+        result = ex.run([a, b], ints(300))
+    finally:
+        killer.join()
+    assert killed, "the test did not get to kill a worker"
+    assert sorted(t.task_id for t in result) == sorted(str(i) for i in range(300))
+    assert sorted(t.data for t in result) == list(range(2, 302))
 
 
 def test_actors_dying_too_often_fail_the_run(ray_attached, tmp_path):

@@ -85,6 +85,11 @@ class RayDataOptions(ExecutorOptions):
         "connects to Ray, and to every map_batches actor pool).",
         allow_none=True,
     )
+    include_dashboard: bool = option(
+        False, bool,
+        "Start Ray's dashboard when this executor starts Ray itself (it adds about 2 s to the start here); "
+        "no effect when attaching to a running Ray.",
+    )
     preserve_order: bool = option(
         False, bool,
         "Keep the output in input order (DataContext.execution_options.preserve_order). Costs throughput "
@@ -148,7 +153,7 @@ class RayDataExecutor(BaseExecutor):
 
     # -- phases ----------------------------------------------------------------------
     def _ensure_ray(self) -> ray_session.RaySession:
-        return ray_session.ensure_ray(self.options.runtime_env)
+        return ray_session.ensure_ray(self.options.runtime_env, include_dashboard=self.options.include_dashboard)
 
     def capacity(self) -> Capacity:
         """The Ray cluster, node by node (a probe task per node; GPUs through NVML there).
