@@ -27,7 +27,7 @@ How a run maps onto Ray:
   the free CPUs allow, so a stage may use CPUs the other stages leave idle.
 * **Streaming**: a driver loop keeps every actor busy with up to
   ``max_in_flight`` calls. A call carries a *chunk* of tasks (``chunk_size``, or
-  sized automatically to about 50 ms of work, at most 256 tasks), so the ~0.5 ms
+  sized automatically to about 200 ms of work, at most 256 tasks), so the ~0.5 ms
   cost of an actor call is amortised; the stage still sees its own
   ``batch_size``. A finished chunk's outputs stay in Ray's object store and are
   handed to the next stage's actors as object refs; the driver only reads small
@@ -61,7 +61,7 @@ __all__ = ["RayActorPoolExecutor", "RayActorPoolOptions", "ActorPoolError"]
 logger = logging.getLogger("curator_exec.ray_actor_pool")
 
 #: automatic chunk sizing: aim for this much stage time per actor call ...
-TARGET_CHUNK_SECONDS = 0.05
+TARGET_CHUNK_SECONDS = 0.2
 #: ... starting from this many tasks before anything was measured, and never above
 FIRST_CHUNK = 4
 MAX_CHUNK = 256
@@ -94,7 +94,7 @@ class RayActorPoolOptions(ExecutorOptions):
         "no effect when attaching to a running Ray.")
     chunk_size: int | None = option(
         None, int,
-        "Tasks per actor call (None: automatic, about 50 ms of stage work per call, at most 256 tasks). "
+        "Tasks per actor call (None: automatic, about 200 ms of stage work per call, at most 256 tasks). "
         "The stage is still called with its own batch_size.", minimum=1, allow_none=True)
     max_in_flight: int = option(
         2, int, "Calls (chunks) queued or running per actor; bounds how far a stage runs ahead of the next.",
