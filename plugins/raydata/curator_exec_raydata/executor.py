@@ -5,13 +5,21 @@ How a run maps onto Ray Data:
 * **Blocks carry chunks of tasks.** Tasks are pickled in chunks of
   ``tasks_per_block`` into a one-column Arrow table (one row = one chunk = one
   block), so Ray Data's per-block cost is paid per chunk, not per task.
-* **One actor pool per stage.** Each stage is a ``map_batches`` over the callable
+* **One actor pool per stage with lifecycle methods.** Each such stage is a ``map_batches`` over the callable
   class :class:`StageWorker` with ``compute=ActorPoolStrategy(size=workers)``,
   ``num_cpus``/``num_gpus`` from the core's plan. The actor holds the core's
   :class:`~curator_exec_core.runner.ManagedStage` across batches: its constructor
   runs ``setup`` (and ``setup_on_node`` once per node, through the core's file
   lock); every batch goes through ``ManagedStage.process_batch``, which re-batches
   to the stage's own ``batch_size`` and implements ids, retries and failure records.
+* **Stages without lifecycle methods are task maps** (``stateless_as_tasks``, on
+  by default): a stage that overrides none of ``setup``, ``setup_on_node`` and
+  ``teardown`` is a ``map_batches`` over the function :func:`process_block_task`
+  with ``compute=TaskPoolStrategy(size=workers x max_tasks_in_flight_per_actor)``
+  (``size=workers`` when the stage's size is explicit). Ray runs those tasks on
+  its pooled worker processes, which outlive the run, so a second run starts no
+  actor. Such maps are kept from fusing with their neighbours (a fused fan-out
+  stage would run all its output through the next stage inside one task).
 * **Outputs are re-chunked** by each stage (at most ``tasks_per_block`` tasks and
   ``max_block_bytes`` bytes per block), and every chunk is its own block, so a
   fan-out stage's output spreads over the next stage's actors.
@@ -89,6 +97,12 @@ class RayDataOptions(ExecutorOptions):
         False, bool,
         "Start Ray's dashboard when this executor starts Ray itself (it adds about 2 s to the start here); "
         "no effect when attaching to a running Ray.",
+    )
+    stateless_as_tasks: bool = option(
+        True, bool,
+        "Map a stage that overrides none of setup, setup_on_node and teardown with Ray Data tasks "
+        "(TaskPoolStrategy) instead of an actor pool: no actors to start per run (about 1 s) and nothing to "
+        "tear down. False: every stage gets an actor pool.",
     )
     preserve_order: bool = option(
         False, bool,
@@ -182,7 +196,7 @@ class RayDataExecutor(BaseExecutor):
             return []
         self._ensure_ray()
         import ray
-        from ray.data import ActorPoolStrategy, DataContext
+        from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
         o = self.options
         per_block = o.tasks_per_block or auto_tasks_per_block(len(tasks), managed)
@@ -206,18 +220,25 @@ class RayDataExecutor(BaseExecutor):
                     plan = stage.plan
                     cpus = plan.resources.cpus if plan is not None else stage.resources.cpus
                     gpus = plan.resources.gpus if plan is not None else stage.resources.gpus
-                    ds = ds.map_batches(
-                        StageWorker,
-                        fn_constructor_args=(stage, n_stages, per_block, auto, o.max_block_bytes),
-                        compute=ActorPoolStrategy(size=workers,
-                                                  max_tasks_in_flight_per_actor=o.max_tasks_in_flight_per_actor),
-                        batch_size=max(1, math.ceil(stage.batch_size / per_block)),
-                        batch_format="pyarrow",
-                        zero_copy_batch=True,
-                        num_cpus=cpus,
-                        num_gpus=gpus or None,
-                        **remote_args,
-                    )
+                    common = {"batch_size": max(1, math.ceil(stage.batch_size / per_block)),
+                              "batch_format": "pyarrow", "zero_copy_batch": True, "num_cpus": cpus,
+                              "num_gpus": gpus or None, **remote_args}
+                    args = (stage, n_stages, per_block, auto, o.max_block_bytes)
+                    if o.stateless_as_tasks and not stage.has_lifecycle:
+                        # Up to workers x in-flight tasks at once (one per worker for an explicitly sized
+                        # stage). ray_remote_args_fn keeps Ray Data from fusing this map with its
+                        # neighbours: fused, a fan-out stage's whole output would run through the next
+                        # stage inside one task, and each stage's size would be lost.
+                        explicit = o.max_workers_per_stage is not None or stage.stage.num_workers() is not None
+                        size = workers if explicit else workers * o.max_tasks_in_flight_per_actor
+                        ds = ds.map_batches(process_block_task, fn_args=args, compute=TaskPoolStrategy(size=size),
+                                            ray_remote_args_fn=_no_extra_remote_args, **common)
+                    else:
+                        ds = ds.map_batches(
+                            StageWorker, fn_constructor_args=args,
+                            compute=ActorPoolStrategy(size=workers,
+                                                      max_tasks_in_flight_per_actor=o.max_tasks_in_flight_per_actor),
+                            **common)
                 for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
                     for payload in batch.column(COLUMN).to_pylist():
                         counts, chunk = pickle.loads(payload)
@@ -389,6 +410,41 @@ _LIVE: weakref.WeakSet[StageWorker] = weakref.WeakSet()
 _atexit_registered = False
 
 
+def process_block(stage: ManagedStage, n_stages: int, per_block: int, auto: bool, max_bytes: int,
+                  batch: Any) -> Iterator[Any]:
+    """One Ray Data batch (rows of pickled chunks) through ``stage``; yields the output as one-chunk blocks."""
+    counts = [0] * (2 * n_stages)
+    tasks: list[Task] = []
+    for payload in batch.column(COLUMN).to_pylist():
+        c, chunk = pickle.loads(payload)
+        if c:
+            counts = [a + b for a, b in zip(counts, c, strict=True)]
+        tasks.extend(chunk)
+    out = stage.process_batch(tasks) if tasks else []
+    i = stage.index
+    counts[2 * i] += len(tasks)
+    counts[2 * i + 1] += len(out)
+    size = per_block
+    if auto:  # a large output (fan-out from one small chunk) still spreads over enough blocks
+        size = max(size, min(MAX_AUTO_TASKS_PER_BLOCK, math.ceil(len(out) / MIN_BLOCKS)))
+    for payload in _chunks(out, counts, size, max_bytes):
+        yield _table([payload])
+
+
+def process_block_task(batch: Any, stage: ManagedStage, n_stages: int, per_block: int, auto: bool,
+                       max_bytes: int) -> Iterator[Any]:
+    """The Ray Data *task* function of a stage without lifecycle methods (see ``stateless_as_tasks``)."""
+    if not stage.worker_id:
+        import ray
+
+        stage.worker_id = f"{stage.name}:{ray.get_runtime_context().get_node_id()[:12]}:{os.getpid()}"
+    yield from process_block(stage, n_stages, per_block, auto, max_bytes, batch)
+
+
+def _no_extra_remote_args() -> dict[str, Any]:
+    return {}
+
+
 class StageWorker:
     """Ray Data callable class: one per actor, holding one set-up ManagedStage."""
 
@@ -413,22 +469,7 @@ class StageWorker:
     def __call__(self, batch: Any) -> Iterator[Any]:
         if self.closed:
             raise RuntimeError(f"stage {self.stage.name!r}: this actor was already torn down")
-        counts = [0] * (2 * self.n_stages)
-        tasks: list[Task] = []
-        for payload in batch.column(COLUMN).to_pylist():
-            c, chunk = pickle.loads(payload)
-            if c:
-                counts = [a + b for a, b in zip(counts, c, strict=True)]
-            tasks.extend(chunk)
-        out = self.stage.process_batch(tasks) if tasks else []
-        i = self.stage.index
-        counts[2 * i] += len(tasks)
-        counts[2 * i + 1] += len(out)
-        size = self.per_block
-        if self.auto:  # a large output (fan-out from one small chunk) still spreads over enough blocks
-            size = max(size, min(MAX_AUTO_TASKS_PER_BLOCK, math.ceil(len(out) / MIN_BLOCKS)))
-        for payload in _chunks(out, counts, size, self.max_bytes):
-            yield _table([payload])
+        return process_block(self.stage, self.n_stages, self.per_block, self.auto, self.max_bytes, batch)
 
     def teardown(self) -> str | None:
         """The stage's teardown (once); a failure comes back as text."""
