@@ -104,6 +104,13 @@ class RayDataOptions(ExecutorOptions):
         "(TaskPoolStrategy) instead of an actor pool: no actors to start per run (about 1 s) and nothing to "
         "tear down. False: every stage gets an actor pool.",
     )
+    fuse_stages: bool = option(
+        True, bool,
+        "Let Ray Data fuse consecutive task-mapped stages with the same resources into one task per block (no "
+        "hand-off between them) when the run starts with enough blocks to keep every worker busy (at least "
+        f"{MIN_BLOCKS}, and 2 per worker of the widest stage). With fewer, or for a stage with an explicit size, "
+        "stages stay apart, so a fan-out stage's output still spreads over the next stage's workers.",
+    )
     preserve_order: bool = option(
         False, bool,
         "Keep the output in input order (DataContext.execution_options.preserve_order). Costs throughput "
@@ -130,6 +137,13 @@ class RayDataOptions(ExecutorOptions):
     max_tasks_in_flight_per_actor: int = option(
         2, int, "Blocks queued on one stage actor at a time (ActorPoolStrategy.max_tasks_in_flight_per_actor).",
         minimum=1,
+    )
+    backpressure: bool | None = option(
+        None, bool,
+        "Ray Data's backpressure policies (they bound the blocks queued between stages, and delay every task "
+        "launch by about 0.2 s on a small machine). None: automatic, off when the whole pipeline fuses into "
+        "one task map (no queue between stages to bound), on otherwise. True/False: always on/off.",
+        allow_none=True,
     )
     ray_progress_bars: bool = option(
         False, bool,
@@ -207,11 +221,16 @@ class RayDataExecutor(BaseExecutor):
         remote_args = self._remote_args()
         n_stages = len(managed)
         outputs: list[Task] = []
-        ctx = self._data_context(run)
+        payloads = list(_chunks(tasks, None, per_block, o.max_block_bytes))
+        widest = max(st.num_workers() or 1 for st in managed)
+        may_fuse = o.fuse_stages and len(payloads) >= max(MIN_BLOCKS, 2 * widest)
+        shapes = {self._task_map_shape(st, may_fuse) for st in managed}
+        one_map = len(shapes) == 1 and None not in shapes  # every stage fuses into one task map
+        backpressure = o.backpressure if o.backpressure is not None else not one_map
+        ctx = self._data_context(run, backpressure)
         try:
             with DataContext.current(ctx):
                 # from_items builds the blocks here (from_arrow would run a metadata task on a worker)
-                payloads = list(_chunks(tasks, None, per_block, o.max_block_bytes))
                 ds = ray.data.from_items([{COLUMN: p} for p in payloads], override_num_blocks=len(payloads))
                 for stage in managed:
                     workers = stage.num_workers() or 1
@@ -226,13 +245,19 @@ class RayDataExecutor(BaseExecutor):
                     args = (stage, n_stages, per_block, auto, o.max_block_bytes)
                     if o.stateless_as_tasks and not stage.has_lifecycle:
                         # Up to workers x in-flight tasks at once (one per worker for an explicitly sized
-                        # stage). ray_remote_args_fn keeps Ray Data from fusing this map with its
-                        # neighbours: fused, a fan-out stage's whole output would run through the next
-                        # stage inside one task, and each stage's size would be lost.
-                        explicit = o.max_workers_per_stage is not None or stage.stage.num_workers() is not None
-                        size = workers if explicit else workers * o.max_tasks_in_flight_per_actor
-                        ds = ds.map_batches(process_block_task, fn_args=args, compute=TaskPoolStrategy(size=size),
-                                            ray_remote_args_fn=_no_extra_remote_args, **common)
+                        # stage). Unless fusing is safe (enough initial blocks; no explicit size),
+                        # ray_remote_args_fn keeps Ray Data from fusing this map with its neighbours:
+                        # fused, a fan-out stage's whole output would run through the next stage inside
+                        # one task, and each stage's size would be lost.
+                        size = self._task_pool_size(stage, workers)
+                        if stage.index == 0:
+                            size = min(size, len(payloads))  # more would idle (and Ray Data warns)
+                        if self._task_map_shape(stage, may_fuse) is None:
+                            common["ray_remote_args_fn"] = _no_extra_remote_args
+                        with warnings.catch_warnings():  # ray_remote_args_fn: deprecated, kept until Ray 2.64
+                            warnings.simplefilter("ignore")
+                            ds = ds.map_batches(process_block_task, fn_args=args,
+                                                compute=TaskPoolStrategy(size=size), **common)
                     else:
                         ds = ds.map_batches(
                             StageWorker, fn_constructor_args=args,
@@ -264,6 +289,21 @@ class RayDataExecutor(BaseExecutor):
             self._finish_run(run)
 
     # -- helpers ------------------------------------------------------------------
+    def _explicit_size(self, stage: ManagedStage) -> bool:
+        return self.options.max_workers_per_stage is not None or stage.stage.num_workers() is not None
+
+    def _task_pool_size(self, stage: ManagedStage, workers: int) -> int:
+        """Tasks of a task-mapped stage at once: workers x in-flight, or exactly the workers if sized explicitly."""
+        return workers if self._explicit_size(stage) else workers * self.options.max_tasks_in_flight_per_actor
+
+    def _task_map_shape(self, stage: ManagedStage, may_fuse: bool) -> tuple | None:
+        """What Ray Data compares before fusing two task maps; None if this stage must stay its own operator."""
+        if not (self.options.stateless_as_tasks and may_fuse) or stage.has_lifecycle or self._explicit_size(stage):
+            return None
+        res = stage.plan.resources if stage.plan is not None else stage.resources
+        workers = stage.num_workers() or 1
+        return (res.cpus, res.gpus, self._task_pool_size(stage, workers))
+
     def _remote_args(self) -> dict[str, Any]:
         import ray
 
@@ -279,7 +319,7 @@ class RayDataExecutor(BaseExecutor):
                 args["label_selector"] = {key: "!" + heads[0] if len(heads) == 1 else "!in(" + ", ".join(heads) + ")"}
         return args
 
-    def _data_context(self, run: _RunActors) -> Any:
+    def _data_context(self, run: _RunActors, backpressure: bool = True) -> Any:
         from ray.data import DataContext
 
         from curator_exec_raydata._callback import KeepActorsAlive
@@ -298,6 +338,10 @@ class RayDataExecutor(BaseExecutor):
         ctx.target_max_block_size = 1
         # Failures are the core's business: the first error that reaches Ray Data ends the run.
         ctx.max_errored_blocks = 0
+        if not backpressure:
+            # Ray Data reads its policy list from this config key (see ray.data._internal.execution.
+            # backpressure_policy); an empty list switches its backpressure off for this run only.
+            ctx.set_config("backpressure_policies.enabled", [])
         ctx.actor_init_retry_on_errors = False
         ctx.custom_execution_callback_classes = [*ctx.custom_execution_callback_classes, KeepActorsAlive]
         ctx.set_config(_RUN_KEY, run.token)
@@ -437,7 +481,7 @@ def process_block_task(batch: Any, stage: ManagedStage, n_stages: int, per_block
     if not stage.worker_id:
         import ray
 
-        stage.worker_id = f"{stage.name}:{ray.get_runtime_context().get_node_id()[:12]}:{os.getpid()}"
+        stage.worker_id = f"{ray.get_runtime_context().get_node_id()[:12]}:{os.getpid()}"  # the process
     yield from process_block(stage, n_stages, per_block, auto, max_bytes, batch)
 
 

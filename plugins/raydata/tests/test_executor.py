@@ -11,7 +11,7 @@ import time
 import pytest
 from curator_exec_raydata import RayDataExecutor
 from curator_exec_raydata.executor import MAX_AUTO_TASKS_PER_BLOCK, _chunks, auto_tasks_per_block
-from rd_stages import BadSetup, DieOnce, FanOutOne, SlowUneven, WhoAmI, read_rows
+from rd_stages import BadSetup, DieOnce, FanOutOne, SlowUneven, Where, WhoAmI, read_rows
 
 from curator_exec_core import ConfigError, PlanError, ProcessingStage, Resources, Task, get_executor
 from curator_exec_core.errors import StageFailedError
@@ -110,6 +110,50 @@ def test_fan_out_output_spreads_over_the_next_stages_actors(ray_attached, tmp_pa
     assert len(got) == 400
     pids = {row[1] for row in read_rows(str(tmp_path), "who", "tasks")}
     assert len(pids) == 2, "the fan-out's 400 tasks went to one actor: they were one block"
+
+
+def test_fan_out_output_spreads_over_a_task_mapped_stage(ray_attached, tmp_path) -> None:
+    stages = [FanOutOne(400), Where(str(tmp_path), sleep=0.01)]  # one initial block: no fusion
+    got = RayDataExecutor(show_progress=False).run(stages, _ints(1))
+    assert len(got) == 400
+    pids = {row[1] for row in read_rows(str(tmp_path), "where", "tasks")}
+    assert len(pids) >= 2, "the fan-out's 400 tasks ran through the next stage in one process"
+
+
+def _stage_workers_ever() -> int:
+    import ray
+    from ray.util.state import list_actors
+
+    actors = list_actors(address=ray.get_runtime_context().gcs_address, limit=10_000)
+    return sum("StageWorker" in a.class_name for a in actors)
+
+
+def test_stateless_stages_are_task_maps_on_reused_workers(ray_attached, tmp_path) -> None:
+    folder = str(tmp_path)
+    ex = RayDataExecutor(show_progress=False)
+    before = _stage_workers_ever()
+    first = ex.run([Where(folder, "a"), Where(folder, "b")], _ints(200))
+    pids_first = {row[1] for name in ("a", "b") for row in read_rows(folder, name, "tasks")}
+    second = ex.run([Where(folder, "a"), Where(folder, "b")], _ints(200))
+    assert sorted(t.data for t in first) == sorted(t.data for t in second) == list(range(200))
+    assert _stage_workers_ever() == before, "a stage without lifecycle methods started actors"
+    pids_all = {row[1] for name in ("a", "b") for row in read_rows(folder, name, "tasks")}
+    assert pids_all == pids_first, "the second run started new worker processes instead of reusing Ray's"
+    # 200 tasks make 16 blocks: the two same-shaped task maps are fused, each block runs through both in one task
+    assert all(len({p.worker for p in t.stage_perf}) == 1 for t in second)
+    # opting out: actor pools again
+    RayDataExecutor(show_progress=False, stateless_as_tasks=False).run([Where(folder, "c")], _ints(20))
+    assert _stage_workers_ever() > before
+    assert _wait_no_actors() == []
+
+
+def test_unfused_when_asked(ray_attached, tmp_path) -> None:
+    folder = str(tmp_path)
+    got = RayDataExecutor(show_progress=False, fuse_stages=False).run(
+        [Where(folder, "a", sleep=0.002), Where(folder, "b", sleep=0.002)], _ints(400))
+    assert sorted(t.data for t in got) == list(range(400))
+    # not fused: stage b's tasks are separate Ray tasks, so some output went through two processes
+    assert any(len({p.worker for p in t.stage_perf}) == 2 for t in got)
 
 
 # -- lifecycle, failures ---------------------------------------------------------------------
