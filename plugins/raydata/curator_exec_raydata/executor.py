@@ -181,7 +181,11 @@ class RayDataExecutor(BaseExecutor):
 
     # -- phases ----------------------------------------------------------------------
     def _ensure_ray(self) -> ray_session.RaySession:
-        return ray_session.ensure_ray(self.options.runtime_env, include_dashboard=self.options.include_dashboard)
+        session = ray_session.ensure_ray(self.options.runtime_env, include_dashboard=self.options.include_dashboard)
+        if session.how == "started" and session.token not in _warmed:
+            _warmed.add(session.token)
+            _warm_workers()
+        return session
 
     def capacity(self) -> Capacity:
         """The Ray cluster, node by node (a probe task per node; GPUs through NVML there).
@@ -368,6 +372,32 @@ class RayDataExecutor(BaseExecutor):
 
 
 _capacity_cache: tuple[Any, Capacity] | None = None
+
+
+#: sessions (started by this process) whose worker pool was warmed
+_warmed: set[Any] = set()
+
+
+def _import_ray_data() -> None:
+    import ray.data  # noqa: F401  (pyarrow, pandas come with it)
+
+    import curator_exec_raydata.executor  # noqa: F401
+
+
+def _warm_workers() -> None:
+    """On a Ray this process just started: let its idle worker processes import Ray Data now.
+
+    Fire and forget, one task per CPU; they run while the driver imports Ray Data and
+    plans, instead of inside the first run's first tasks (about 1 s each here).
+    """
+    import ray
+
+    try:
+        fn = ray.remote(num_cpus=1, max_retries=0)(_import_ray_data)
+        for _ in range(max(1, int(ray.cluster_resources().get("CPU", 1)))):
+            fn.remote()
+    except Exception as exc:  # only a speed-up
+        logger.debug("ray_data: warming the workers failed: %r", exc)
 
 
 def _nodes_signature() -> tuple:
