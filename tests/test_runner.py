@@ -128,3 +128,32 @@ def test_find_stage_error_prefers_the_plain_error_inside_an_engine_wrapper():
     outer.__cause__ = wrapper
     assert find_stage_error(outer) is plain
     assert find_stage_error(RuntimeError("unrelated")) is None
+
+
+def test_has_lifecycle_tells_stateless_stages_apart():
+    from curator_exec_core.stages import has_lifecycle
+
+    class Plain(ProcessingStage):
+        def process(self, task):
+            return task
+
+    class WithSetup(Plain):
+        def setup(self, worker_metadata=None):
+            self.model = object()
+
+    class WithNodeSetup(Plain):
+        def setup_on_node(self, node_info=None, worker_metadata=None):
+            pass
+
+    class WithTeardown(Plain):
+        def teardown(self):
+            pass
+
+    class InheritsSetup(WithSetup):
+        pass
+
+    assert not has_lifecycle(Plain())
+    assert [has_lifecycle(c()) for c in (WithSetup, WithNodeSetup, WithTeardown, InheritsSetup)] == [True] * 4
+    # the managed stage answers for the user's stage, not for its own (always present) methods
+    assert ManagedStage(Plain()).has_lifecycle is False
+    assert ManagedStage(WithTeardown()).has_lifecycle is True

@@ -117,6 +117,26 @@ def test_starts_its_own_ray_only_when_none_exists(ray_attached):
     assert "STARTED-OK" in out
 
 
+@pytest.mark.timeout(600)
+def test_capacity_of_a_ray_we_started_is_probed_in_process(ray_attached):
+    # the node of a Ray this process started is this machine: probed here, same answer as a probe task
+    with tempfile.TemporaryDirectory(prefix="rs", dir="/tmp") as tmp:
+        out = run_script("""
+            s = rs.ensure_ray(num_cpus=2, num_gpus=1)
+            assert s.how == "started"
+            here = rs.cluster_capacity()
+            there = ray.get(ray.remote(num_cpus=0)(rs._probe_on_node).remote(
+                ray.get_runtime_context().get_node_id(), True, os.environ[rs.NVML_MODULE_ENV]))
+            (node,) = here.nodes
+            assert node.cpus == 2.0 and [g.name for g in node.gpus] == ["Fake GPU"], node  # Ray has 1 GPU of 3
+            assert [g.uuid for g in there.gpus][:1] == [g.uuid for g in node.gpus] and node.node_id == there.node_id
+            assert rs.shutdown_if_owned() is True
+            print("PROBED-OK")
+        """, {"RAY_ADDRESS": None, "RAY_TMPDIR": tmp, "CURATOR_EXEC_NVML_MODULE": "curator_exec_core.testing.fake_nvml",
+              "CURATOR_EXEC_FAKE_GPUS": "3"})
+    assert "PROBED-OK" in out
+
+
 @pytest.mark.timeout(900)
 def test_cluster_helper_stops_only_its_cluster_and_reattaches(ray_attached):
     import ray
