@@ -188,3 +188,47 @@ class Recorded(ProcessingStage):
 
     def teardown(self) -> None:
         self._log().record("teardown", self.name, self._who)
+
+
+class Traced(ProcessingStage):
+    """Passes each task on (``data + 1``) and records where and when it ran; no lifecycle methods.
+
+    A stage without ``setup``/``setup_on_node``/``teardown`` is one an engine may run on
+    any pooled worker (the Ray plugins run it as Ray tasks), so tests use it to see which
+    processes and nodes did the work. One JSON line per task in ``<folder>/<name>.jsonl``
+    (:func:`read_trace`): task id, data, pid, node (the Ray node id inside a Ray worker,
+    else the hostname), start and end wall-clock times.
+    """
+
+    def __init__(self, folder: str, name: str = "traced", seconds: float = 0.0, cpus: float = 0.5) -> None:
+        self.folder = str(folder)
+        self.name = name
+        self.seconds = seconds
+        self.resources = Resources(cpus=cpus)
+
+    def process(self, task: Task) -> Task:
+        import json
+        import socket
+        import sys
+        import time
+
+        t0 = time.time()
+        if self.seconds:
+            time.sleep(self.seconds)
+        ray = sys.modules.get("ray")
+        node = ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else None
+        record = {"task": task.task_id, "data": task.data, "pid": os.getpid(), "node": node or socket.gethostname(),
+                  "t0": t0, "t": time.time()}
+        append_line(os.path.join(self.folder, f"{self.name}.jsonl"), json.dumps(record))
+        return Task(data=task.data + 1)
+
+
+def read_trace(folder: str | Path, name: str) -> list[dict[str, Any]]:
+    """The records a :class:`Traced` stage wrote (empty if it ran no task)."""
+    import json
+
+    path = os.path.join(str(folder), f"{name}.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

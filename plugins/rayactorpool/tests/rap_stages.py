@@ -103,29 +103,3 @@ class SetupFails(ProcessingStage):
     def process(self, task: Task) -> Task:
         return task
 
-
-class Plain(ProcessingStage):
-    """Like :class:`Logged` but without lifecycle methods (so ``ray_actor_pool`` runs it as Ray tasks).
-
-    Logs every task with the worker's pid, Ray node and start/end times.
-    """
-
-    def __init__(self, folder: str, name: str, seconds: float = 0.0, cpus: float = 0.5) -> None:
-        self.folder = str(folder)
-        self.name = name
-        self.seconds = seconds
-        self.resources = Resources(cpus=cpus)
-
-    @property
-    def log(self) -> str:
-        return os.path.join(self.folder, f"{self.name}.jsonl")
-
-    def process(self, task: Task) -> Task:
-        import ray
-
-        t0 = time.time()
-        if self.seconds:
-            time.sleep(self.seconds)
-        append(self.log, {"event": "task", "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
-                          "data": task.data, "t0": t0, "t": time.time()})
-        return Task(data=task.data + 1)

@@ -12,10 +12,11 @@ import sys
 
 import pytest
 from curator_exec_rayactorpool import RayActorPoolExecutor
-from rap_stages import Logged, Plain, read
+from rap_stages import Logged, read
 
 from curator_exec_core import PlanError, Task
 from curator_exec_core.ray_session import cluster_capacity, current_session
+from curator_exec_core.testing.stages import Traced, read_trace
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -59,10 +60,10 @@ def test_ignore_head_node_places_no_actor_on_the_head(ray_two_node_cluster, tmp_
 
 def test_ignore_head_node_places_no_task_on_the_head(ray_two_node_cluster, tmp_path):
     c = ray_two_node_cluster
-    a, b = Plain(tmp_path, "a", cpus=0.25), Plain(tmp_path, "b", cpus=0.25)  # no lifecycle: run as tasks
+    a, b = Traced(tmp_path, "a", cpus=0.25), Traced(tmp_path, "b", cpus=0.25)  # no lifecycle: run as tasks
     result = RayActorPoolExecutor(ignore_head_node=True, show_progress=False).run([a, b], ints(60))
     assert sorted(t.data for t in result) == list(range(2, 62))
-    assert {e["node"] for e in read(a.log) + read(b.log)} == {c.worker_node_ids[0]}
+    assert {e["node"] for e in read_trace(tmp_path, "a") + read_trace(tmp_path, "b")} == {c.worker_node_ids[0]}
 
 
 def test_gpu_stage_lands_only_on_the_gpu_node(ray_two_node_cluster, tmp_path):

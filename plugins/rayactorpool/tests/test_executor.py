@@ -14,10 +14,10 @@ import pytest
 from curator_exec_rayactorpool import RayActorPoolExecutor
 from curator_exec_rayactorpool import executor as pool_module
 from curator_exec_rayactorpool.executor import ActorPoolError
-from rap_stages import Big, EnvReader, Logged, Plain, SetupFails, Small, read
+from rap_stages import Big, EnvReader, Logged, SetupFails, Small, read
 
 from curator_exec_core import ConfigError, PlanError, StageFailedError, Task, get_executor
-from curator_exec_core.testing.stages import FailOn, SquareBatch
+from curator_exec_core.testing.stages import FailOn, SquareBatch, Traced, read_trace
 
 
 def ints(n: int) -> list[Task]:
@@ -246,15 +246,15 @@ def _pool_actors_ever() -> int:
 
 
 def test_stateless_stages_run_as_tasks_on_reused_workers(ray_attached, tmp_path):
-    a, b = Plain(tmp_path, "a"), Plain(tmp_path, "b")
+    a, b = Traced(tmp_path, "a"), Traced(tmp_path, "b")
     ex = RayActorPoolExecutor(show_progress=False)
     before = _pool_actors_ever()
     first = ex.run([a, b], ints(200))
-    pids_first = {e["pid"] for e in read(a.log) + read(b.log)}
+    pids_first = {e["pid"] for e in read_trace(tmp_path, "a") + read_trace(tmp_path, "b")}
     second = ex.run([a, b], ints(200))
     assert sorted(t.data for t in first) == sorted(t.data for t in second) == list(range(2, 202))
     assert _pool_actors_ever() == before, "a stage without lifecycle methods started actors"
-    pids_second = {e["pid"] for e in read(a.log) + read(b.log)} - pids_first
+    pids_second = {e["pid"] for e in read_trace(tmp_path, "a") + read_trace(tmp_path, "b")} - pids_first
     assert not pids_second, "the second run started new worker processes instead of reusing Ray's pool"
     # opting out: the same stages get actors of their own
     ex_actors = RayActorPoolExecutor(stateless_as_tasks=False, show_progress=False)
@@ -264,24 +264,24 @@ def test_stateless_stages_run_as_tasks_on_reused_workers(ray_attached, tmp_path)
 
 
 def test_pool_size_caps_the_running_calls_of_a_task_stage(ray_attached, tmp_path):
-    stage = Plain(tmp_path, "capped", seconds=0.02, cpus=0.1)
+    stage = Traced(tmp_path, "capped", seconds=0.02, cpus=0.1)
     ex = RayActorPoolExecutor(config={"pool_size": 1, "chunk_size": 2, "show_progress": False})
     result = ex.run([stage], ints(40))
     assert sorted(t.data for t in result) == list(range(1, 41))
-    spans = sorted((e["t0"], e["t"]) for e in read(stage.log))
+    spans = sorted((e["t0"], e["t"]) for e in read_trace(tmp_path, stage.name))
     assert all(later[0] >= earlier[1] - 1e-3 for earlier, later in zip(spans, spans[1:], strict=False)), \
         "pool_size=1 ran two calls of the stage at once"
 
 
 def test_killed_task_worker_is_retried_and_nothing_is_lost_or_duplicated(ray_attached, tmp_path):
-    a, b = Plain(tmp_path, "a", seconds=0.01), Plain(tmp_path, "b", seconds=0.01)
+    a, b = Traced(tmp_path, "a", seconds=0.01), Traced(tmp_path, "b", seconds=0.01)
     ex = RayActorPoolExecutor(config={"chunk_size": 10, "show_progress": False})
     killed: list[int] = []
 
-    def kill_after(stage: Plain, n: int) -> None:
+    def kill_after(stage: Traced, n: int) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            events = read(stage.log)
+            events = read_trace(tmp_path, stage.name)
             if len(events) >= n:
                 os.kill(events[-1]["pid"], signal.SIGKILL)
                 killed.append(events[-1]["pid"])

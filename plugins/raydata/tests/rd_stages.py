@@ -112,19 +112,3 @@ class BadSetup(ProcessingStage):
     def process(self, task: Task) -> Task:
         return task
 
-
-class Where(ProcessingStage):
-    """1:1, no lifecycle methods (so ``ray_data`` maps it with tasks); records the pid of each task."""
-
-    resources = Resources(cpus=0.5)
-
-    def __init__(self, folder: str, name: str = "where", sleep: float = 0.0) -> None:
-        self.folder = folder
-        self.name = name
-        self.sleep = sleep
-
-    def process(self, task: Task) -> Task:
-        if self.sleep:
-            time.sleep(self.sleep)
-        append_line(os.path.join(self.folder, f"{self.name}.tasks"), f"{task.task_id}\t{os.getpid()}")
-        return Task(data=task.data)

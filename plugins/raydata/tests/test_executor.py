@@ -11,12 +11,12 @@ import time
 import pytest
 from curator_exec_raydata import RayDataExecutor
 from curator_exec_raydata.executor import MAX_AUTO_TASKS_PER_BLOCK, _chunks, auto_tasks_per_block
-from rd_stages import BadSetup, DieOnce, FanOutOne, SlowUneven, Where, WhoAmI, read_rows
+from rd_stages import BadSetup, DieOnce, FanOutOne, SlowUneven, WhoAmI, read_rows
 
 from curator_exec_core import ConfigError, PlanError, ProcessingStage, Resources, Task, get_executor
 from curator_exec_core.errors import StageFailedError
 from curator_exec_core.testing import canonical, reference_run
-from curator_exec_core.testing.stages import AddOne, FanOut, KeepEven, Recorded
+from curator_exec_core.testing.stages import AddOne, FanOut, KeepEven, Recorded, Traced, read_trace
 
 
 def _ints(n: int) -> list[Task]:
@@ -113,10 +113,10 @@ def test_fan_out_output_spreads_over_the_next_stages_actors(ray_attached, tmp_pa
 
 
 def test_fan_out_output_spreads_over_a_task_mapped_stage(ray_attached, tmp_path) -> None:
-    stages = [FanOutOne(400), Where(str(tmp_path), sleep=0.01)]  # one initial block: no fusion
+    stages = [FanOutOne(400), Traced(str(tmp_path), "where", seconds=0.01)]  # one initial block: no fusion
     got = RayDataExecutor(show_progress=False).run(stages, _ints(1))
     assert len(got) == 400
-    pids = {row[1] for row in read_rows(str(tmp_path), "where", "tasks")}
+    pids = {r["pid"] for r in read_trace(tmp_path, "where")}
     assert len(pids) >= 2, "the fan-out's 400 tasks ran through the next stage in one process"
 
 
@@ -132,17 +132,17 @@ def test_stateless_stages_are_task_maps_on_reused_workers(ray_attached, tmp_path
     folder = str(tmp_path)
     ex = RayDataExecutor(show_progress=False)
     before = _stage_workers_ever()
-    first = ex.run([Where(folder, "a"), Where(folder, "b")], _ints(200))
-    pids_first = {row[1] for name in ("a", "b") for row in read_rows(folder, name, "tasks")}
-    second = ex.run([Where(folder, "a"), Where(folder, "b")], _ints(200))
-    assert sorted(t.data for t in first) == sorted(t.data for t in second) == list(range(200))
+    first = ex.run([Traced(folder, "a"), Traced(folder, "b")], _ints(200))
+    pids_first = {r["pid"] for name in ("a", "b") for r in read_trace(folder, name)}
+    second = ex.run([Traced(folder, "a"), Traced(folder, "b")], _ints(200))
+    assert sorted(t.data for t in first) == sorted(t.data for t in second) == list(range(2, 202))
     assert _stage_workers_ever() == before, "a stage without lifecycle methods started actors"
-    pids_all = {row[1] for name in ("a", "b") for row in read_rows(folder, name, "tasks")}
+    pids_all = {r["pid"] for name in ("a", "b") for r in read_trace(folder, name)}
     assert pids_all == pids_first, "the second run started new worker processes instead of reusing Ray's"
     # 200 tasks make 16 blocks: the two same-shaped task maps are fused, each block runs through both in one task
     assert all(len({p.worker for p in t.stage_perf}) == 1 for t in second)
     # opting out: actor pools again
-    RayDataExecutor(show_progress=False, stateless_as_tasks=False).run([Where(folder, "c")], _ints(20))
+    RayDataExecutor(show_progress=False, stateless_as_tasks=False).run([Traced(folder, "c")], _ints(20))
     assert _stage_workers_ever() > before
     assert _wait_no_actors() == []
 
@@ -150,8 +150,8 @@ def test_stateless_stages_are_task_maps_on_reused_workers(ray_attached, tmp_path
 def test_unfused_when_asked(ray_attached, tmp_path) -> None:
     folder = str(tmp_path)
     got = RayDataExecutor(show_progress=False, fuse_stages=False).run(
-        [Where(folder, "a", sleep=0.002), Where(folder, "b", sleep=0.002)], _ints(400))
-    assert sorted(t.data for t in got) == list(range(400))
+        [Traced(folder, "a", seconds=0.002), Traced(folder, "b", seconds=0.002)], _ints(400))
+    assert sorted(t.data for t in got) == list(range(2, 402))
     # not fused: stage b's tasks are separate Ray tasks, so some output went through two processes
     assert any(len({p.worker for p in t.stage_perf}) == 2 for t in got)
 
