@@ -9,7 +9,7 @@ def curator_exec_register_executors() -> list[ExecutorSpec]:
         ExecutorSpec(
             name="ray_actor_pool",
             factory="curator_exec_rayactorpool.executor:RayActorPoolExecutor",
-            summary="Streams tasks through pools of Ray actors (one pool per stage), with backpressure and "
-                    "actor replacement.",
+            summary="Streams tasks through pools of Ray actors (one pool per stage; stateless stages as Ray "
+                    "tasks), with backpressure and actor replacement.",
         )
     ]

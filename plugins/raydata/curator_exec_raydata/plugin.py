@@ -9,6 +9,7 @@ def curator_exec_register_executors() -> list[ExecutorSpec]:
         ExecutorSpec(
             name="ray_data",
             factory="curator_exec_raydata.executor:RayDataExecutor",
-            summary="Ray Data streaming: one actor pool per stage, tasks grouped into blocks.",
+            summary="Ray Data streaming: a task map per stateless stage (fused where safe), an actor pool per "
+                    "stage with setup, tasks grouped into blocks.",
         )
     ]
