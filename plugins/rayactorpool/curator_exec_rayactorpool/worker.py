@@ -10,6 +10,9 @@ refs the driver passes) and returns, for a stage that feeds another,
 ``(meta, piece_1, ..., piece_p)`` as separate return objects: the driver reads
 only the small ``meta`` and hands the pieces, still in Ray's object store, to the
 next stage's actors. The last stage returns ``(meta, outputs)`` as one object.
+
+:func:`process_in_task` is the same body as a plain function, for stages without
+lifecycle methods that the executor runs as Ray tasks (``stateless_as_tasks``).
 """
 
 from __future__ import annotations
@@ -54,9 +57,10 @@ def run_chunks(stage: ManagedStage, pieces: int, piece_size: int, chunks: tuple[
     return (meta, *parts)
 
 
-#: stages of recent runs in this (pooled, reused) worker process: (run id, stage index) -> stage
-_task_stages: OrderedDict[tuple[str, int], ManagedStage] = OrderedDict()
-TASK_STAGE_CACHE = 16
+#: stages of the most recent runs in this (pooled, reused) worker process: run id -> {stage index: stage}
+_task_stages: OrderedDict[str, dict[int, ManagedStage]] = OrderedDict()
+#: runs whose stages a worker process keeps (older runs' stages are dropped, so they do not pin memory)
+TASK_STAGE_RUNS = 2
 
 
 def process_in_task(key: tuple[str, int], stage_box: list[Any], pieces: int, piece_size: int,
@@ -66,17 +70,22 @@ def process_in_task(key: tuple[str, int], stage_box: list[Any], pieces: int, pie
     Such a stage needs no dedicated actor: any of Ray's pooled worker processes can run
     it. ``stage_box`` holds the stage's object ref (boxed, so Ray does not fetch it for
     every call); the stage is fetched once per process and run and kept for the run's
-    next calls. Nothing to set up or tear down, so nothing is left behind.
+    next calls (only the last ``TASK_STAGE_RUNS`` runs' stages are kept). Nothing to
+    set up or tear down, so nothing is left behind.
     """
-    stage = _task_stages.get(key)
+    run_id, index = key
+    stages = _task_stages.get(run_id)
+    if stages is None:
+        stages = _task_stages[run_id] = {}
+        while len(_task_stages) > TASK_STAGE_RUNS:
+            _task_stages.popitem(last=False)
+    stage = stages.get(index)
     if stage is None:
         import ray
 
         stage = ray.get(stage_box[0])
         stage.worker_id = f"{ray.get_runtime_context().get_node_id()[:12]}:{os.getpid()}"
-        _task_stages[key] = stage
-        while len(_task_stages) > TASK_STAGE_CACHE:
-            _task_stages.popitem(last=False)
+        stages[index] = stage
     return run_chunks(stage, pieces, piece_size, chunks)
 
 
