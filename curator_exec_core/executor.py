@@ -112,6 +112,12 @@ class BaseExecutor(ABC):
         """Extra keyword arguments for :func:`plan_stages` (reservations, caps)."""
         return {}
 
+    def explicit_size(self, stage: ProcessingStage) -> bool:
+        """Whether the user fixed how many workers ``stage`` gets: its own ``num_workers()``, or a
+        per-stage cap given to the planner (``plan_options()["max_workers_per_stage"]``)."""
+        user = stage.stage if isinstance(stage, ManagedStage) else stage
+        return user.num_workers() is not None or self.plan_options().get("max_workers_per_stage") is not None
+
     def plan(self, stages: Sequence[ProcessingStage], capacity: Capacity) -> ExecutionPlan:
         """Size the stages against ``capacity``; raises :class:`PlanError` if they cannot run."""
         return plan_stages(list(stages), capacity, executor=self.executor_name,

@@ -110,3 +110,27 @@ def test_local_streams_depth_first():
 
 def test_generate_from_seed():
     assert len(Pipeline("p", [Generate(5)]).run()) == 5
+
+
+def test_explicit_size_is_a_fixed_num_workers_or_a_planner_cap():
+    from curator_exec_core import BaseExecutor
+    from curator_exec_core.runner import ManagedStage
+
+    class Fixed(AddOne):
+        def num_workers(self):
+            return 3
+
+    class Free(BaseExecutor):
+        name = "free"
+
+        def execute(self, stages, initial_tasks=None):
+            return []
+
+    class Capped(Free):
+        def plan_options(self):
+            return {"max_workers_per_stage": 2}
+
+    free = Free()
+    assert not free.explicit_size(AddOne()) and not free.explicit_size(ManagedStage(AddOne()))
+    assert free.explicit_size(Fixed()) and free.explicit_size(ManagedStage(Fixed()))
+    assert Capped().explicit_size(ManagedStage(AddOne()))

@@ -391,8 +391,8 @@ class _PoolRun:
         if self.as_tasks[s]:
             # a task slot: up to `depth` calls of this stage at once, run by whichever pooled worker Ray picks;
             # a stage with an explicit size (pool_size, num_workers()) gets one running call per slot
-            explicit = self.opts.pool_size is not None or stage.stage.num_workers() is not None
-            slot = _Actor(None, s, worker_id, node, None, 1 if explicit else self.opts.max_in_flight)
+            depth = 1 if self.executor.explicit_size(stage) else self.opts.max_in_flight
+            slot = _Actor(None, s, worker_id, node, None, depth)
             slot.ready = True
             self.actors[s].append(slot)
             return slot

@@ -228,8 +228,8 @@ class RayDataExecutor(BaseExecutor):
         payloads = list(_chunks(tasks, None, per_block, o.max_block_bytes))
         widest = max(st.num_workers() or 1 for st in managed)
         may_fuse = o.fuse_stages and len(payloads) >= max(MIN_BLOCKS, 2 * widest)
-        shapes = {self._task_map_shape(st, may_fuse) for st in managed}
-        one_map = len(shapes) == 1 and None not in shapes  # every stage fuses into one task map
+        shapes = [self._task_map_shape(st, may_fuse) for st in managed]
+        one_map = len(set(shapes)) == 1 and shapes[0] is not None  # every stage fuses into one task map
         backpressure = o.backpressure if o.backpressure is not None else not one_map
         ctx = self._data_context(run, backpressure)
         try:
@@ -256,7 +256,7 @@ class RayDataExecutor(BaseExecutor):
                         size = self._task_pool_size(stage, workers)
                         if stage.index == 0:
                             size = min(size, len(payloads))  # more would idle (and Ray Data warns)
-                        if self._task_map_shape(stage, may_fuse) is None:
+                        if shapes[stage.index] is None:
                             common["ray_remote_args_fn"] = _no_extra_remote_args
                         with warnings.catch_warnings():  # ray_remote_args_fn: deprecated, kept until Ray 2.64
                             warnings.simplefilter("ignore")
@@ -293,16 +293,13 @@ class RayDataExecutor(BaseExecutor):
             self._finish_run(run)
 
     # -- helpers ------------------------------------------------------------------
-    def _explicit_size(self, stage: ManagedStage) -> bool:
-        return self.options.max_workers_per_stage is not None or stage.stage.num_workers() is not None
-
     def _task_pool_size(self, stage: ManagedStage, workers: int) -> int:
         """Tasks of a task-mapped stage at once: workers x in-flight, or exactly the workers if sized explicitly."""
-        return workers if self._explicit_size(stage) else workers * self.options.max_tasks_in_flight_per_actor
+        return workers if self.explicit_size(stage) else workers * self.options.max_tasks_in_flight_per_actor
 
     def _task_map_shape(self, stage: ManagedStage, may_fuse: bool) -> tuple | None:
         """What Ray Data compares before fusing two task maps; None if this stage must stay its own operator."""
-        if not (self.options.stateless_as_tasks and may_fuse) or stage.has_lifecycle or self._explicit_size(stage):
+        if not (self.options.stateless_as_tasks and may_fuse) or stage.has_lifecycle or self.explicit_size(stage):
             return None
         res = stage.plan.resources if stage.plan is not None else stage.resources
         workers = stage.num_workers() or 1
