@@ -39,6 +39,7 @@ __all__ = [
     "temporary_env",
     "RaySession",
     "ensure_ray",
+    "include_dashboard_option",
     "current_session",
     "shutdown_if_owned",
     "alive_nodes",
@@ -149,6 +150,16 @@ def _existing_address() -> str | None:
         logger.info("ignoring stale Ray address %s (ray_current_cluster): nothing listens there", address)
         return None
     return address
+
+
+def include_dashboard_option() -> Any:
+    """The ``include_dashboard`` option, for the options class of an executor that may start Ray itself."""
+    from curator_exec_core.config import option
+
+    return option(
+        False, bool,
+        "Start Ray's dashboard when this executor starts Ray itself (it adds about 2 s to the start here); "
+        "no effect when attaching to a running Ray.")
 
 
 def ensure_ray(

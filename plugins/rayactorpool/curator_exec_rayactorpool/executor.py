@@ -54,6 +54,7 @@ import attrs
 from curator_exec_core import BaseExecutor, Capacity, ExecutorOptions, Task, option
 from curator_exec_core.errors import CuratorExecError
 from curator_exec_core.executor import prepare_initial_tasks
+from curator_exec_core.ray_session import include_dashboard_option
 from curator_exec_core.runner import ManagedStage
 
 __all__ = ["RayActorPoolExecutor", "RayActorPoolOptions", "ActorPoolError"]
@@ -88,10 +89,7 @@ class RayActorPoolOptions(ExecutorOptions):
         None, dict,
         "Ray runtime_env for the actors (env_vars, pip, working_dir, ...); also given to ray.init when this "
         "executor starts Ray.", allow_none=True)
-    include_dashboard: bool = option(
-        False, bool,
-        "Start Ray's dashboard when this executor starts Ray itself (it adds about 2 s to the start here); "
-        "no effect when attaching to a running Ray.")
+    include_dashboard: bool = include_dashboard_option()
     chunk_size: int | None = option(
         None, int,
         "Tasks per actor call (None: automatic, about 200 ms of stage work per call, at most 256 tasks). "
@@ -237,6 +235,11 @@ class RayActorPoolExecutor(BaseExecutor):
         self._idle: list[tuple[tuple, _Actor]] = []
 
     # -- phases ------------------------------------------------------------------
+    def _ensure_ray(self) -> Any:
+        from curator_exec_core.ray_session import ensure_ray
+
+        return ensure_ray(runtime_env=self.options.runtime_env, include_dashboard=self.options.include_dashboard)
+
     def capacity(self) -> Capacity:
         """Per-node capacity of the Ray cluster (attaching to Ray first); honours ``ignore_head_node``.
 
@@ -246,9 +249,9 @@ class RayActorPoolExecutor(BaseExecutor):
         """
         import os
 
-        from curator_exec_core.ray_session import NVML_MODULE_ENV, alive_nodes, cluster_capacity, ensure_ray
+        from curator_exec_core.ray_session import NVML_MODULE_ENV, alive_nodes, cluster_capacity
 
-        session = ensure_ray(runtime_env=self.options.runtime_env, include_dashboard=self.options.include_dashboard)
+        session = self._ensure_ray()
         nodes = tuple(sorted((n["NodeID"], tuple(sorted(n.get("Resources", {}).items()))) for n in alive_nodes()))
         key = (session.token, nodes, self.ignore_head_node, os.environ.get(NVML_MODULE_ENV))
         cached = _capacity_cache.get(key)
@@ -267,9 +270,7 @@ class RayActorPoolExecutor(BaseExecutor):
         }
 
     def execute(self, stages: list, initial_tasks: list[Task] | None = None) -> list[Task]:
-        from curator_exec_core.ray_session import ensure_ray
-
-        ensure_ray(runtime_env=self.options.runtime_env, include_dashboard=self.options.include_dashboard)
+        self._ensure_ray()
         from_run = bool(stages) and all(isinstance(s, ManagedStage) for s in stages)
         # called by run(): the stages come managed and planned; called directly: plan them here
         managed = self.managed_stages(stages)

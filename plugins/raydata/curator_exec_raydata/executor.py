@@ -93,11 +93,7 @@ class RayDataOptions(ExecutorOptions):
         "connects to Ray, and to every map_batches actor pool).",
         allow_none=True,
     )
-    include_dashboard: bool = option(
-        False, bool,
-        "Start Ray's dashboard when this executor starts Ray itself (it adds about 2 s to the start here); "
-        "no effect when attaching to a running Ray.",
-    )
+    include_dashboard: bool = ray_session.include_dashboard_option()
     stateless_as_tasks: bool = option(
         True, bool,
         "Map a stage that overrides none of setup, setup_on_node and teardown with Ray Data tasks "
