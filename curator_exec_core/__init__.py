@@ -5,10 +5,11 @@ name through the ``curator_exec.executors`` entry-point group.
 """
 
 from curator_exec_core.capacity import Capacity, GpuInfo, NodeCapacity, probe_local
-from curator_exec_core.config import ExecutorOptions, option
+from curator_exec_core.config import ExecutorOptions, build_options, describe_options, option
 from curator_exec_core.errors import (
     ConfigError,
     CuratorExecError,
+    EngineCompatibilityError,
     PlanError,
     PluginError,
     StageFailedError,
@@ -35,10 +36,11 @@ from curator_exec_core.tasks import EmptyTask, FailedTask, PipelineResult, Stage
 __version__ = "0.1.0"
 
 __all__ = [
-    "BaseExecutor", "Capacity", "ConfigError", "CuratorExecError", "EmptyTask", "ExecutionPlan",
+    "BaseExecutor", "Capacity", "ConfigError", "CuratorExecError", "EmptyTask", "EngineCompatibilityError",
+    "ExecutionPlan",
     "ExecutorOptions", "ExecutorSpec", "FailedTask", "GpuInfo", "ManagedStage", "NodeCapacity", "NodeInfo",
     "Pipeline", "PipelineResult", "PlanError", "PluginError", "ProcessingStage", "ProgressEvent", "Resources",
     "StageFailedError", "StagePerf", "StagePlan", "Task", "UnknownExecutorError", "WorkerMetadata",
-    "get_executor", "get_plugin_manager", "hookimpl", "hookspec", "list_executors", "list_plugins", "option",
+    "build_options", "describe_options", "get_executor", "get_plugin_manager", "hookimpl", "hookspec", "list_executors", "list_plugins", "option",
     "plan_stages", "probe_local", "register_plugin", "unregister_plugin",
 ]

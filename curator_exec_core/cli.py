@@ -255,10 +255,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for task in result:
         for perf in task.stage_perf:
             seen.setdefault(perf.stage, set()).add(perf.worker)
+    by_index = {m.get("index"): m for m in stage_metrics.values()}
     stages = []
     for i, stage in enumerate(pipeline.stages):
-        m = stage_metrics.get(stage.name, {})
+        m = by_index.get(i, {})
         stages.append({"index": i, "name": stage.name, "tasks_in": m.get("tasks_in"), "tasks_out": m.get("tasks_out"),
+                       "tasks_failed": m.get("tasks_failed"),
                        "planned_workers": planned.get(stage.name), "workers_seen": sorted(seen.get(stage.name, ()))})
     expected = demo.reference(args.tasks, seed=args.seed)
     got = demo.output_rows(result)
@@ -301,8 +303,9 @@ def _print_demo(report: dict[str, Any], result: Any) -> None:
           f"{report['documents']} synthetic documents, seed {report['seed']}")
     print()
     rows = [[str(s["index"]), s["name"], _fmt_count(s["tasks_in"]), _fmt_count(s["tasks_out"]),
-             _fmt_count(s["planned_workers"]), _workers_text(s["workers_seen"])] for s in report["stages"]]
-    print(_table(rows, ["#", "STAGE", "IN", "OUT", "PLANNED", "WORKERS SEEN (on output tasks)"]))
+             _fmt_count(s["tasks_failed"]), _fmt_count(s["planned_workers"]), _workers_text(s["workers_seen"])]
+            for s in report["stages"]]
+    print(_table(rows, ["#", "STAGE", "IN", "OUT", "FAILED", "PLANNED", "WORKERS SEEN (on output tasks)"]))
     summary = report["summary"]
     print()
     print(f"Outputs: {summary['sentences']} sentence tasks from {summary['documents_kept']} of "

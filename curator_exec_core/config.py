@@ -11,7 +11,7 @@ whose ``doc`` feeds ``curator-exec info`` and the reference docs.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -52,7 +52,13 @@ def option(default: Any, kind: type | tuple[type, ...], doc: str, *, minimum: fl
 
 @attrs.define(kw_only=True)
 class ExecutorOptions:
-    """Options every executor has."""
+    """Options every executor has.
+
+    ``aliases`` maps another accepted name of an option to its name (``{"pool_size":
+    "max_workers_per_stage"}``); giving both names is a :class:`ConfigError`.
+    """
+
+    aliases: ClassVar[Mapping[str, str]] = {}
 
     ignore_head_node: bool = option(False, bool, "Place no worker on the head node (and leave it out of capacity).")
     ignore_failures: bool = option(
@@ -70,20 +76,35 @@ def build_options(cls: type[ExecutorOptions], values: Mapping[str, Any], executo
     """Validate ``values`` into ``cls``; unknown keys and bad values are :class:`ConfigError`."""
     if not isinstance(values, Mapping):
         raise ConfigError(f"config must be a dict, got {type(values).__name__}")
+    values = dict(values)
+    renamed: dict[str, str] = {}
+    aliases: Mapping[str, str] = getattr(cls, "aliases", {})
+    for alias, name in aliases.items():
+        if alias in values:
+            if name in values:
+                raise ConfigError(f"options {alias!r} and {name!r} of executor {executor!r} are the same option "
+                                  f"({alias!r} is another name of {name!r}): give one of them")
+            values[name] = values.pop(alias)
+            renamed[name] = alias
     known = [f.name for f in attrs.fields(cls)]
     unknown = [k for k in values if k not in known]
     if unknown:
         parts = []
         for key in unknown:
-            hint = did_you_mean(str(key), known)
+            hint = did_you_mean(str(key), [*known, *aliases])
             parts.append(f"{key!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
         who = f"executor {executor!r}" if executor else cls.__name__
         raise ConfigError(
-            f"unknown option(s) for {who}: {', '.join(parts)}. Valid options: {', '.join(sorted(known))}."
+            f"unknown option(s) for {who}: {', '.join(parts)}. Valid options: {', '.join(sorted([*known, *aliases]))}."
         )
     try:
         return cls(**values)
-    except ConfigError:
+    except ConfigError as exc:
+        message = str(exc)
+        for name, alias in renamed.items():  # name the option as the user gave it
+            message = message.replace(f"option {name!r}", f"option {alias!r} (another name of {name!r})")
+        if message != str(exc):
+            raise ConfigError(message) from None
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid options for executor {executor!r}: {exc}") from exc
@@ -97,4 +118,6 @@ def describe_options(cls: type[ExecutorOptions]) -> list[dict[str, Any]]:
         kinds = f.metadata.get("kinds", ())
         rows.append({"name": f.name, "type": " | ".join(k.__name__ for k in kinds), "default": default,
                      "doc": f.metadata.get("doc", "")})
+    for alias, name in cls.aliases.items():
+        rows.append({"name": alias, "type": "", "default": None, "doc": f"Another name of {name!r} (give one of them)."})
     return rows

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 __all__ = [
     "CuratorExecError",
@@ -12,6 +12,8 @@ __all__ = [
     "UnknownExecutorError",
     "PluginError",
     "StageFailedError",
+    "EngineCompatibilityError",
+    "check_engine",
     "did_you_mean",
 ]
 
@@ -65,3 +67,29 @@ class StageFailedError(CuratorExecError, RuntimeError):
 
     def __reduce__(self):  # keep the fields across pickling (Ray ships exceptions)
         return (type(self), (self.stage, self.task_id, self.error, self.attempts, self.remote_traceback))
+
+
+class EngineCompatibilityError(CuratorExecError, RuntimeError):
+    """An engine's private or undocumented name that a plugin relies on is missing (the engine moved it).
+
+    Raised before a run does any work, naming the engine version found and the range the plugin supports.
+    """
+
+
+def check_engine(engine: str, version: str, supported: str, probes: Mapping[str, Callable[[], object]],
+                 package: str = "") -> None:
+    """Run every probe (``description -> callable``); one that raises or returns ``None`` means the
+    engine no longer has that name: raise :class:`EngineCompatibilityError` naming all that are missing."""
+    missing = []
+    for what, probe in probes.items():
+        try:
+            ok = probe() is not None
+        except Exception as exc:  # an import or attribute error: the name moved
+            ok, what = False, f"{what} ({type(exc).__name__}: {exc})"
+        if not ok:
+            missing.append(what)
+    if missing:
+        raise EngineCompatibilityError(
+            f"{engine} {version} is installed, but this plugin supports {engine} {supported} and relies on "
+            f"names it does not have: {'; '.join(missing)}. Install a supported {engine} version "
+            f"(pip install '{package or engine.lower()}{supported}').")

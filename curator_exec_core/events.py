@@ -18,8 +18,9 @@ class ProgressEvent:
     """One progress event.
 
     ``kind``: ``"run_started"`` (``stages`` lists the stage names), ``"stage_progress"``
-    (``stage``/``index``: ``tasks_in`` consumed and ``tasks_out`` produced so far,
-    cumulative), or ``"run_finished"`` (``error`` set if it failed; ``seconds``).
+    (``stage``/``index``: ``tasks_in`` consumed, ``tasks_out`` produced and
+    ``tasks_failed`` failed in this stage so far, cumulative; failure records are
+    never counted as outputs), or ``"run_finished"`` (``error`` set if it failed; ``seconds``).
     """
 
     kind: str
@@ -29,6 +30,7 @@ class ProgressEvent:
     index: int = -1
     tasks_in: int = 0
     tasks_out: int = 0
+    tasks_failed: int = 0
     stages: tuple[str, ...] = ()
     total: int | None = None
     seconds: float = 0.0
@@ -53,12 +55,16 @@ class ProgressReporter:
         self.min_interval = min_interval
         self.tasks_in = [0] * len(stage_names)
         self.tasks_out = [0] * len(stage_names)
+        self.tasks_failed = [0] * len(stage_names)
         self._last = [0.0] * len(stage_names)
         self._dirty = [False] * len(stage_names)
 
-    def add(self, index: int, tasks_in: int, tasks_out: int) -> None:
+    def add(self, index: int, tasks_in: int, tasks_out: int, tasks_failed: int = 0) -> None:
+        """Stage ``index`` consumed ``tasks_in`` tasks and produced ``tasks_out`` outputs and
+        ``tasks_failed`` failure records (see ``ManagedStage.last_counts``)."""
         self.tasks_in[index] += tasks_in
         self.tasks_out[index] += tasks_out
+        self.tasks_failed[index] += tasks_failed
         self._dirty[index] = True
         now = time.monotonic()
         if now - self._last[index] >= self.min_interval:
@@ -69,7 +75,7 @@ class ProgressReporter:
         self._dirty[index] = False
         self.emit(ProgressEvent(kind="stage_progress", executor=self.executor, run_id=self.run_id,
                                 stage=self.names[index], index=index, tasks_in=self.tasks_in[index],
-                                tasks_out=self.tasks_out[index]))
+                                tasks_out=self.tasks_out[index], tasks_failed=self.tasks_failed[index]))
 
     def flush(self) -> None:
         now = time.monotonic()

@@ -9,26 +9,32 @@ semantics, progress, teardown) is done here, the same for every backend.
 
     capacity -> plan -> schedule -> execute -> teardown (always)
 
-A third party's executor that only overrides ``execute`` (the NeMo Curator
-"custom executor" shape) works unchanged: the stages it gets are
-:class:`~curator_exec_core.runner.ManagedStage` objects, so calling
-``stage.setup()``, ``stage.process(task)`` and ``stage.teardown()`` on them gives
-it ids, retries, failure records and once-per-node setup for free.
+``run()`` always calls ``execute(stages, initial_tasks)`` with prepared inputs: a
+list of planned :class:`~curator_exec_core.runner.ManagedStage` objects and a list
+of tasks that all have ids. A third party's executor that only overrides
+``execute`` (the NeMo Curator "custom executor" shape) works unchanged: calling
+``stage.setup()``, ``stage.process(task)`` and ``stage.teardown()`` on managed
+stages gives it ids, retries, failure records and once-per-node setup for free.
+Someone who calls ``execute()`` directly with plain stages gets the whole
+lifecycle (:meth:`BaseExecutor.execute_unprepared`), so no backend re-normalises
+its inputs.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
+import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from curator_exec_core.capacity import Capacity, local_capacity
 from curator_exec_core.config import ExecutorOptions, build_options
-from curator_exec_core.errors import StageFailedError
+from curator_exec_core.errors import PlanError, StageFailedError
 from curator_exec_core.events import ProgressEvent, ProgressReporter
 from curator_exec_core.planning import ExecutionPlan, plan_stages
 from curator_exec_core.registry import get_plugin_manager
@@ -36,7 +42,7 @@ from curator_exec_core.runner import FailurePolicy, ManagedStage, run_dir
 from curator_exec_core.stages import ProcessingStage
 from curator_exec_core.tasks import EmptyTask, FailedTask, PipelineResult, Task
 
-__all__ = ["BaseExecutor", "find_stage_error", "prepare_initial_tasks"]
+__all__ = ["BaseExecutor", "find_stage_error", "prepare_initial_tasks", "stage_metrics_keys"]
 
 logger = logging.getLogger("curator_exec")
 
@@ -72,6 +78,26 @@ def prepare_initial_tasks(initial_tasks: Sequence[Task] | None) -> list[Task]:
     return tasks
 
 
+def stage_metrics_keys(names: Sequence[str]) -> list[str]:
+    """The keys of ``result.metrics["stages"]``: the stage names, with ``#<position>`` appended to
+    every stage whose name another stage of the pipeline shares (``add#0``, ``add#2``)."""
+    return [f"{n}#{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+def _prepared(execute: Callable[..., list[Task]]) -> Callable[..., list[Task]]:
+    """Wrap a subclass's ``execute``: inside ``run()`` it is called as is; called directly (plain
+    stages, raw tasks) it goes through the whole lifecycle instead."""
+
+    @functools.wraps(execute)
+    def wrapper(self: BaseExecutor, stages: Sequence[Any], initial_tasks: Sequence[Task] | None = None) -> list[Task]:
+        if getattr(self._state, "executing", False):
+            return execute(self, stages, initial_tasks)
+        return self.execute_unprepared(stages, initial_tasks)
+
+    wrapper.__curator_prepared__ = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 class BaseExecutor(ABC):
     """Base class for all executors.
 
@@ -87,6 +113,13 @@ class BaseExecutor(ABC):
     #: do all stages run at once (streaming)? The planner shares capacity if so.
     concurrent_stages: ClassVar[bool] = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        fn = cls.__dict__.get("execute")
+        if fn is not None and not getattr(fn, "__isabstractmethod__", False) \
+                and not getattr(fn, "__curator_prepared__", False):
+            cls.execute = _prepared(fn)  # type: ignore[method-assign]
+
     def __init__(self, config: dict[str, Any] | None = None, ignore_head_node: bool = False, **options: Any) -> None:
         self.config: dict[str, Any] = dict(config or {})
         values = {**self.config, **options}
@@ -97,6 +130,7 @@ class BaseExecutor(ABC):
         self.run_id: str = ""
         self.current_plan: ExecutionPlan | None = None
         self.progress: ProgressReporter | None = None
+        self._state = threading.local()
 
     @property
     def executor_name(self) -> str:
@@ -118,8 +152,25 @@ class BaseExecutor(ABC):
         user = stage.stage if isinstance(stage, ManagedStage) else stage
         return user.num_workers() is not None or self.plan_options().get("max_workers_per_stage") is not None
 
+    def stage_serializer(self) -> Callable[[Any], Any] | None:
+        """How this executor ships stages to its workers (e.g. ``pickle.dumps``), or None if its
+        workers run in this process. :meth:`plan` checks every stage with it."""
+        return None
+
     def plan(self, stages: Sequence[ProcessingStage], capacity: Capacity) -> ExecutionPlan:
-        """Size the stages against ``capacity``; raises :class:`PlanError` if they cannot run."""
+        """Size the stages against ``capacity``; raises :class:`PlanError` if they cannot run
+        (also for a stage this executor cannot ship to its workers)."""
+        dumps = self.stage_serializer()
+        if dumps is not None:
+            for i, stage in enumerate(stages):
+                user = stage.stage if isinstance(stage, ManagedStage) else stage
+                try:
+                    dumps(user)
+                except Exception as exc:
+                    raise PlanError(
+                        f"stage {i} {user.name!r} cannot be pickled ({type(exc).__name__}: {exc}), and executor "
+                        f"{self.executor_name!r} ships every stage to its workers. Create what cannot be pickled "
+                        "(clients, locks, open files, loaded models) in setup(), not in __init__.") from exc
         return plan_stages(list(stages), capacity, executor=self.executor_name,
                            concurrent=self.concurrent_stages, **self.plan_options())
 
@@ -128,8 +179,16 @@ class BaseExecutor(ABC):
         return None
 
     @abstractmethod
-    def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task] | None = None) -> list[Task]:
-        """Run the stages on the initial tasks and return the last stage's outputs."""
+    def execute(self, stages: list[ManagedStage], initial_tasks: list[Task]) -> list[Task]:
+        """Run the managed, planned ``stages`` on ``initial_tasks`` (non-empty, every task has an id)
+        and return the last stage's outputs, :class:`FailedTask` records included."""
+
+    def execute_unprepared(self, stages: Sequence[ProcessingStage], initial_tasks: Sequence[Task] | None = None,
+                           ) -> list[Task]:
+        """``execute`` as someone calls it directly, with plain stages: the whole :meth:`run`
+        lifecycle; returns the outputs followed by the failure records."""
+        result = self.run(stages, initial_tasks)
+        return [*result, *result.failed_tasks]
 
     def teardown(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release what the run acquired (engine sessions, actors). Called after every run."""
@@ -178,7 +237,11 @@ class BaseExecutor(ABC):
             hook.curator_exec_schedule(executor=self, plan=plan)
             hook.curator_exec_progress(event=ProgressEvent(kind="run_started", executor=self, run_id=run_id,
                                                            stages=tuple(s.name for s in stages), total=len(tasks)))
-            outputs = hook.curator_exec_execute(executor=self, stages=managed, initial_tasks=tasks)
+            self._state.executing = True
+            try:
+                outputs = hook.curator_exec_execute(executor=self, stages=managed, initial_tasks=tasks)
+            finally:
+                self._state.executing = False
             if outputs is None:
                 raise TypeError(f"executor {self.executor_name!r}: execute() returned None, expected a list of tasks")
         except BaseException as exc:
@@ -199,20 +262,23 @@ class BaseExecutor(ABC):
         if len(failed) > 20:
             logger.warning("... and %d more failed tasks (see result.failed_tasks)", len(failed) - 20)
         seconds = time.perf_counter() - started
+        p = self.progress
         metrics = {
             "seconds": seconds,
-            "stages": {name: {"tasks_in": i, "tasks_out": o}
-                       for name, i, o in zip([s.name for s in stages], self.progress.tasks_in, self.progress.tasks_out, strict=True)},
+            "stages": {key: {"index": i, "tasks_in": p.tasks_in[i], "tasks_out": p.tasks_out[i],
+                             "tasks_failed": p.tasks_failed[i]}
+                       for i, key in enumerate(stage_metrics_keys([s.name for s in stages]))},
         }
         logger.info("%s: %d tasks out, %d failed in %.2fs", self.executor_name, len(results), len(failed), seconds)
         for name, counts in metrics["stages"].items():
-            logger.info("  stage %-24s in=%d out=%d", name, counts["tasks_in"], counts["tasks_out"])
+            logger.info("  stage %-24s in=%d out=%d failed=%d", name, counts["tasks_in"], counts["tasks_out"],
+                        counts["tasks_failed"])
         return PipelineResult(results, failed_tasks=failed, metrics=metrics, plan=self.current_plan,
                               executor=self.executor_name)
 
-    def _count(self, stage: ManagedStage, tasks_in: int, tasks_out: int) -> None:
+    def _count(self, stage: ManagedStage, tasks_in: int, tasks_out: int, tasks_failed: int = 0) -> None:
         if self.progress is not None:
-            self.progress.add(stage.index, tasks_in, tasks_out)
+            self.progress.add(stage.index, tasks_in, tasks_out, tasks_failed)
 
     def _finish(self, managed: list[ManagedStage], error: BaseException | None, started: float) -> None:
         hook = get_plugin_manager().hook

@@ -38,7 +38,8 @@ class TqdmProgress:
             if bars and 0 <= event.index < len(bars):
                 bar = bars[event.index]
                 bar.update(event.tasks_in - bar.n)
-                bar.set_postfix_str(f"out={event.tasks_out}", refresh=False)
+                failed = f" failed={event.tasks_failed}" if event.tasks_failed else ""
+                bar.set_postfix_str(f"out={event.tasks_out}{failed}", refresh=False)
         elif event.kind == "run_finished":
             for bar in self._bars.pop(event.run_id, []):
                 bar.close()

@@ -23,7 +23,6 @@ import importlib
 import os
 import threading
 import warnings
-from collections.abc import Iterable
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -382,6 +381,3 @@ def get_executor(name: str, config: dict[str, Any] | None = None, **options: Any
     cls = executor_class(name)
     return cls(config=config, **options)
 
-
-def known_names() -> Iterable[str]:
-    return KNOWN_BACKENDS.keys()

@@ -103,7 +103,9 @@ class ManagedStage(ProcessingStage):
         self._set_up = False
         self._torn_down = False
         self._node_done: set[str] = set()
-        self.progress: Callable[[ManagedStage, int, int], None] | None = None  # driver-side only
+        self.progress: Callable[[ManagedStage, int, int, int], None] | None = None  # driver-side only
+        #: (tasks in, outputs, new failure records) of the last process_batch call
+        self.last_counts: tuple[int, int, int] = (0, 0, 0)
 
     # -- pickling: the progress callback is the driver's and never travels --
     def __getstate__(self) -> dict[str, Any]:
@@ -177,19 +179,28 @@ class ManagedStage(ProcessingStage):
         out: list[Task] = []
         pending: list[Task] = []
         size = self.batch_size
+        passed = new_failed = 0
         for task in tasks:
             if isinstance(task, FailedTask):
                 out.append(task)
+                passed += 1
                 continue
             pending.append(task)
             if len(pending) >= size:
-                out.extend(self._run_batch(pending))
+                new_failed += self._run_into(pending, out)
                 pending = []
         if pending:
-            out.extend(self._run_batch(pending))
+            new_failed += self._run_into(pending, out)
+        self.last_counts = counts = (len(tasks) - passed, len(out) - passed - new_failed, new_failed)
         if self.progress is not None:
-            self.progress(self, len(tasks), len(out))
+            self.progress(self, *counts)
         return out
+
+    def _run_into(self, batch: list[Task], out: list[Task]) -> int:
+        """Run ``batch``, append its outputs to ``out``; returns how many failure records it made."""
+        result = self._run_batch(batch)
+        out.extend(result)
+        return sum(1 for t in result if isinstance(t, FailedTask)) if self.policy.ignore_failures else 0
 
     def _fail(self, task: Task, exc: BaseException, attempts: int) -> FailedTask:
         if not self.policy.ignore_failures:

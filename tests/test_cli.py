@@ -270,8 +270,8 @@ def test_demo_local(workdir, capsys):
     assert "executor 'local' (curator-exec-local" in lines[0]
     for i, stage in enumerate(STAGES):
         [row] = [line.split() for line in lines if line.split()[:2] == [str(i), stage]]
-        tasks_in, tasks_out, planned, worker = row[2:6]
-        assert (int(tasks_in), int(tasks_out)) == counts[stage]
+        tasks_in, tasks_out, failed, planned, worker = row[2:7]
+        assert (int(tasks_in), int(tasks_out), int(failed)) == (*counts[stage], 0)
         assert planned == "1"
         assert worker.startswith("local:") and worker.endswith(f":{i}")
     assert "Sample outputs (3 of" in out

@@ -23,8 +23,8 @@ def test_default_executor_is_local_and_result_is_a_list():
     result = pipeline.run(initial_tasks=[Task(data=i) for i in range(10)])
     assert isinstance(result, list) and isinstance(result, PipelineResult)
     assert len(result) == 5 and result.executor == "local"
-    assert result.metrics["stages"]["add_one"] == {"tasks_in": 10, "tasks_out": 10}
-    assert result.metrics["stages"]["keep_even"] == {"tasks_in": 10, "tasks_out": 5}
+    assert result.metrics["stages"]["add_one"] == {"index": 0, "tasks_in": 10, "tasks_out": 10, "tasks_failed": 0}
+    assert result.metrics["stages"]["keep_even"] == {"index": 1, "tasks_in": 10, "tasks_out": 5, "tasks_failed": 0}
     assert result.plan.stages[0].name == "add_one"
 
 

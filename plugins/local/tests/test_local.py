@@ -7,12 +7,12 @@ import subprocess
 import sys
 
 import pytest
-from curator_exec_local import LocalExecutor
 
 from curator_exec_core import Pipeline, Task, get_executor, list_executors
 from curator_exec_core.capacity import usable_cpus
 from curator_exec_core.testing import ExecutorConformance
 from curator_exec_core.testing.stages import AddOne, FanOut
+from curator_exec_local import LocalExecutor
 
 
 class TestLocalConformance(ExecutorConformance):

@@ -8,4 +8,4 @@ from ray import cloudpickle
 
 cloudpickle.register_pickle_by_value(rap_stages)
 
-pytest_plugins = ["curator_exec_core.testing.fixtures"]
+pytest_plugins = ["curator_exec_ray.testing"]

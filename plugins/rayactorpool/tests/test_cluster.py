@@ -11,12 +11,13 @@ import subprocess
 import sys
 
 import pytest
-from curator_exec_rayactorpool import RayActorPoolExecutor
 from rap_stages import Logged, read
 
 from curator_exec_core import PlanError, Task
-from curator_exec_core.ray_session import cluster_capacity, current_session
 from curator_exec_core.testing.stages import Traced, read_trace
+from curator_exec_ray.cluster import cluster_capacity
+from curator_exec_ray.session import current_session
+from curator_exec_rayactorpool import RayActorPoolExecutor
 
 pytestmark = pytest.mark.timeout(900)
 

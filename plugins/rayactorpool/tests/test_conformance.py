@@ -1,9 +1,9 @@
 """The core conformance kit on the ray_actor_pool executor (one local Ray for the whole session)."""
 
 import pytest
-from curator_exec_rayactorpool import RayActorPoolExecutor
 
 from curator_exec_core.testing import ExecutorConformance
+from curator_exec_rayactorpool import RayActorPoolExecutor
 
 
 class TestRayActorPoolConformance(ExecutorConformance):

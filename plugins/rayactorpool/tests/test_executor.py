@@ -11,13 +11,13 @@ import threading
 import time
 
 import pytest
-from curator_exec_rayactorpool import RayActorPoolExecutor
-from curator_exec_rayactorpool import executor as pool_module
-from curator_exec_rayactorpool.executor import ActorPoolError
 from rap_stages import Big, EnvReader, Logged, SetupFails, Small, read
 
 from curator_exec_core import ConfigError, PlanError, StageFailedError, Task, get_executor
 from curator_exec_core.testing.stages import FailOn, SquareBatch, Traced, read_trace
+from curator_exec_rayactorpool import RayActorPoolExecutor
+from curator_exec_rayactorpool import executor as pool_module
+from curator_exec_rayactorpool.executor import ActorPoolError
 
 
 def ints(n: int) -> list[Task]:

@@ -1,4 +1,4 @@
-"""Ray session ownership (curator_exec_core.ray_session) as the Ray plugins rely on it.
+"""Ray session ownership (curator_exec_ray.session) as the Ray plugins rely on it.
 
 Cases that need a driver in another state than this test process (a user's own
 ``ray.init``, ``RAY_ADDRESS``, no Ray at all) run a small script in a subprocess.
@@ -15,13 +15,15 @@ import textwrap
 import attrs
 import pytest
 
-from curator_exec_core import ray_session as rs
 from curator_exec_core.testing.stages import AddOne
+from curator_exec_ray import cluster as cl
+from curator_exec_ray import session as rs
 
 SCRIPT_HEAD = """
 import os, sys
 import ray
-from curator_exec_core import Task, ray_session as rs
+from curator_exec_core import Task
+from curator_exec_ray import cluster as cl, session as rs
 from curator_exec_core.testing.stages import AddOne
 from curator_exec_rayactorpool import RayActorPoolExecutor
 
@@ -49,9 +51,8 @@ def test_session_is_reused_and_survives_runs(ray_attached):
 
     first = rs.ensure_ray()
     assert rs.ensure_ray() is first and rs.current_session() is first
-    from curator_exec_rayactorpool import RayActorPoolExecutor
-
     from curator_exec_core import Task
+    from curator_exec_rayactorpool import RayActorPoolExecutor
 
     RayActorPoolExecutor(show_progress=False).run([AddOne()], [Task(data=1)])
     assert ray.is_initialized() and rs.current_session() is first
@@ -124,9 +125,9 @@ def test_capacity_of_a_ray_we_started_is_probed_in_process(ray_attached):
         out = run_script("""
             s = rs.ensure_ray(num_cpus=2, num_gpus=1)
             assert s.how == "started"
-            here = rs.cluster_capacity()
-            there = ray.get(ray.remote(num_cpus=0)(rs._probe_on_node).remote(
-                ray.get_runtime_context().get_node_id(), True, os.environ[rs.NVML_MODULE_ENV]))
+            here = cl.cluster_capacity()
+            there = ray.get(ray.remote(num_cpus=0)(cl._probe_on_node).remote(
+                ray.get_runtime_context().get_node_id(), True, os.environ[cl.NVML_MODULE_ENV]))
             (node,) = here.nodes
             assert node.cpus == 2.0 and [g.name for g in node.gpus] == ["Fake GPU"], node  # Ray has 1 GPU of 3
             assert [g.uuid for g in there.gpus][:1] == [g.uuid for g in node.gpus] and node.node_id == there.node_id
@@ -141,7 +142,7 @@ def test_capacity_of_a_ray_we_started_is_probed_in_process(ray_attached):
 def test_cluster_helper_stops_only_its_cluster_and_reattaches(ray_attached):
     import ray
 
-    from curator_exec_core.testing.fixtures import _address_file, ray_cluster
+    from curator_exec_ray.testing import _address_file, ray_cluster
 
     before = rs.current_session()
     address_file = _address_file()
@@ -150,11 +151,10 @@ def test_cluster_helper_stops_only_its_cluster_and_reattaches(ray_attached):
         assert ray.get_runtime_context().gcs_address == c.address
         s = rs.current_session()
         assert (s.how, s.owned) == ("connected", False)  # the executor must never stop the test's cluster
-        cap = rs.cluster_capacity()
+        cap = cl.cluster_capacity()
         assert sorted(n.num_gpus for n in cap.nodes) == [0, 1]
-        from curator_exec_rayactorpool import RayActorPoolExecutor
-
         from curator_exec_core import Task
+        from curator_exec_rayactorpool import RayActorPoolExecutor
 
         out = RayActorPoolExecutor(show_progress=False).run([AddOne()], [Task(data=1)])
         assert [t.data for t in out] == [2]
@@ -173,4 +173,4 @@ def test_cluster_helper_stops_only_its_cluster_and_reattaches(ray_attached):
     assert ray.get(ray.remote(lambda: 7).remote(), timeout=120) == 7
     if address_file:
         assert (open(address_file).read() if os.path.exists(address_file) else None) == file_before
-    assert rs.NVML_MODULE_ENV not in os.environ
+    assert cl.NVML_MODULE_ENV not in os.environ

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from curator_exec_raydata import RayDataExecutor
 
 from curator_exec_core.testing import ExecutorConformance
+from curator_exec_raydata import RayDataExecutor
 
 
 class TestRayDataConformance(ExecutorConformance):

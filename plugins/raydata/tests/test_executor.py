@@ -9,14 +9,15 @@ import sys
 import time
 
 import pytest
-from curator_exec_raydata import RayDataExecutor
-from curator_exec_raydata.executor import MAX_AUTO_TASKS_PER_BLOCK, _chunks, auto_tasks_per_block
 from rd_stages import BadSetup, DieOnce, FanOutOne, SlowUneven, WhoAmI, read_rows
 
 from curator_exec_core import ConfigError, PlanError, ProcessingStage, Resources, Task, get_executor
 from curator_exec_core.errors import StageFailedError
 from curator_exec_core.testing import canonical, reference_run
 from curator_exec_core.testing.stages import AddOne, FanOut, KeepEven, Recorded, Traced, read_trace
+from curator_exec_ray.chunking import auto_chunk_size
+from curator_exec_raydata import RayDataExecutor
+from curator_exec_raydata.executor import MAX_AUTO_TASKS_PER_BLOCK, _chunks
 
 
 def _ints(n: int) -> list[Task]:
@@ -86,10 +87,14 @@ def test_auto_block_size_groups_tasks() -> None:
     from curator_exec_core import Capacity, NodeCapacity
 
     cap = Capacity(nodes=[NodeCapacity("n", "h", 2.0, 2**30, gpu_reason="none")])
-    managed = ex.managed_stages([stage], ex.plan([stage], cap))
-    assert auto_tasks_per_block(10_000, managed) > 100  # not one block per task
-    assert auto_tasks_per_block(10_000_000, managed) == MAX_AUTO_TASKS_PER_BLOCK
-    assert auto_tasks_per_block(3, managed) == 1
+    widest = max(s.num_workers() or 1 for s in ex.managed_stages([stage], ex.plan([stage], cap)))
+
+    def auto_tasks_per_block(n: int) -> int:
+        return auto_chunk_size(n, widest, max_size=MAX_AUTO_TASKS_PER_BLOCK)
+
+    assert auto_tasks_per_block(10_000) > 100  # not one block per task
+    assert auto_tasks_per_block(10_000_000) == MAX_AUTO_TASKS_PER_BLOCK
+    assert auto_tasks_per_block(3) == 1
 
 
 def test_chunks_split_by_count_and_bytes_and_carry_counts_once() -> None:

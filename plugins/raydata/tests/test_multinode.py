@@ -7,11 +7,11 @@ resources; the capacity probe sees them through the core's fake NVML module).
 from __future__ import annotations
 
 import pytest
-from curator_exec_raydata import RayDataExecutor
 from rd_stages import WhoAmI, read_rows
 
 from curator_exec_core import PlanError, Resources, Task
 from curator_exec_core.testing.stages import LifecycleLog, Recorded
+from curator_exec_raydata import RayDataExecutor
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -1,6 +1,6 @@
 """Shared Ray fixtures from the core (one Ray per test session), plus this plugin's test stages.
 
-``ray_session`` comes from :mod:`curator_exec_core.testing.fixtures`: it reuses a running Ray
+``ray_session`` comes from :mod:`curator_exec_ray.testing`: it reuses a running Ray
 or starts a 2-CPU one *without* Xenna's start variables, so these tests also cover a
 cluster whose dashboard accepts only 10,000 state-API rows (the executor lowers Xenna's
 limit for its runs). The multi-node test runs its own ``Cluster`` in a fresh interpreter.
@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-pytest_plugins = ["curator_exec_core.testing.fixtures"]
+pytest_plugins = ["curator_exec_ray.testing"]
 
 
 @pytest.fixture(scope="session", autouse=True)

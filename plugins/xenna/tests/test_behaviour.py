@@ -63,7 +63,7 @@ def test_two_core_defaults_capacity_and_run(ray_session: Any) -> None:
     assert sum(sp.resources.cpus * sp.workers for sp in plan.stages) <= cap.total_cpus + 1e-9
     result = ex.run(stages, ints(50))
     assert sorted(t.data for t in result) == list(range(2, 52))
-    assert result.metrics["stages"]["two"] == {"tasks_in": 50, "tasks_out": 50}
+    assert result.metrics["stages"]["two"] == {"index": 1, "tasks_in": 50, "tasks_out": 50, "tasks_failed": 0}
 
 
 def test_refuses_before_xenna_starts_naming_the_option(ray_session: Any, tmp_path: Any) -> None:
@@ -154,13 +154,13 @@ def test_starting_ray_ourselves_sets_variables_only_for_the_start(tmp_path: Any)
         "before = {k: os.environ.get(k) for k in %r}\n"
         "from curator_exec_core import Task, get_executor\n"
         "from curator_exec_core.testing.stages import AddOne\n"
-        "from curator_exec_core.ray_session import current_session\n"
+        "from curator_exec_ray.session import current_session\n"
         "ex = get_executor('xenna', show_progress=False)\n"
         "got = ex.run([AddOne('a'), AddOne('b')], [Task(data=i) for i in range(30)])\n"
-        "from curator_exec_xenna.executor import _accepted_state_limit\n"
+
         "after = {k: os.environ.get(k) for k in %r}\n"
         "print('RESULT ' + json.dumps({'n': len(got), 'how': current_session().how, 'same_env': before == after,\n"
-        "      'limit': _accepted_state_limit(40000)}))\n"
+        "      'limit': ex.last_run_info['state_limit']}))\n"
     ).replace("%r", repr(TOUCHED))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,

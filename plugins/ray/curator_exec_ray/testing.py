@@ -1,13 +1,13 @@
-"""Opt-in pytest fixtures and helpers for tests of Ray-based executor plugins.
+"""Pytest fixtures and helpers for tests of Ray-based executor plugins (ours or a third party's).
 
 Enable them in a ``conftest.py``::
 
-    pytest_plugins = ["curator_exec_core.testing.fixtures"]
+    pytest_plugins = ["curator_exec_ray.testing"]
 
 What you get (``ray`` is imported lazily, so loading this module costs nothing):
 
 * ``ray_session`` (session scope): attaches this test process to Ray once
-  through :func:`curator_exec_core.ray_session.ensure_ray` (``num_cpus=2``; an
+  through :func:`curator_exec_ray.session.ensure_ray` (``num_cpus=2``; an
   already initialised Ray or ``RAY_ADDRESS`` is reused) and, at the end of the
   session, stops it only if it was started here (``shutdown_if_owned``).
 * ``ray_attached`` (function scope): the same, re-attaching first if a cluster
@@ -39,8 +39,11 @@ from typing import Any
 import attrs
 import pytest
 
-from curator_exec_core import ray_session as rs
 from curator_exec_core.testing import fake_nvml
+from curator_exec_ray import _compat as ray_compat
+from curator_exec_ray import session as rs
+from curator_exec_ray.cluster import NVML_MODULE_ENV
+from curator_exec_ray.reaper import owned_processes, reap
 
 __all__ = [
     "DEFAULT_NUM_CPUS",
@@ -102,9 +105,7 @@ class RayTestCluster:
 
 def _address_file() -> str | None:
     try:
-        from ray._common.utils import get_ray_address_file
-
-        return get_ray_address_file(None)
+        return ray_compat.address_file()
     except Exception:
         return None
 
@@ -173,7 +174,7 @@ def ray_cluster(
     if was_attached:
         if not rs.shutdown_if_owned():
             ray.shutdown()  # only disconnects this driver from a cluster it did not start
-    env = {rs.NVML_MODULE_ENV: fake_nvml.MODULE} if fake_nvml_probe else {}
+    env = {NVML_MODULE_ENV: fake_nvml.MODULE} if fake_nvml_probe else {}
     cluster = None
     with contextlib.ExitStack() as stack:
         stack.enter_context(rs.temporary_env(env))
@@ -199,7 +200,9 @@ def ray_cluster(
             if ray.is_initialized():
                 ray.shutdown()
             if cluster is not None:
+                procs = owned_processes(cluster.list_all_nodes())
                 cluster.shutdown()
+                reap(procs)  # workers that outlive their raylet (parent PID 1 otherwise)
     if was_attached:
         if previous is not None and previous.how != "started":
             rs.ensure_ray(address=previous.address)

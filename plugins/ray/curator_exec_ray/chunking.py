@@ -1,0 +1,71 @@
+"""One rule for how many tasks travel together, and one splitter.
+
+Every Ray engine pays a fixed cost per call or block (a scheduling round, a ``ray.put``), so tasks
+travel in chunks. :func:`auto_chunk_size` sizes the first chunks from the input size and the widest
+stage (enough chunks to keep every worker busy); :class:`ChunkSizer` then refines a stage's size
+from measured per-task time, aiming at :data:`TARGET_CHUNK_SECONDS` of work per call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TypeVar
+
+__all__ = ["TARGET_CHUNK_SECONDS", "MAX_CHUNK", "auto_chunk_size", "split", "ChunkSizer"]
+
+T = TypeVar("T")
+
+#: measured sizing aims at this much stage time per call ...
+TARGET_CHUNK_SECONDS = 0.2
+#: ... and never above this many tasks (an engine may allow more)
+MAX_CHUNK = 256
+#: at least this many chunks per run, or this many per worker of the widest stage
+MIN_CHUNKS = 16
+CHUNKS_PER_WORKER = 4
+
+
+def auto_chunk_size(n_tasks: int, widest: int, *, min_size: int = 1, max_size: int = MAX_CHUNK) -> int:
+    """Tasks per chunk for ``n_tasks`` inputs: ``max(16, 4 x widest)`` chunks, within the bounds."""
+    chunks = max(MIN_CHUNKS, CHUNKS_PER_WORKER * max(1, widest))
+    return max(1, min_size, min(max_size, math.ceil(n_tasks / chunks)))
+
+
+def split(items: Sequence[T], size: int, max_parts: int | None = None) -> list[list[T]]:
+    """``items`` in near-equal parts of at most ``size`` (more when ``max_parts`` caps the count); no empty part."""
+    n = len(items)
+    if not n:
+        return []
+    k = math.ceil(n / max(1, size))
+    if max_parts is not None:
+        k = max(1, min(k, max_parts))
+    out, start = [], 0
+    for i in range(k):
+        end = start + (n - start) // (k - i)
+        out.append(list(items[start:end]))
+        start = end
+    return out
+
+
+class ChunkSizer:
+    """Per-stage chunk sizes: ``fixed`` if given, else from measured seconds per task."""
+
+    def __init__(self, stages: int, fixed: int | None = None, first: int = 4, max_size: int = MAX_CHUNK) -> None:
+        self.fixed = fixed
+        self.first = first
+        self.max_size = max_size
+        self.per_task: list[float | None] = [None] * stages
+
+    def observe(self, stage: int, tasks: int, seconds: float) -> None:
+        """Fold one call's timing into the stage's estimate (an even moving average)."""
+        if tasks:
+            now = seconds / tasks
+            old = self.per_task[stage]
+            self.per_task[stage] = now if old is None else 0.5 * old + 0.5 * now
+
+    def size(self, stage: int) -> int:
+        if self.fixed:
+            return self.fixed
+        per_task = self.per_task[stage]
+        size = self.first if per_task is None else int(TARGET_CHUNK_SECONDS / max(per_task, 1e-7))
+        return max(1, min(self.max_size, size))

@@ -1,0 +1,134 @@
+"""The cluster as the planner sees it: alive nodes, the head node, and per-node capacity.
+
+:func:`cluster_capacity` runs the core's :func:`~curator_exec_core.capacity.probe_local` on every
+alive node (a probe task pinned there; in this process for a local Ray we started) and caches the
+answer with one policy: reused while the Ray connection, the nodes and their Ray resources are the
+same, and for at most :data:`CAPACITY_TTL` seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import attrs
+
+from curator_exec_core.capacity import Capacity, NodeCapacity, probe_local
+from curator_exec_ray import _compat as ray_compat
+from curator_exec_ray.session import current_session
+
+__all__ = ["HEAD_RESOURCE", "NVML_MODULE_ENV", "CAPACITY_TTL", "alive_nodes", "head_node_ids",
+           "nodes_signature", "cluster_capacity"]
+
+HEAD_RESOURCE = "node:__internal_head__"
+#: set in the driver to make the per-node capacity probe import this module instead of ``pynvml`` (tests only)
+NVML_MODULE_ENV = "CURATOR_EXEC_NVML_MODULE"
+#: seconds a capacity probe is reused while the cluster's nodes do not change
+CAPACITY_TTL = 60.0
+
+_cache: dict[tuple, tuple[float, Capacity]] = {}
+_cache_lock = threading.Lock()
+
+
+def alive_nodes() -> list[dict[str, Any]]:
+    """``ray.nodes()`` entries that are alive."""
+    import ray
+
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def head_node_ids(nodes: list[dict[str, Any]] | None = None) -> list[str]:
+    """Ids of the alive head node(s)."""
+    return [n["NodeID"] for n in (alive_nodes() if nodes is None else nodes) if HEAD_RESOURCE in n.get("Resources", {})]
+
+
+def nodes_signature(nodes: list[dict[str, Any]] | None = None) -> tuple:
+    """What a cached capacity depends on: every alive node and its Ray resources."""
+    return tuple(sorted((n["NodeID"], tuple(sorted(n.get("Resources", {}).items())))
+                        for n in (alive_nodes() if nodes is None else nodes)))
+
+
+def _node_visible_gpus() -> str | None:
+    """``CUDA_VISIBLE_DEVICES`` as the node's raylet sees it, not as Ray set it for this 0-GPU task
+    (with ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1`` Ray sets ``""``, which would hide every GPU)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        original = ray_compat.original_visible_gpus()
+    except Exception:
+        return visible
+    if original is None:  # the raylet had no CUDA_VISIBLE_DEVICES: all NVML devices are the node's
+        return None
+    return ",".join(str(i) for i in original)
+
+
+def _probe_on_node(node_id: str, is_head: bool, nvml_module: str | None) -> NodeCapacity:
+    nvml = None
+    if nvml_module:
+        import importlib
+
+        nvml = importlib.import_module(nvml_module)
+    visible = _node_visible_gpus()
+    if visible is None:
+        # probe_local reads CUDA_VISIBLE_DEVICES when given None: hide Ray's per-task value
+        saved = os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        try:
+            return probe_local(node_id=node_id, is_head=is_head, nvml=nvml)
+        finally:
+            if saved is not None:
+                os.environ["CUDA_VISIBLE_DEVICES"] = saved
+    return probe_local(node_id=node_id, is_head=is_head, nvml=nvml, visible=visible)
+
+
+def _probe(nodes: list[dict[str, Any]], timeout: float) -> Capacity:
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_cpus=0)(_probe_on_node)
+    nvml_module = os.environ.get(NVML_MODULE_ENV)
+    opts: dict[str, Any] = {}
+    if nvml_module:
+        opts["runtime_env"] = {"env_vars": {NVML_MODULE_ENV: nvml_module}}
+    # A node this process started shares our machine, cgroup and environment: probe it right here
+    # instead of waiting for a worker process (about 0.5-1 s on a fresh cluster).
+    session = current_session()
+    here = ray.get_runtime_context().get_node_id() if session is not None and session.how == "started" else None
+    heads = set(head_node_ids(nodes))
+    refs = {n["NodeID"]: probe.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n["NodeID"], soft=False), **opts
+    ).remote(n["NodeID"], n["NodeID"] in heads, nvml_module) for n in nodes if n["NodeID"] != here}
+    remote = dict(zip(refs, ray.get(list(refs.values()), timeout=timeout), strict=True))
+    result: list[NodeCapacity] = []
+    for n in nodes:
+        nid = n["NodeID"]
+        cap = remote[nid] if nid in remote else _probe_on_node(nid, nid in heads, nvml_module)
+        res = n.get("Resources", {})
+        gpus = cap.gpus[:int(res.get("GPU", 0))]
+        reason = cap.gpu_reason
+        if cap.gpus and not gpus:
+            reason = f"Ray node has no GPU resource (NVML sees {len(cap.gpus)})"
+        result.append(attrs.evolve(cap, cpus=float(res.get("CPU", 0.0)), gpus=gpus, gpu_reason=reason,
+                                   hostname=n.get("NodeManagerHostname", cap.hostname)))
+    return Capacity(nodes=result)
+
+
+def cluster_capacity(*, ignore_head_node: bool = False, timeout: float = 120.0, cached: bool = True) -> Capacity:
+    """Per-node capacity of the cluster we are attached to.
+
+    CPUs are Ray's logical CPUs for the node (what Ray schedules against); GPUs are the NVML
+    devices on that node, at most as many as Ray's ``GPU`` resource.
+    """
+    session = current_session()
+    nodes = alive_nodes()
+    key = (session.token if session else None, nodes_signature(nodes), os.environ.get(NVML_MODULE_ENV))
+    with _cache_lock:
+        hit = _cache.get(key) if cached else None
+    if hit is not None and time.monotonic() - hit[0] < CAPACITY_TTL:
+        capacity = hit[1]
+    else:
+        capacity = _probe(nodes, timeout)
+        with _cache_lock:
+            _cache.clear()
+            _cache[key] = (time.monotonic(), capacity)
+    return capacity.without_head() if ignore_head_node else capacity

@@ -1,0 +1,97 @@
+"""The base of every Ray executor: one options class, one session, one capacity, one plan check."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import attrs
+
+from curator_exec_core.capacity import Capacity
+from curator_exec_core.config import ExecutorOptions, option
+from curator_exec_core.errors import ConfigError
+from curator_exec_core.executor import BaseExecutor
+from curator_exec_core.runner import ManagedStage
+from curator_exec_ray.cluster import cluster_capacity
+from curator_exec_ray.placement import assign_nodes
+from curator_exec_ray.session import RaySession, ensure_ray
+
+__all__ = ["RayExecutorOptions", "RayTaskOptions", "RayExecutorBase"]
+
+
+@attrs.define(kw_only=True)
+class RayExecutorOptions(ExecutorOptions):
+    """Options every Ray executor has (plus those of every executor)."""
+
+    runtime_env: dict | None = option(
+        None, dict,
+        "Ray runtime_env (env_vars, pip, working_dir, ...): given to ray.init when this executor starts or "
+        "connects to Ray, and to every worker it creates itself.", allow_none=True)
+    include_dashboard: bool | None = option(
+        None, bool,
+        "Start Ray's dashboard when this executor starts Ray itself (about 2 s more start here). None: only "
+        "if the engine needs it (xenna). No effect when attaching to a running Ray.", allow_none=True)
+    reserved_cpus: float = option(0.0, float, "CPUs of the cluster the plan leaves free (for other work).", minimum=0)
+    reserved_gpus: float = option(0.0, float, "GPUs of the cluster the plan leaves free.", minimum=0)
+    max_workers_per_stage: int | None = option(
+        None, int, "The most workers of any stage (None: as many as the plan gives it).", minimum=1, allow_none=True)
+    teardown_timeout: float = option(
+        60.0, float, "Seconds to wait for the workers' teardown at the end of a run before they are killed anyway.",
+        minimum=0)
+
+
+@attrs.define(kw_only=True)
+class RayTaskOptions(RayExecutorOptions):
+    """Options of a Ray executor that can run stages without lifecycle methods as Ray tasks."""
+
+    stateless_as_tasks: bool = option(
+        True, bool,
+        "Run a stage that overrides none of setup, setup_on_node and teardown as Ray tasks on Ray's pooled "
+        "worker processes instead of on actors of its own: nothing to start per run, nothing to tear down. "
+        "False: every stage gets actors.")
+
+
+class RayExecutorBase(BaseExecutor):
+    """What the Ray executors share: attaching to Ray, per-node capacity, the planner's options,
+    head-node placement, and stages checked picklable at plan time (Ray ships them)."""
+
+    Options: ClassVar[type[ExecutorOptions]] = RayExecutorOptions
+    #: the engine cannot work without Ray's dashboard (state API)
+    needs_dashboard: ClassVar[bool] = False
+    #: environment the Ray processes need when this executor starts Ray (set only around ``ray.init``)
+    start_env: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, config: dict[str, Any] | None = None, ignore_head_node: bool = False, **options: Any) -> None:
+        super().__init__(config, ignore_head_node, **options)
+        if self.needs_dashboard and self.options.include_dashboard is False:
+            raise ConfigError(f"executor {self.executor_name!r} needs Ray's dashboard (its state API): "
+                              "leave include_dashboard unset or True")
+
+    def ensure_ray(self) -> RaySession:
+        """Attach to Ray (start a local one if none runs); see :mod:`curator_exec_ray.session`."""
+        dashboard = self.options.include_dashboard
+        return ensure_ray(self.options.runtime_env, start_env=self.start_env,
+                          include_dashboard=self.needs_dashboard if dashboard is None else dashboard)
+
+    def capacity(self) -> Capacity:
+        """Per-node capacity of the Ray cluster (attaching first); honours ``ignore_head_node``."""
+        self.ensure_ray()
+        return cluster_capacity(ignore_head_node=self.ignore_head_node)
+
+    def plan_options(self) -> dict[str, Any]:
+        o = self.options
+        return {"max_workers_per_stage": o.max_workers_per_stage, "reserved_cpus": o.reserved_cpus,
+                "reserved_gpus": o.reserved_gpus}
+
+    def stage_serializer(self) -> Callable[[Any], Any] | None:
+        import ray.cloudpickle
+
+        return ray.cloudpickle.dumps
+
+    def placement(self, stages: Sequence[ManagedStage]) -> list[list[str | None]] | None:
+        """A node for each planned worker when workers must be pinned (``ignore_head_node``), else None."""
+        if not self.ignore_head_node:
+            return None
+        plan = self.current_plan
+        capacity = plan.capacity if plan is not None and len(plan.stages) == len(stages) else self.capacity()
+        return assign_nodes(stages, capacity)

@@ -1,0 +1,132 @@
+"""Stage workers: the in-worker registry of live stages, and the driver's "teardown, then kill".
+
+Inside a worker process (an actor of ours, of Ray Data or of Xenna), whatever ran a stage's
+``setup`` calls :func:`register`; :func:`teardown_live` (called through the actor, or at exit) runs
+``teardown`` once on every live stage of a run. On the driver, :func:`stop_workers` asks every
+actor to do that, waits at most ``timeout`` seconds, then kills the actors.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import traceback
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from curator_exec_ray import _compat as ray_compat
+
+__all__ = ["LiveStage", "register", "unregister", "closing", "teardown_live", "teardown_workers", "stop_workers",
+           "kill"]
+
+logger = logging.getLogger("curator_exec.ray")
+
+
+class LiveStage(Protocol):
+    """What the registry holds: a set-up stage of a run (a ``ManagedStage``, or an engine adapter)."""
+
+    run_id: str
+
+    def teardown(self) -> None: ...
+
+
+_LIVE: list[LiveStage] = []
+_LOCK = threading.Lock()
+_CLOSING: set[str] = set()  # runs whose workers in this process are being stopped
+_atexit = False
+
+
+def register(stage: LiveStage) -> bool:
+    """Record a stage about to be set up in this process; False if its run is already closing here."""
+    global _atexit
+    with _LOCK:
+        if stage.run_id in _CLOSING:
+            return False
+        _LIVE.append(stage)
+        if not _atexit:  # last resort: a worker that exits without being asked still tears down
+            _atexit = True
+            atexit.register(teardown_live)
+    return True
+
+
+def unregister(stage: LiveStage) -> None:
+    with _LOCK:
+        if stage in _LIVE:
+            _LIVE.remove(stage)
+
+
+def closing(run_id: str) -> bool:
+    """Whether the driver asked this process to stop ``run_id``'s stages."""
+    with _LOCK:
+        return run_id in _CLOSING
+
+
+def teardown_live(_actor: Any = None, run_id: str | None = None) -> list[str]:
+    """In a worker: ``teardown`` once on every live stage of ``run_id`` (all runs if None); later
+    registrations of that run are refused. Returns the failures as text."""
+    with _LOCK:
+        if run_id is not None:
+            _CLOSING.add(run_id)
+        live = [s for s in _LIVE if run_id is None or s.run_id == run_id]
+    problems = []
+    for stage in live:
+        try:
+            stage.teardown()
+        except Exception:
+            problems.append(f"teardown of stage {getattr(stage, 'name', stage)!r} failed:\n{traceback.format_exc()}")
+        finally:
+            unregister(stage)
+    return problems
+
+
+def kill(handles: Sequence[Any]) -> None:
+    import ray
+
+    for handle in handles:
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception:  # already gone
+            pass
+
+
+def teardown_workers(handles: Sequence[Any], run_id: str | None, timeout: float) -> tuple[list[Any], list[str]]:
+    """Teardown of ``run_id``'s stages (all runs' if None) in every actor of ``handles``, waiting at most
+    ``timeout`` seconds. Returns (the handles whose teardown succeeded, the problems seen)."""
+    import ray
+
+    calls = {}
+    for handle in handles:
+        try:
+            calls[ray_compat.call_in_actor(handle, teardown_live, run_id)] = handle
+        except Exception:  # an unusable handle: nothing to tear down
+            continue
+    problems: list[str] = []
+    ok: list[Any] = []
+    if calls:
+        done, pending = ray.wait(list(calls), num_returns=len(calls), timeout=timeout)
+        for ref in done:
+            try:
+                failed = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                continue  # died (killed, or its setup failed): nothing left to tear down
+            except Exception as exc:
+                problems.append(f"teardown call failed: {exc!r}")
+                continue
+            problems += failed
+            if not failed:
+                ok.append(calls[ref])
+        if pending:
+            problems.append(f"{len(pending)} worker(s) did not finish teardown within teardown_timeout="
+                            f"{timeout:g}s; killed")
+    return ok, problems
+
+
+def stop_workers(handles: Sequence[Any], run_id: str | None, timeout: float, *,
+                 spare: bool = False) -> tuple[list[Any], list[str]]:
+    """:func:`teardown_workers`, then kill the actors. With ``spare``, those whose teardown succeeded
+    are left alive (to be reused) and returned. Returns (spared handles, problems seen)."""
+    ok, problems = teardown_workers(handles, run_id, timeout)
+    spared = ok if spare else []
+    kill([h for h in handles if not any(h is s for s in spared)])
+    return spared, problems
