@@ -21,7 +21,10 @@ nox.options.default_venv_backend = "venv"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY311 = "3.11"
-PLUGINS = ["local", "rayactorpool", "raydata"]  # plugins tested on the default Python
+PLUGINS = ["local", "ray", "rayactorpool", "raydata"]  # plugins tested on the default Python
+#: what a plugin directory needs from this repository besides the core (not on any index)
+LOCAL_DEPS = {"rayactorpool": ["ray"], "raydata": ["ray"], "xenna": ["ray"]}
+ALL_PLUGINS = ["local", "ray", "rayactorpool", "raydata", "xenna"]
 XENNA_PINS = {"3.11": "cosmos-xenna==0.3.0", "3.12": "cosmos-xenna>=0.5,<0.6"}
 TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.2", "psutil"]
 
@@ -45,6 +48,11 @@ def _with_test_extra(name: str) -> str:
         return _plugin_path(name) + ("[test]" if "\ntest = [" in f.read() else "")
 
 
+def _install_args(name: str) -> list[str]:
+    """The plugin (with its test extra) and the repository's libraries it depends on."""
+    return [_plugin_path(dep) for dep in LOCAL_DEPS.get(name, [])] + [_with_test_extra(name)]
+
+
 def _has_tests(name: str) -> bool:
     return os.path.isdir(os.path.join(_plugin_path(name), "tests"))
 
@@ -65,9 +73,10 @@ def core(session: nox.Session) -> None:
 @nox.session(python=_python(PY311))
 @nox.parametrize("name", [p for p in PLUGINS if os.path.isdir(_plugin_path(p))])
 def plugin(session: nox.Session, name: str) -> None:
-    """One backend plugin in a fresh venv holding only the core and that plugin."""
-    session.install(".", _with_test_extra(name), *TEST_DEPS)
-    session.run("python", "-c", f"import curator_exec_core as c; print(c.get_executor({_exec_name(name)!r}))")
+    """One plugin in a fresh venv holding only the core, that plugin and the libraries it declares."""
+    session.install(".", *_install_args(name), *TEST_DEPS)
+    if name != "ray":  # the Ray layer is a library, not an executor
+        session.run("python", "-c", f"import curator_exec_core as c; print(c.get_executor({_exec_name(name)!r}))")
     if _has_tests(name):
         session.run("pytest", os.path.join("plugins", name, "tests"), *session.posargs)
 
@@ -80,7 +89,7 @@ def xenna(session: nox.Session) -> None:
         session.skip("plugins/xenna does not exist yet")
     version = session.run("python", "-c", "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')",
                           silent=True).strip()
-    session.install(".", _with_test_extra("xenna"), XENNA_PINS[version], *TEST_DEPS)
+    session.install(".", *_install_args("xenna"), XENNA_PINS[version], *TEST_DEPS)
     if _has_tests("xenna"):
         session.run("pytest", os.path.join("plugins", "xenna", "tests"), *session.posargs)
 
@@ -88,7 +97,7 @@ def xenna(session: nox.Session) -> None:
 @nox.session(python=_python(PY311))
 def integration(session: nox.Session) -> None:
     """The core's tests with every plugin installed together (registry, docs, CLI see them all)."""
-    present = [_with_test_extra(p) for p in ["local", "rayactorpool", "raydata", "xenna"] if os.path.isdir(_plugin_path(p))]
+    present = [_with_test_extra(p) for p in ALL_PLUGINS if os.path.isdir(_plugin_path(p))]
     session.install(".", *present, *TEST_DEPS)
     session.run("pytest", "tests", *session.posargs)
 
@@ -103,7 +112,7 @@ def demo(session: nox.Session) -> None:
 @nox.session(python=_python(PY311))
 def bench(session: nox.Session) -> None:
     """Benchmarks (not part of the default run): `nox -s bench -- local ray_actor_pool`."""
-    present = [_plugin_path(p) for p in ["local", "rayactorpool", "raydata", "xenna"] if os.path.isdir(_plugin_path(p))]
+    present = [_plugin_path(p) for p in ALL_PLUGINS if os.path.isdir(_plugin_path(p))]
     session.install(".", *present, "psutil")
     session.run("python", "benchmarks/run.py", *(session.posargs or ["local"]))
 

@@ -22,6 +22,7 @@ from curator_exec_core.pipeline import Pipeline
 from curator_exec_core.planning import ExecutionPlan, StagePlan, plan_stages
 from curator_exec_core.registry import (
     ExecutorSpec,
+    executor_registration,
     get_executor,
     get_plugin_manager,
     list_executors,
@@ -41,6 +42,6 @@ __all__ = [
     "ExecutorOptions", "ExecutorSpec", "FailedTask", "GpuInfo", "ManagedStage", "NodeCapacity", "NodeInfo",
     "Pipeline", "PipelineResult", "PlanError", "PluginError", "ProcessingStage", "ProgressEvent", "Resources",
     "StageFailedError", "StagePerf", "StagePlan", "Task", "UnknownExecutorError", "WorkerMetadata",
-    "build_options", "describe_options", "get_executor", "get_plugin_manager", "hookimpl", "hookspec", "list_executors", "list_plugins", "option",
+    "build_options", "describe_options", "executor_registration", "get_executor", "get_plugin_manager", "hookimpl", "hookspec", "list_executors", "list_plugins", "option",
     "plan_stages", "probe_local", "register_plugin", "unregister_plugin",
 ]

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from curator_exec_core.executor import BaseExecutor
     from curator_exec_core.planning import ExecutionPlan
     from curator_exec_core.registry import ExecutorSpec
+    from curator_exec_core.runner import ManagedStage
     from curator_exec_core.stages import ProcessingStage
     from curator_exec_core.tasks import Task
 
@@ -73,9 +74,12 @@ def curator_exec_schedule(executor: BaseExecutor, plan: ExecutionPlan) -> Any:
 
 @hookspec(firstresult=True)
 def curator_exec_execute(
-    executor: BaseExecutor, stages: list[ProcessingStage], initial_tasks: list[Task]
+    executor: BaseExecutor, stages: list[ManagedStage], initial_tasks: list[Task]
 ) -> list[Task] | None:
     """Run the managed ``stages`` on ``initial_tasks`` and return the last stage's outputs.
+
+    Always called with prepared inputs: planned ``ManagedStage`` objects in pipeline order,
+    and a non-empty list of tasks that all have ids.
 
     Default: ``executor.execute(stages, initial_tasks)``.
     """

@@ -373,6 +373,20 @@ def executor_class(name: str) -> type[BaseExecutor]:
     return cls
 
 
+def executor_registration(name: str, factory: str, summary: str = "") -> Any:
+    """A ready ``curator_exec_register_executors`` implementation for a plugin module that
+    registers one executor (the registration stays lazy: nothing of ``factory`` is imported)::
+
+        curator_exec_register_executors = executor_registration("threads", "pkg.executor:ThreadsExecutor", "...")
+    """
+
+    @hookspecs.hookimpl
+    def curator_exec_register_executors() -> list[ExecutorSpec]:
+        return [ExecutorSpec(name=name, factory=factory, summary=summary)]
+
+    return curator_exec_register_executors
+
+
 def get_executor(name: str, config: dict[str, Any] | None = None, **options: Any) -> BaseExecutor:
     """Build the executor registered as ``name``. ``config`` and keyword options are merged and validated.
 

@@ -1,14 +1,7 @@
 """Entry-point module: registers ``local`` without importing the executor."""
 
-from curator_exec_core import ExecutorSpec, hookimpl
+from curator_exec_core import executor_registration
 
-
-@hookimpl
-def curator_exec_register_executors() -> list[ExecutorSpec]:
-    return [
-        ExecutorSpec(
-            name="local",
-            factory="curator_exec_local.executor:LocalExecutor",
-            summary="In-process, sequential, streaming; the embedded default (no Ray).",
-        )
-    ]
+curator_exec_register_executors = executor_registration(
+    "local", "curator_exec_local.executor:LocalExecutor",
+    "In-process, sequential, streaming; the embedded default (no Ray).")

@@ -8,9 +8,9 @@ from typing import Any
 from curator_exec_core.capacity import Capacity
 from curator_exec_core.runner import ManagedStage
 from curator_exec_ray import _compat as ray_compat
-from curator_exec_ray.cluster import head_node_ids
+from curator_exec_ray.cluster import alive_nodes, head_node_ids
 
-__all__ = ["assign_nodes", "remote_options", "exclude_head_selector"]
+__all__ = ["assign_nodes", "replacement_node", "remote_options", "exclude_head_selector"]
 
 
 def assign_nodes(stages: Sequence[ManagedStage], capacity: Capacity) -> list[list[str | None]]:
@@ -39,6 +39,17 @@ def assign_nodes(stages: Sequence[ManagedStage], capacity: Capacity) -> list[lis
             free[best][1] -= gpus
             out[i].append(best)
     return out
+
+
+def replacement_node(node: str | None, placement: Sequence[Sequence[str | None]] | None) -> str | None:
+    """Where to start a worker that replaces one pinned to ``node``: that node if it is still
+    alive, else another node of ``placement`` that is (``None``: the worker was not pinned)."""
+    if node is None:
+        return None
+    alive = {n["NodeID"] for n in alive_nodes()}
+    if node in alive:
+        return node
+    return next((nid for nodes in placement or [] for nid in nodes if nid in alive), node)
 
 
 def remote_options(cpus: float = 0.0, gpus: float = 0.0, *, runtime_env: Mapping[str, Any] | None = None,

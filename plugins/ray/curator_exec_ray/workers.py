@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import traceback
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from curator_exec_core.runner import ManagedStage
+from curator_exec_core.stages import WorkerMetadata
 from curator_exec_ray import _compat as ray_compat
 
-__all__ = ["LiveStage", "register", "unregister", "closing", "teardown_live", "teardown_workers", "stop_workers",
-           "kill"]
+__all__ = ["LiveStage", "StageActor", "stage_in_process", "register", "unregister", "closing", "teardown_live",
+           "teardown_workers", "stop_workers", "kill"]
 
 logger = logging.getLogger("curator_exec.ray")
 
@@ -80,6 +84,54 @@ def teardown_live(_actor: Any = None, run_id: str | None = None) -> list[str]:
     return problems
 
 
+class StageActor:
+    """The body of an actor that hosts one managed stage (wrap it with ``ray.remote``): ``setup``
+    runs the stage's setup (``setup_on_node`` once per node) with this actor's metadata and
+    registers it for teardown; ``run(fn, *args)`` calls ``fn(stage, *args)`` in the actor."""
+
+    def __init__(self) -> None:
+        self.stage: ManagedStage | None = None
+
+    def setup(self, stage: ManagedStage, worker_id: str) -> dict[str, Any]:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        self.stage = stage
+        register(stage)
+        stage.setup(WorkerMetadata(worker_id=worker_id, node_id=ctx.get_node_id(),
+                                   allocation=ctx.get_assigned_resources()))
+        return {"worker_id": worker_id, "node_id": ctx.get_node_id(), "pid": os.getpid()}
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        assert self.stage is not None, "run() before setup()"
+        return fn(self.stage, *args)
+
+
+#: stages of the most recent runs in this (pooled, reused) worker process: run id -> {key: stage}
+_task_stages: OrderedDict[str, dict[Any, ManagedStage]] = OrderedDict()
+#: runs whose stages a worker process keeps (older runs' are dropped, so they do not pin memory)
+TASK_STAGE_RUNS = 2
+
+
+def stage_in_process(run_id: str, key: Any, stage_box: list[Any]) -> ManagedStage:
+    """In a Ray task: the stage of ``stage_box`` (its object ref, boxed so that Ray does not fetch it
+    for every call), fetched once per worker process and run. For stages without lifecycle
+    methods, which any pooled worker process may run."""
+    stages = _task_stages.get(run_id)
+    if stages is None:
+        stages = _task_stages[run_id] = {}
+        while len(_task_stages) > TASK_STAGE_RUNS:
+            _task_stages.popitem(last=False)
+    stage = stages.get(key)
+    if stage is None:
+        import ray
+
+        stage = ray.get(stage_box[0])
+        stage.worker_id = f"{ray.get_runtime_context().get_node_id()[:12]}:{os.getpid()}"
+        stages[key] = stage
+    return stage
+
+
 def kill(handles: Sequence[Any]) -> None:
     import ray
 
@@ -90,9 +142,11 @@ def kill(handles: Sequence[Any]) -> None:
             pass
 
 
-def teardown_workers(handles: Sequence[Any], run_id: str | None, timeout: float) -> tuple[list[Any], list[str]]:
+def teardown_workers(handles: Sequence[Any], run_id: str | None, timeout: float,
+                     log: logging.Logger | None = None) -> tuple[list[Any], list[str]]:
     """Teardown of ``run_id``'s stages (all runs' if None) in every actor of ``handles``, waiting at most
-    ``timeout`` seconds. Returns (the handles whose teardown succeeded, the problems seen)."""
+    ``timeout`` seconds. Returns (the handles whose teardown succeeded, the problems seen, also
+    logged as errors on ``log`` if given)."""
     import ray
 
     calls = {}
@@ -119,14 +173,16 @@ def teardown_workers(handles: Sequence[Any], run_id: str | None, timeout: float)
         if pending:
             problems.append(f"{len(pending)} worker(s) did not finish teardown within teardown_timeout="
                             f"{timeout:g}s; killed")
+    for problem in problems if log is not None else ():
+        log.error("%s", problem)
     return ok, problems
 
 
-def stop_workers(handles: Sequence[Any], run_id: str | None, timeout: float, *,
-                 spare: bool = False) -> tuple[list[Any], list[str]]:
+def stop_workers(handles: Sequence[Any], run_id: str | None, timeout: float, *, spare: bool = False,
+                 log: logging.Logger | None = None) -> tuple[list[Any], list[str]]:
     """:func:`teardown_workers`, then kill the actors. With ``spare``, those whose teardown succeeded
     are left alive (to be reused) and returned. Returns (spared handles, problems seen)."""
-    ok, problems = teardown_workers(handles, run_id, timeout)
+    ok, problems = teardown_workers(handles, run_id, timeout, log)
     spared = ok if spare else []
     kill([h for h in handles if not any(h is s for s in spared)])
     return spared, problems

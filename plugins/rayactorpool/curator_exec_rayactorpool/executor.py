@@ -8,6 +8,7 @@ is in ``docs/executors/ray_actor_pool.md``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -21,10 +22,10 @@ from curator_exec_core.errors import CuratorExecError
 from curator_exec_core.runner import ManagedStage
 from curator_exec_ray import workers
 from curator_exec_ray.chunking import ChunkSizer
-from curator_exec_ray.cluster import alive_nodes
 from curator_exec_ray.executor import RayExecutorBase, RayTaskOptions
-from curator_exec_ray.placement import remote_options
+from curator_exec_ray.placement import remote_options, replacement_node
 from curator_exec_ray.session import current_session
+from curator_exec_rayactorpool.worker import run_chunks
 
 __all__ = ["RayActorPoolExecutor", "RayActorPoolOptions", "ActorPoolError"]
 
@@ -48,79 +49,64 @@ class RayActorPoolOptions(RayTaskOptions):
 
     aliases = {"pool_size": "max_workers_per_stage"}
 
-    chunk_size: int | None = option(
-        None, int, "Tasks per actor call (None: automatic, about 200 ms of stage work per call, at most 256 "
-        "tasks). The stage is still called with its own batch_size.", minimum=1, allow_none=True)
-    max_in_flight: int = option(
-        2, int, "Calls (chunks) queued or running per actor; bounds how far a stage runs ahead of the next.",
-        minimum=1)
-    max_actor_restarts: int = option(
-        3, int, "Actors of one stage that may die (and be replaced) in a run before the run fails.", minimum=0)
-    actor_start_timeout: float = option(
-        300.0, float, "Seconds a stage may wait for its first actor to start before the run fails "
-        "(instead of hanging when Ray cannot place it).", minimum=0)
-    reuse_actors: bool = option(
-        False, bool, "Keep this executor's actors alive between its runs (a second run skips starting them); "
-        "stages are still torn down after every run. executor.close(), a failed run or the driver's exit "
-        "kills them. False: no actor outlives a run.")
+    chunk_size: int | None = option(None, int, "Tasks per call (None: about 200 ms of work, at most 256); stages "
+                                    "still see their own batch_size.", minimum=1, allow_none=True)
+    max_in_flight: int = option(2, int, "Calls queued or running per actor (how far a stage runs ahead).", minimum=1)
+    max_actor_restarts: int = option(3, int, "Actors of a stage that may die (and be replaced) in a run.", minimum=0)
+    actor_start_timeout: float = option(300.0, float, "Seconds a stage waits for its first actor before the run "
+                                        "fails (instead of hanging when Ray cannot place it).", minimum=0)
+    reuse_actors: bool = option(False, bool, "Keep the actors alive between this executor's runs (stages are still "
+                                "torn down after each); close(), a failed run or exit kills them.")
 
     @property
     def pool_size(self) -> int | None:
         return self.max_workers_per_stage
 
 
+@attrs.define(eq=False)
 class _Actor:
     """An actor of a stage's pool, or (``handle`` None) a task slot of a stage run as Ray tasks."""
 
-    __slots__ = ("handle", "stage", "worker_id", "node", "ready", "dead", "inflight", "info", "requested_at",
-                 "setup_ref", "key", "reused", "depth")
-
-    def __init__(self, handle: Any, stage: int, worker_id: str, node: str | None, depth: int) -> None:
-        self.handle = handle
-        self.stage = stage
-        self.worker_id = worker_id
-        self.node = node
-        self.ready = handle is None
-        self.dead = False
-        self.inflight: set[Any] = set()
-        self.info: dict[str, Any] = {}  # worker id, node id, pid (from its setup)
-        self.requested_at = time.monotonic()
-        self.setup_ref: Any = None
-        self.key: tuple = ()
-        self.reused = False
-        self.depth = depth  # calls queued or running at once
+    handle: Any
+    stage: int
+    worker_id: str
+    node: str | None
+    depth: int  # calls queued or running at once
+    ready: bool = False
+    dead: bool = False
+    reused: bool = False
+    inflight: set[Any] = attrs.Factory(set)
+    info: dict[str, Any] = attrs.Factory(dict)  # worker id, node id, pid (from its setup)
+    requested_at: float = attrs.Factory(time.monotonic)
+    setup_ref: Any = None
+    key: tuple = ()
 
 
+@attrs.define(eq=False)
 class _Call:
-    __slots__ = ("stage", "actor", "inputs", "pieces")
-
-    def __init__(self, stage: int, actor: _Actor, inputs: list[tuple[Any, int]], pieces: list[Any] | None) -> None:
-        self.stage = stage
-        self.actor = actor
-        self.inputs = inputs  # (chunk or object ref, number of tasks)
-        self.pieces = pieces  # object refs of the output pieces (None for the last stage)
+    stage: int
+    actor: _Actor
+    inputs: list[tuple[Any, int]]  # (chunk or object ref, number of tasks)
+    pieces: list[Any] | None  # object refs of the output pieces (None for the last stage)
 
 
 _remote: dict[str, Any] = {}
 
 
 def _remote_of(name: str) -> Any:
-    """``ray.remote`` of the worker class or the task function (made once per process)."""
+    """``ray.remote`` of the actor class or the task function (made once per process)."""
     if name not in _remote:
         import ray
 
-        from curator_exec_rayactorpool import worker
+        from curator_exec_rayactorpool.worker import process_in_task
 
-        _remote[name] = ray.remote(getattr(worker, name))
+        _remote[name] = ray.remote(process_in_task if name == "task" else workers.StageActor)
     return _remote[name]
 
 
 class RayActorPoolExecutor(RayExecutorBase):
-    """Runs every stage on a pool of Ray actors, streaming tasks between the pools.
-
-    ``RayActorPoolExecutor(config=None, ignore_head_node=False, show_progress=True,
-    progress_interval=10.0, **options)``; see :class:`RayActorPoolOptions`.
-    """
+    """Runs every stage on a pool of Ray actors, streaming tasks between the pools. NeMo Curator's signature:
+    ``(config=None, ignore_head_node=False, show_progress=True, progress_interval=10.0, **options)``."""
 
     name = "ray_actor_pool"
     Options = RayActorPoolOptions
@@ -144,17 +130,14 @@ class RayActorPoolExecutor(RayExecutorBase):
     def execute(self, stages: list[ManagedStage], initial_tasks: list[Task]) -> list[Task]:
         self.ensure_ray()
         run = self._run_state = _PoolRun(self, stages, initial_tasks, self.placement(stages))
-        error: BaseException | None = None
         try:
             return run.run()
         except BaseException as exc:
-            error = exc
+            run.close(exc)
             raise
         finally:
-            try:
-                run.close(error)
-            finally:
-                self._run_state = None
+            run.close(None)  # (a no-op after close(exc))
+            self._run_state = None
 
     def teardown(self) -> None:
         """Kill whatever actors a run left (normally none: ``execute`` cleans up itself). Ray stays up."""
@@ -169,17 +152,12 @@ class RayActorPoolExecutor(RayExecutorBase):
             workers.kill([actor.handle for _key, actor in idle])
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass
 
     def _take_idle(self, key: tuple) -> _Actor | None:
-        for i, (k, actor) in enumerate(self._idle):
-            if k == key:
-                del self._idle[i]
-                return actor
-        return None
+        i = next((i for i, (k, _) in enumerate(self._idle) if k == key), None)
+        return None if i is None else self._idle.pop(i)[1]
 
 
 class _PoolRun:
@@ -195,19 +173,16 @@ class _PoolRun:
         self.stages = stages
         self.n = len(stages)
         self.run_id = stages[0].run_id
-        self.source = tasks
-        self.src_pos = 0
+        self.source, self.src_pos = tasks, 0
         self.queues: list[deque[tuple[Any, int]]] = [deque() for _ in stages]
         self.actors: list[list[_Actor]] = [[] for _ in stages]
-        self.inflight = [0] * self.n
+        # per stage: calls in flight, actors that died, actors started
+        self.inflight, self.deaths, self.started = [0] * self.n, [0] * self.n, [0] * self.n
         self.calls: dict[Any, _Call] = {}
         self.setups: dict[Any, _Actor] = {}
         self.sizer = ChunkSizer(self.n, self.opts.chunk_size, first=FIRST_CHUNK)
-        self.deaths = [0] * self.n
-        self.started = [0] * self.n
         self.outputs: list[Task] = []
-        self.closed = False
-        self.placement = placement
+        self.closed, self.placement = False, placement
         self.stage_refs: list[Any] = []
         #: stages run as Ray tasks (no lifecycle methods), see ``stateless_as_tasks``
         self.as_tasks = [self.opts.stateless_as_tasks and not st.has_lifecycle for st in stages]
@@ -229,24 +204,21 @@ class _PoolRun:
 
     def start_actor(self, s: int, node: str | None) -> _Actor:
         stage = self.stages[s]
-        k = self.started[s]
         self.started[s] += 1
-        worker_id = f"{self.run_id}/{s}:{stage.name}/{k}"
+        worker_id = f"{self.run_id}/{s}:{stage.name}/{self.started[s] - 1}"
         if self.as_tasks[s]:
             # a task slot: up to `depth` calls of this stage at once, run by whichever pooled worker Ray picks;
             # a stage with an explicit size (max_workers_per_stage, num_workers()) gets one call per slot
             depth = 1 if self.executor.explicit_size(stage) else self.opts.max_in_flight
-            slot = _Actor(None, s, worker_id, node, depth)
+            slot = _Actor(None, s, worker_id, node, depth, ready=True)
             self.actors[s].append(slot)
             return slot
         key = self._key(stage, node)
         reused = self.executor._take_idle(key) if self.opts.reuse_actors else None
-        handle = reused.handle if reused is not None else _remote_of("ActorPoolWorker").options(
+        handle = reused.handle if reused is not None else _remote_of("actor").options(
             **self._options(stage, node)).remote()
-        actor = _Actor(handle, s, worker_id, node, self.opts.max_in_flight)
-        actor.setup_ref = handle.setup.remote(self.stage_refs[s], worker_id)
-        actor.key = key
-        actor.reused = reused is not None
+        actor = _Actor(handle, s, worker_id, node, self.opts.max_in_flight, reused=reused is not None, key=key,
+                       setup_ref=handle.setup.remote(self.stage_refs[s], worker_id))
         self.actors[s].append(actor)
         self.setups[actor.setup_ref] = actor
         return actor
@@ -258,14 +230,6 @@ class _PoolRun:
             for s in range(self.n):
                 if k < counts[s]:
                     self.start_actor(s, self.placement[s][k] if self.placement else None)
-
-    def _replacement_node(self, actor: _Actor) -> str | None:
-        if actor.node is None:
-            return None
-        alive = {n["NodeID"] for n in alive_nodes()}
-        if actor.node in alive:
-            return actor.node
-        return next((nid for nodes in self.placement or [] for nid in nodes if nid in alive), actor.node)
 
     def on_death(self, actor: _Actor, err: BaseException) -> None:
         if actor.dead:
@@ -291,7 +255,7 @@ class _PoolRun:
                 f"{self.opts.max_actor_restarts}); last: {err}") from err
         logger.warning("stage %r: worker %s died (%s); replacing it and retrying its %d chunk(s)",
                        name, actor.worker_id, type(err).__name__, retried)
-        self.start_actor(s, self._replacement_node(actor))
+        self.start_actor(s, replacement_node(actor.node, self.placement))
 
     def requeue(self, call: _Call) -> None:
         self.inflight[call.stage] -= 1
@@ -340,15 +304,15 @@ class _PoolRun:
     def call(self, actor: _Actor, num_returns: int, pieces: int, piece_size: int, args: list[Any]) -> Any:
         """Send one call to ``actor``: an actor method call, or a Ray task for a task slot."""
         if actor.handle is not None:
-            method = actor.handle.process
+            method = actor.handle.run
             if num_returns != 1:
                 method = method.options(num_returns=num_returns)
-            return method.remote(pieces, piece_size, *args)
+            return method.remote(run_chunks, pieces, piece_size, *args)
         s = actor.stage
         opts = self.task_options.get((s, actor.node))
         if opts is None:
             opts = self.task_options[(s, actor.node)] = self._options(self.stages[s], actor.node, task=True)
-        return _remote_of("process_in_task").options(num_returns=num_returns, **opts).remote(
+        return _remote_of("task").options(num_returns=num_returns, **opts).remote(
             (self.run_id, s), [self.stage_refs[s]], pieces, piece_size, *args)
 
     def dispatch(self) -> None:
@@ -451,14 +415,12 @@ class _PoolRun:
                 except Exception:
                     pass
         live = [a for actors in self.actors for a in actors if not a.dead and a.handle is not None]
-        spare = self.opts.reuse_actors and error is None
-        kept, problems = workers.stop_workers([a.handle for a in live], self.run_id, self.opts.teardown_timeout,
-                                              spare=spare)
-        if error is None:
-            for problem in problems:
-                logger.warning("ray_actor_pool: %s", problem)
-        else:
-            self.executor.close()  # after a failure nothing is kept
+        # after a failure, the stage's error is what matters (teardown problems are not logged) and nothing is kept
+        kept, _ = workers.stop_workers([a.handle for a in live], self.run_id, self.opts.teardown_timeout,
+                                       spare=self.opts.reuse_actors and error is None,
+                                       log=logger if error is None else None)
+        if error is not None:
+            self.executor.close()
         self.executor._idle += [(a.key, a) for a in live if any(a.handle is h for h in kept)]
         self.calls.clear()
         self.setups.clear()

@@ -14,7 +14,7 @@ import pytest
 from rap_stages import Big, EnvReader, Logged, SetupFails, Small, read
 
 from curator_exec_core import ConfigError, PlanError, StageFailedError, Task, get_executor
-from curator_exec_core.testing.stages import FailOn, SquareBatch, Traced, read_trace
+from curator_exec_core.testing.stages import AddOne, FailOn, SquareBatch, Traced, read_trace
 from curator_exec_rayactorpool import RayActorPoolExecutor
 from curator_exec_rayactorpool import executor as pool_module
 from curator_exec_rayactorpool.executor import ActorPoolError
@@ -32,7 +32,7 @@ def alive_pool_actors(timeout: float = 30.0) -> list:
     address = ray.get_runtime_context().gcs_address  # without it the state API may pick another cluster
     deadline = time.monotonic() + timeout
     while True:
-        alive = list_actors(filters=[("class_name", "=", "ActorPoolWorker"), ("state", "!=", "DEAD")],
+        alive = list_actors(filters=[("class_name", "=", "StageActor"), ("state", "!=", "DEAD")],
                             address=address, raise_on_missing_output=False)
         if not alive or time.monotonic() > deadline:
             return alive
@@ -184,6 +184,24 @@ def test_runtime_env_reaches_the_actors(ray_attached):
     assert [t.data for t in result] == ["hello"] * 5
 
 
+def test_a_runtime_env_ray_cannot_set_up_fails_the_run_naming_the_stage(ray_attached, tmp_path):
+    # Ray raises RuntimeEnvSetupError (told apart by its class, not its text): no hang, no retry loop
+    ex = RayActorPoolExecutor(config={"runtime_env": {"conda": "no-such-conda-env-xyz"}, "show_progress": False,
+                                      "stateless_as_tasks": False})
+    with pytest.raises(ActorPoolError, match=r"stage 'add_one': a worker could not set up its runtime_env"):
+        ex.run([AddOne()], ints(3))
+    assert alive_pool_actors() == []
+
+
+def test_an_unpicklable_stage_fails_at_plan_time_naming_it(ray_attached):
+    import threading
+
+    stage = AddOne("with_lock")
+    stage.lock = threading.Lock()
+    with pytest.raises(PlanError, match=r"'with_lock' cannot be pickled"):
+        RayActorPoolExecutor(show_progress=False).run([stage], ints(3))
+
+
 # -- fault tolerance --------------------------------------------------------------------
 
 
@@ -237,11 +255,11 @@ def test_killed_actor_is_replaced_and_nothing_is_lost_or_duplicated(ray_attached
 
 
 def _pool_actors_ever() -> int:
-    """How many ActorPoolWorker actors this cluster has had (alive or dead)."""
+    """How many pool actors (StageActor) this cluster has had (alive or dead)."""
     import ray
     from ray.util.state import list_actors
 
-    return len(list_actors(filters=[("class_name", "=", "ActorPoolWorker")], limit=10_000,
+    return len(list_actors(filters=[("class_name", "=", "StageActor")], limit=10_000,
                            address=ray.get_runtime_context().gcs_address, raise_on_missing_output=False))
 
 
@@ -351,7 +369,6 @@ def test_reuse_actors_keeps_them_between_runs_until_close(ray_attached, tmp_path
 
 def test_execute_called_directly_with_plain_stages(ray_attached):
     # the NeMo Curator custom-executor shape: someone calls execute() without run()
-    from curator_exec_core.testing.stages import AddOne
 
     ex = RayActorPoolExecutor(show_progress=False)
     out = ex.execute([AddOne("a"), AddOne("b")], [Task(data=i, task_id=str(i)) for i in range(5)])

@@ -213,8 +213,7 @@ class RayDataExecutor(RayExecutorBase):
             if run not in self._runs:
                 return
             self._runs.remove(run)
-        for problem in run.finish(self.options.teardown_timeout):
-            logger.error("ray_data: %s", problem)
+        run.finish(self.options.teardown_timeout)
 
 
 #: sessions (started by this process) whose worker pool was warmed
@@ -360,12 +359,12 @@ class _RunActors:
                 for h in handles:
                     self.keep.setdefault(_compat.actor_key(h), h)
 
-    def finish(self, timeout: float) -> list[str]:
-        """Teardown in every actor of the run, then kill them. Returns the problems seen."""
+    def finish(self, timeout: float) -> None:
+        """Teardown in every actor of the run, then kill them (problems are logged)."""
         from curator_exec_raydata import _compat
 
         _compat.RUNS.pop(self.token, None)
         with self.lock:
             self.finished = True
             handles, self.keep = list(self.keep.values()), {}
-        return workers.stop_workers(handles, self.run_id, timeout)[1]
+        workers.stop_workers(handles, self.run_id, timeout, log=logger)

@@ -258,3 +258,18 @@ def test_runtime_env_reaches_the_stage_actors(ray_attached) -> None:
     got = RayDataExecutor(show_progress=False, runtime_env={"env_vars": {"CX_RAYDATA_PROBE": "hello"}}).run(
         [_EnvProbe()], _ints(3))
     assert [t.data for t in got] == ["hello"] * 3
+
+
+def test_a_moved_ray_data_internal_fails_the_run_at_once_naming_the_version(ray_attached, monkeypatch) -> None:
+    import ray
+    from ray.data._internal.execution.operators import actor_pool_map_operator as apo
+
+    from curator_exec_core import EngineCompatibilityError
+    from curator_exec_raydata import _compat
+
+    monkeypatch.setattr(_compat, "_checked", False)
+    monkeypatch.delattr(apo.ActorPoolMapOperator, "get_autoscaling_actor_pools")
+    with pytest.raises(EngineCompatibilityError) as info:
+        RayDataExecutor(show_progress=False).run([AddOne()], _ints(3))
+    text = str(info.value)
+    assert f"Ray Data {ray.__version__}" in text and ">=2.60,<2.64" in text and "get_autoscaling_actor_pools" in text

@@ -22,7 +22,7 @@ SUPPORTED = ">=0.3,<0.6"
 #: Ray's default state-API limit (RAY_MAX_LIMIT_FROM_API_SERVER) of a dashboard started without ours
 RAY_DEFAULT_STATE_LIMIT = 10000
 _checked = False
-_LIMITS: dict[tuple[str, int], int] = {}
+_LIMITS: dict[str, int] = {}
 
 
 def check() -> None:
@@ -45,33 +45,29 @@ def accepted_state_limit(address: str, list_actors: Callable[..., Any]) -> int:
     Ray with it, else Ray's default. ``list_actors(limit)`` asks the dashboard once."""
     from ray.util.state.exception import RayStateApiException, ServerUnavailable
 
-    wanted = int(cluster.API_LIMIT)
-    key = (address, wanted)
-    if key not in _LIMITS:
-        for limit in (wanted, RAY_DEFAULT_STATE_LIMIT):
-            try:
-                list_actors(limit)
-                _LIMITS[key] = limit
-                break
-            except ServerUnavailable as exc:
-                raise RuntimeError(
-                    "the xenna executor needs the Ray dashboard (state API) of the cluster it runs on, and it is "
-                    f"not reachable ({exc}). Start Ray with include_dashboard=True (the default when curator-exec "
-                    "starts Ray for xenna).") from exc
-            except RayStateApiException:
-                continue  # the dashboard refuses this limit
-        else:
-            raise RuntimeError(f"the Ray dashboard at {address} accepts no state-API limit of {wanted} or "
-                               f"{RAY_DEFAULT_STATE_LIMIT}; start Ray with RAY_MAX_LIMIT_FROM_API_SERVER={wanted}")
-    return _LIMITS[key]
+    for limit in () if address in _LIMITS else (int(cluster.API_LIMIT), RAY_DEFAULT_STATE_LIMIT):
+        try:
+            list_actors(limit)
+        except ServerUnavailable as exc:
+            raise RuntimeError(
+                "the xenna executor needs the Ray dashboard (state API) of the cluster it runs on, and it is not "
+                f"reachable ({exc}). Start Ray with include_dashboard=True (the default when curator-exec starts "
+                "Ray for xenna).") from exc
+        except RayStateApiException:
+            continue  # the dashboard refuses this limit
+        _LIMITS[address] = limit
+        break
+    if address not in _LIMITS:
+        raise RuntimeError(f"the Ray dashboard at {address} accepts no state-API limit of {cluster.API_LIMIT} "
+                           f"or {RAY_DEFAULT_STATE_LIMIT}; start Ray with RAY_MAX_LIMIT_FROM_API_SERVER=40000")
+    return _LIMITS[address]
 
 
 @contextlib.contextmanager
 def patched(state_limit: int, before_kill: Callable[[Any], None], hidden_nodes: Collection[str]) -> Iterator[None]:
-    """While a run lasts: Xenna's state-API limit lowered to what the dashboard accepts; ``before_kill``
-    called on every worker right before Xenna kills it (0.3 has no ``destroy()``, and 0.5 may kill
-    before ``destroy()`` returns); ``hidden_nodes`` left out of Xenna's cluster view; and Xenna < 0.5's
-    per-node ``NodeResourceMonitor`` actors, which it never stops, killed at the end."""
+    """While a run lasts: Xenna's state-API limit as the dashboard accepts it; ``before_kill(worker)``
+    before Xenna kills a worker (0.3 has no ``destroy()``; 0.5 may kill before it returns); ``hidden_nodes``
+    out of Xenna's view; Xenna < 0.5's ``NodeResourceMonitor`` actors (never stopped) killed at the end."""
     import ray
 
     saved = (cluster.API_LIMIT, actor_pool._kill_actor_and_reap, cluster.make_cluster_resources_from_ray_nodes)

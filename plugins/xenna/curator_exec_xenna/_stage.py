@@ -19,10 +19,9 @@ from curator_exec_core.stages import WorkerMetadata
 from curator_exec_core.tasks import Task
 from curator_exec_ray import workers
 from curator_exec_ray.chunking import split
+from curator_exec_ray.coordinator import WorkerLink
 
-__all__ = ["Chunk", "CuratorStage", "RunCoordinator", "chunks", "COORDINATOR_NAMESPACE"]
-
-COORDINATOR_NAMESPACE = "curator_exec_xenna"
+__all__ = ["Chunk", "CuratorStage", "chunks"]
 
 
 class Chunk:
@@ -51,53 +50,6 @@ def chunks(tasks: list[Task], size: int) -> list[Chunk]:
     return [Chunk(part) for part in split(tasks, size)]
 
 
-class RunCoordinator:
-    """A small actor (``num_cpus=0``) per driver process, shared by its runs: per run, the per-stage
-    (in, out, failed) counts for the driver's progress, and the handles of the workers that
-    registered before their setup (Xenna creates them; the driver tears them down)."""
-
-    def __init__(self) -> None:
-        self.runs: dict[str, dict[str, Any]] = {}
-        self.finished: set[str] = set()  # closed runs: late workers are refused
-
-    def ping(self) -> bool:
-        return True
-
-    def _run(self, run_id: str, num_stages: int = 0) -> dict[str, Any] | None:
-        if run_id in self.finished:
-            return None
-        run = self.runs.setdefault(run_id, {"counts": [], "workers": []})
-        while len(run["counts"]) < num_stages:
-            run["counts"].append([0, 0, 0])
-        return run
-
-    def add(self, run_id: str, index: int, counts: tuple[int, int, int]) -> None:
-        run = self._run(run_id, index + 1)
-        if run is not None:
-            run["counts"][index] = [a + b for a, b in zip(run["counts"][index], counts, strict=True)]
-
-    def register(self, run_id: str, index: int, handle: list[Any]) -> bool:
-        """A worker asks before its setup; once the run is closed the answer is no."""
-        run = self._run(run_id, index + 1)
-        if run is not None:
-            run["workers"].append(handle[0])
-        return run is not None
-
-    def close(self, run_id: str) -> list[Any]:
-        """End of run: no more registrations; returns the handles of every worker that registered."""
-        run = self._run(run_id)
-        self.finished.add(run_id)
-        return list(run["workers"]) if run else []
-
-    def counts(self, run_id: str) -> list[list[int]]:
-        run = self.runs.get(run_id)
-        return [list(c) for c in run["counts"]] if run else []
-
-    def forget(self, run_id: str) -> None:
-        self.finished.add(run_id)
-        self.runs.pop(run_id, None)
-
-
 class CuratorStage(xenna.Stage):
     """A managed stage as a Xenna stage (pickled to every ``StageWorker``)."""
 
@@ -106,12 +58,11 @@ class CuratorStage(xenna.Stage):
         self.cpus = float(cpus)
         self.gpus = float(gpus)
         self.chunk_size = max(1, int(chunk_size))
-        self.coordinator = coordinator  # name of the driver's RunCoordinator actor
-        self._coord: Any = None
+        self.link = WorkerLink(coordinator, managed.run_id, managed.index)  # to the driver's RunCoordinator
         self._lock: threading.Lock | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_coord": None, "_lock": None}
+        return {**self.__dict__, "_lock": None}
 
     def __repr__(self) -> str:
         return f"<CuratorStage {self.managed.index}:{self.managed.name!r}>"
@@ -128,11 +79,6 @@ class CuratorStage(xenna.Stage):
     def stage_batch_size(self) -> int:
         return 1  # one chunk per call; the chunk holds many tasks
 
-    def _coordinator(self) -> Any:
-        if self._coord is None:
-            self._coord = ray.get_actor(self.coordinator, namespace=COORDINATOR_NAMESPACE)
-        return self._coord
-
     def setup_on_node(self, node_info: xenna.NodeInfo, worker_metadata: xenna.WorkerMetadata) -> None:
         return None  # ManagedStage.setup runs the user's setup_on_node once per node itself
 
@@ -142,11 +88,7 @@ class CuratorStage(xenna.Stage):
         worker_id = str(getattr(worker_metadata, "worker_id", "") or f"{node_id[:8]}:{os.getpid()}")
         # Register before the user's setup, so that the driver can always tear this worker down;
         # a worker that starts after the run ended (coordinator closed or gone) does not set up.
-        try:  # the handle goes in a list, so that it travels as a value
-            accepted = ray.get(self._coordinator().register.remote(self.run_id, self.managed.index,
-                                                                    [ctx.current_actor]))
-        except Exception:  # the coordinator is gone: the run is over
-            accepted = False
+        accepted = self.link.register()
         # The lock is held through setup, so a teardown request (which may arrive while Xenna is
         # still setting the worker up, right before it kills it) waits for it.
         self._lock = threading.Lock()
@@ -161,10 +103,7 @@ class CuratorStage(xenna.Stage):
         tasks = [t for chunk in in_data for t in chunk.tasks]
         with self._lock or threading.Lock():
             out = self.managed.process_batch(tasks)
-        try:
-            self._coordinator().add.remote(self.run_id, self.managed.index, self.managed.last_counts)
-        except Exception:  # the run is over (coordinator gone): counts no longer matter
-            pass
+        self.link.count(self.managed.last_counts)
         return chunks(out, self.chunk_size)
 
     def teardown(self) -> None:

@@ -7,13 +7,13 @@ gaps (teardown once per worker, no worker left after a run). See ``docs/executor
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from importlib.metadata import version
 from typing import Any
 
 import attrs
@@ -28,6 +28,7 @@ from curator_exec_core.tasks import Task
 from curator_exec_ray import reaper, workers
 from curator_exec_ray.chunking import auto_chunk_size
 from curator_exec_ray.cluster import head_node_ids
+from curator_exec_ray.coordinator import Coordinator, ProgressPoller
 from curator_exec_ray.executor import RayExecutorBase, RayExecutorOptions
 from curator_exec_ray.session import RaySession, preserved_env
 
@@ -58,17 +59,14 @@ class XennaOptions(RayExecutorOptions):
     execution_mode: str = option(
         "streaming", str, "'streaming': all stages at once, autoscaled by Xenna; 'batch': each stage runs to "
         "completion before the next.", choices=("streaming", "batch"))
-    logging_interval: float = option(
-        60.0, float, "Seconds between Xenna's status tables (PipelineConfig.logging_interval_s).", minimum=1)
+    logging_interval: float = option(60.0, float, "Seconds between Xenna's status tables.", minimum=1)
     cpu_allocation_percentage: float = option(
         0.95, float, "Share of each node's Ray CPUs Xenna may allocate; Xenna floors it per node (2 CPUs x 0.95 "
         "-> 1 CPU), and capacity() and the plan use the same numbers. In (0, 1].")
-    autoscale_interval_s: float = option(
-        180.0, float, "Streaming mode: seconds between Xenna autoscaler runs.", minimum=1)
+    autoscale_interval_s: float = option(180.0, float, "Streaming: seconds between autoscaler runs.", minimum=1)
     chunk_size: int | None = option(
         None, int, "Tasks per Xenna item (one ray.put and one Xenna task per chunk). None: from the number of "
-        "input tasks and workers, between 16 and 256. Stages still see their own batch_size.",
-        minimum=1, allow_none=True)
+        "input tasks and workers, 16 to 256. Stages still see their own batch_size.", minimum=1, allow_none=True)
 
     def __attrs_post_init__(self) -> None:
         if not 0 < self.cpu_allocation_percentage <= 1:
@@ -78,27 +76,20 @@ class XennaOptions(RayExecutorOptions):
 
 @attrs.frozen(kw_only=True)
 class XennaStageOptions:
-    """Per-stage Xenna settings: ``stage.backend_options = {"xenna": {...}}`` (StageSpec fields).
+    """Per-stage Xenna settings, ``stage.backend_options = {"xenna": {...}}`` (StageSpec fields; not
+    ``num_workers``, which ``num_workers()`` pins, nor failures and retries, which are the executor's)."""
 
-    ``num_workers`` is not here (a stage's ``num_workers()`` pins it); failures and retries are
-    the executor's ``ignore_failures`` / ``max_retries`` for every stage.
-    """
-
-    num_workers_per_node: float | None = option(None, float, "Workers per node (> 0).", minimum=0, allow_none=True)
+    num_workers_per_node: float | None = option(None, float, "Workers per node (> 0).", allow_none=True)
     slots_per_actor: int | None = option(None, int, "Tasks queued per worker.", minimum=1, allow_none=True)
-    over_provision_factor: float | None = option(None, float, "Autoscaler over-provisioning.", minimum=0,
-                                                 allow_none=True)
-    worker_max_lifetime_m: int | None = option(None, int, "Minutes before a worker is restarted.", minimum=0,
-                                               allow_none=True)
-    worker_restart_interval_m: int | None = option(None, int, "Minutes between worker restarts.", minimum=0,
-                                                   allow_none=True)
+    over_provision_factor: float | None = option(None, float, "Autoscaler headroom.", minimum=0, allow_none=True)
+    worker_max_lifetime_m: int | None = option(None, int, "Worker lifetime (min).", minimum=0, allow_none=True)
+    worker_restart_interval_m: int | None = option(None, int, "Restart interval (min).", minimum=0, allow_none=True)
     num_setup_attempts_python: int | None = option(None, int, "Setup attempts.", minimum=1, allow_none=True)
-    max_setup_failure_percentage: float | None = option(None, float, "Workers that may fail setup, 0-100.",
-                                                        minimum=0, allow_none=True)
+    max_setup_failure_percentage: float | None = option(None, float, "0-100.", minimum=0, allow_none=True)
 
     def __attrs_post_init__(self) -> None:
-        if self.num_workers_per_node == 0:
-            raise ConfigError("option 'num_workers_per_node' must be > 0")
+        if self.num_workers_per_node is not None and self.num_workers_per_node <= 0:
+            raise ConfigError(f"option 'num_workers_per_node' must be > 0, got {self.num_workers_per_node!r}")
         if (self.max_setup_failure_percentage or 0) > 100:
             raise ConfigError("option 'max_setup_failure_percentage' must be <= 100")
 
@@ -129,12 +120,6 @@ def _import_xenna() -> tuple[Any, Any]:
     return xenna, _stage
 
 
-def xenna_version() -> str:
-    from importlib.metadata import version
-
-    return version("cosmos-xenna")
-
-
 class XennaExecutor(RayExecutorBase):
     """Runs a pipeline on Cosmos-Xenna over Ray, streaming or batch; see :class:`XennaOptions`."""
 
@@ -149,7 +134,7 @@ class XennaExecutor(RayExecutorBase):
         # streaming: stages share the cluster; batch: each stage may use all of it in turn
         self.concurrent_stages = self.options.execution_mode == "streaming"
         self._ray_capacity: Capacity | None = None
-        self.last_run_info: dict[str, Any] = {}
+        self.last_run_info: dict[str, Any] = {}  # chunk size, Xenna version, ... of the last run
 
     def ensure_ray(self) -> RaySession:
         session = super().ensure_ray()
@@ -161,8 +146,8 @@ class XennaExecutor(RayExecutorBase):
 
     def capacity(self) -> Capacity:
         """Per node, what Xenna will allocate: ``floor(Ray CPUs x cpu_allocation_percentage)`` and NVML GPUs."""
-        raw = self._ray_capacity = super().capacity()
-        pct = self.options.cpu_allocation_percentage
+        raw, pct = super().capacity(), self.options.cpu_allocation_percentage
+        self._ray_capacity = raw
         return Capacity(nodes=[attrs.evolve(n, cpus=float(math.floor(n.cpus * pct + 1e-9))) for n in raw.nodes])
 
     def plan(self, stages: Sequence[ProcessingStage], capacity: Capacity) -> ExecutionPlan:
@@ -223,117 +208,37 @@ class XennaExecutor(RayExecutorBase):
 
     def execute(self, stages: list[ManagedStage], initial_tasks: list[Task]) -> list[Task]:
         session = self.ensure_ray()
-        import ray
-
-        xenna, xs = _import_xenna()
+        xenna, _ = _import_xenna()
         from curator_exec_xenna import _compat
 
         _compat.check()
         run_id = stages[0].run_id
         chunk = self._chunk_size(len(initial_tasks), stages)
-        coordinator, coord_name = _coordinator(ray, xs)
-        spec = self.build_pipeline_spec(stages, initial_tasks, chunk, coord_name)
-        self.last_run_info = {"chunk_size": chunk, "xenna_version": xenna_version(), "ray_address": session.address,
-                              "pinned_workers": [s.num_workers for s in spec.stages]}
+        coordinator = Coordinator.for_this_process()
+        spec = self.build_pipeline_spec(stages, initial_tasks, chunk, coordinator.name)
         limit = _compat.accepted_state_limit(session.address, lambda n: reaper.list_job_actors(
             limit=n, filters=[("class_name", "=", "__curator_exec_probe__")]))
+        self.last_run_info = {"chunk_size": chunk, "xenna_version": version("cosmos-xenna"), "state_limit": limit,
+                              "ray_address": session.address, "pinned_workers": [s.num_workers for s in spec.stages]}
         before = {a.actor_id for a in reaper.list_job_actors()}
-        started = time.time()
+        started, timeout = time.time(), self.options.teardown_timeout
         hidden = set(head_node_ids()) if self.ignore_head_node else set()
-        timeout = self.options.teardown_timeout
-        self.last_run_info["state_limit"] = limit
 
         def before_kill(actor: Any) -> None:
-            for problem in workers.teardown_workers([actor], run_id, timeout)[1]:
-                logger.error("xenna: %s", problem)
+            workers.teardown_workers([actor], run_id, timeout, log=logger)
 
-        poller = _ProgressPoller(self, coordinator, run_id, len(stages))
         outputs: list[Task] = []
         try:
             with _RUN_LOCK, preserved_env(_XENNA_TOUCHED_ENV), _compat.patched(limit, before_kill, hidden):
                 os.environ["RAY_ADDRESS"] = session.address  # Xenna's ray.init must attach to our cluster
-                poller.start()
                 try:
-                    result = xenna.run_pipeline(spec)
-                finally:
-                    poller.stop()
-                    try:  # after a failure Xenna leaves its workers running: tear down and kill them
-                        handles = ray.get(coordinator.close.remote(run_id), timeout=timeout)
-                    except Exception as exc:  # pragma: no cover - coordinator lost
-                        logger.warning("xenna: could not list the run's workers: %s", exc)
-                        handles = []
-                    for problem in workers.stop_workers([h for h in handles if h is not None], run_id, timeout)[1]:
-                        logger.error("xenna: %s", problem)
+                    with ProgressPoller(self, coordinator, run_id, len(stages)):
+                        result = xenna.run_pipeline(spec)
+                finally:  # after a failure Xenna leaves its workers running: tear down and kill them
+                    workers.stop_workers(coordinator.close(run_id, timeout), run_id, timeout, log=logger)
             for item in result or []:
                 outputs.extend(item.tasks)
         finally:
-            with contextlib.suppress(Exception):
-                coordinator.forget.remote(run_id)
+            coordinator.forget(run_id)
             self.last_run_info["reaped"] = reaper.reap_run_actors(before, started, _XENNA_ACTOR_CLASSES, timeout)
         return outputs
-
-
-_COORDINATORS: dict[tuple[str, int], tuple[Any, str]] = {}
-
-
-def _coordinator(ray: Any, xs: Any) -> tuple[Any, str]:
-    """This process's :class:`RunCoordinator` on the current cluster (created once, reused by later runs)."""
-    key = (ray.get_runtime_context().gcs_address, os.getpid())
-    cached = _COORDINATORS.get(key)
-    if cached is not None:
-        try:
-            ray.get(cached[0].ping.remote(), timeout=30)
-            return cached
-        except Exception:
-            _COORDINATORS.pop(key, None)
-    import uuid
-
-    name = f"coordinator-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    handle = ray.remote(num_cpus=0)(xs.RunCoordinator).options(
-        name=name, namespace=xs.COORDINATOR_NAMESPACE, lifetime=None).remote()
-    _COORDINATORS[key] = (handle, name)
-    return handle, name
-
-
-class _ProgressPoller:
-    """Feeds the driver's progress reporter from the run's coordinator actor."""
-
-    def __init__(self, executor: XennaExecutor, coordinator: Any, run_id: str, n: int) -> None:
-        self.executor = executor
-        self.coordinator = coordinator
-        self.run_id = run_id
-        self.seen = [[0, 0, 0] for _ in range(n)]
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.interval = min(max(executor.options.progress_interval, 0.5), 2.0)
-
-    def start(self) -> None:
-        if self.executor.options.show_progress:
-            self._thread = threading.Thread(target=self._loop, name="xenna-progress", daemon=True)
-            self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.poll()
-
-    def poll(self, timeout: float = 10.0) -> None:
-        import ray
-
-        try:
-            counts = ray.get(self.coordinator.counts.remote(self.run_id), timeout=timeout)
-        except Exception:
-            return
-        progress = self.executor.progress
-        for i, now in enumerate(counts[:len(self.seen)]):
-            delta = [a - b for a, b in zip(now, self.seen[i], strict=True)]
-            if any(delta):
-                self.seen[i] = now
-                if progress is not None:
-                    progress.add(i, *delta)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=15)
-        time.sleep(0.05)  # the workers' last counts are fire-and-forget calls: give them a moment to land
-        self.poll(timeout=30.0)

@@ -171,3 +171,22 @@ def test_starting_ray_ourselves_sets_variables_only_for_the_start(tmp_path: Any)
 
     out = json.loads(lines[-1][len("RESULT "):])
     assert out == {"n": 30, "how": "started", "same_env": True, "limit": 40000}
+
+
+def test_a_moved_xenna_internal_fails_the_run_at_once_naming_the_version(ray_session: Any, tmp_path: Any,
+                                                                          monkeypatch: Any) -> None:
+    from importlib.metadata import version
+
+    from cosmos_xenna.ray_utils import actor_pool
+
+    from curator_exec_core import EngineCompatibilityError
+    from curator_exec_xenna import _compat
+
+    monkeypatch.setattr(_compat, "_checked", False)
+    monkeypatch.delattr(actor_pool, "_kill_actor_and_reap")
+    with pytest.raises(EngineCompatibilityError) as info:
+        get_executor("xenna", show_progress=False).run([Recorded(str(tmp_path), "never")], ints(3))
+    text = str(info.value)
+    assert f"cosmos-xenna {version('cosmos-xenna')}" in text and ">=0.3,<0.6" in text
+    assert "_kill_actor_and_reap" in text
+    assert LifecycleLog(tmp_path).entries() == []  # nothing ran

@@ -1,0 +1,1 @@
+pytest_plugins = ["curator_exec_ray.testing"]
