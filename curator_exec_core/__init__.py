@@ -31,6 +31,7 @@ from curator_exec_core.registry import (
     unregister_plugin,
 )
 from curator_exec_core.runner import ManagedStage
+from curator_exec_core.shuffle import GroupBy, ManagedShuffle, Repartition, ShuffleStage
 from curator_exec_core.stages import NodeInfo, ProcessingStage, Resources, WorkerMetadata
 from curator_exec_core.tasks import EmptyTask, FailedTask, PipelineResult, StagePerf, Task
 
@@ -38,7 +39,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BaseExecutor", "Capacity", "ConfigError", "CuratorExecError", "EmptyTask", "EngineCompatibilityError",
-    "ExecutionPlan",
+    "ExecutionPlan", "GroupBy", "ManagedShuffle", "Repartition", "ShuffleStage",
     "ExecutorOptions", "ExecutorSpec", "FailedTask", "GpuInfo", "ManagedStage", "NodeCapacity", "NodeInfo",
     "Pipeline", "PipelineResult", "PlanError", "PluginError", "ProcessingStage", "ProgressEvent", "Resources",
     "StageFailedError", "StagePerf", "StagePlan", "Task", "UnknownExecutorError", "WorkerMetadata",

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -39,7 +41,8 @@ from curator_exec_core.events import ProgressEvent, ProgressReporter
 from curator_exec_core.planning import ExecutionPlan, plan_stages
 from curator_exec_core.registry import get_plugin_manager
 from curator_exec_core.runner import FailurePolicy, ManagedStage, run_dir
-from curator_exec_core.stages import ProcessingStage
+from curator_exec_core.shuffle import ManagedShuffle, ShuffleStage, group_in_process
+from curator_exec_core.stages import ProcessingStage, WorkerMetadata
 from curator_exec_core.tasks import EmptyTask, FailedTask, PipelineResult, Task
 
 __all__ = ["BaseExecutor", "find_stage_error", "prepare_initial_tasks", "stage_metrics_keys"]
@@ -112,6 +115,10 @@ class BaseExecutor(ABC):
     Options: ClassVar[type[ExecutorOptions]] = ExecutorOptions
     #: do all stages run at once (streaming)? The planner shares capacity if so.
     concurrent_stages: ClassVar[bool] = True
+    #: barrier stage kinds this executor's ``execute`` runs itself (``{"shuffle"}``). For the others
+    #: the core splits the pipeline at the barrier: the map segments go through ``execute``, the
+    #: barrier through :meth:`run_shuffle`.
+    native_stage_kinds: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -203,8 +210,49 @@ class BaseExecutor(ABC):
             plan = self.plan(stages, self.capacity())
         policy = FailurePolicy(self.options.ignore_failures, self.options.max_retries)
         run_id = run_id or self.run_id or uuid.uuid4().hex[:12]
-        return [ManagedStage(s, index=i, plan=plan.stages[i], policy=policy, run_id=run_id)
-                for i, s in enumerate(stages)]
+        return [(ManagedShuffle if isinstance(s, ShuffleStage) else ManagedStage)(
+                    s, index=i, plan=plan.stages[i], policy=policy, run_id=run_id) for i, s in enumerate(stages)]
+
+    def run_shuffle(self, stage: ManagedShuffle, tasks: list[Task]) -> list[Task]:
+        """Run one shuffle stage on its whole input ``tasks``: the failure records (those that came
+        in, and those it made), then its outputs. Default: in this process, one worker (setup, keys,
+        reduce, teardown). The Ray executors run it on Ray (``curator_exec_ray.shuffle``)."""
+
+        def report(kind: str, counts: tuple[int, int, int]) -> None:
+            if self.progress is not None:
+                inserted = kind == "insert"
+                self.progress.add(stage.index, counts[0] if inserted else 0, 0 if inserted else counts[1], counts[2])
+
+        stage.setup(WorkerMetadata(worker_id=f"{self.executor_name}:{os.getpid()}:{stage.index}",
+                                   node_id=socket.gethostname()))
+        try:
+            return group_in_process(stage, tasks, report)
+        finally:
+            stage.teardown()
+
+    def _execute(self, stages: list[ManagedStage], tasks: list[Task]) -> list[Task]:
+        """The execute phase: one ``execute`` call, or, with barrier stages this executor does not run
+        itself, the map segments through ``execute`` and each barrier through :meth:`run_shuffle`."""
+        hook = get_plugin_manager().hook
+        if "shuffle" in self.native_stage_kinds or not any(isinstance(s, ManagedShuffle) for s in stages):
+            return self._call_execute(hook, stages, tasks)
+        segment: list[ManagedStage] = []
+        for stage in [*stages, None]:
+            if stage is not None and not isinstance(stage, ManagedShuffle):
+                segment.append(stage)
+                continue
+            if segment and tasks:
+                tasks = self._call_execute(hook, segment, tasks)
+            segment = []
+            if stage is not None and tasks:
+                tasks = self.run_shuffle(stage, tasks)
+        return tasks
+
+    def _call_execute(self, hook: Any, stages: list[ManagedStage], tasks: list[Task]) -> list[Task]:
+        outputs = hook.curator_exec_execute(executor=self, stages=stages, initial_tasks=tasks)
+        if outputs is None:
+            raise TypeError(f"executor {self.executor_name!r}: execute() returned None, expected a list of tasks")
+        return list(outputs)
 
     def describe(self, stages: Sequence[ProcessingStage]) -> str:
         """The plan for ``stages`` on this executor's capacity, without running anything."""
@@ -239,11 +287,9 @@ class BaseExecutor(ABC):
                                                            stages=tuple(s.name for s in stages), total=len(tasks)))
             self._state.executing = True
             try:
-                outputs = hook.curator_exec_execute(executor=self, stages=managed, initial_tasks=tasks)
+                outputs = self._execute(managed, tasks)
             finally:
                 self._state.executing = False
-            if outputs is None:
-                raise TypeError(f"executor {self.executor_name!r}: execute() returned None, expected a list of tasks")
         except BaseException as exc:
             error = exc
             stage_error = find_stage_error(exc)

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from curator_exec_core.shuffle import ShuffleStage
 from curator_exec_core.stages import NodeInfo, ProcessingStage, Resources, WorkerMetadata
 from curator_exec_core.tasks import Task
 
@@ -232,3 +233,93 @@ def read_trace(folder: str | Path, name: str) -> list[dict[str, Any]]:
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+# -- shuffle stages ---------------------------------------------------------------------------
+
+
+class KeepFirst(ShuffleStage):
+    """Groups tasks by ``data % modulo`` (an int key); one output per group that records the
+    group's task ids in the order ``reduce`` got them and the first task's data."""
+
+    resources = Resources(cpus=0.5)
+
+    def __init__(self, modulo: int = 7, name: str = "keep_first", num_partitions: int | None = None) -> None:
+        self.modulo = modulo
+        self.name = name
+        self.num_partitions = num_partitions
+
+    def keys(self, task: Task) -> list[int]:
+        return [task.data % self.modulo]
+
+    def reduce(self, key: Any, tasks: list[Task]) -> Task:
+        return Task(data={"key": key, "ids": [t.task_id for t in tasks], "first": tasks[0].data})
+
+
+class Bands(ShuffleStage):
+    """Several keys per task, LSH style: ``("a", data % 3)`` and ``("b", data % 4)``; a task whose
+    data is a multiple of 5 emits none (it is dropped). One output per band bucket: the sorted data."""
+
+    resources = Resources(cpus=0.5)
+    name = "bands"
+
+    def keys(self, task: Task) -> list[tuple[str, int]]:
+        if task.data % 5 == 0:
+            return []
+        return [("a", task.data % 3), ("b", task.data % 4)]
+
+    def reduce(self, key: Any, tasks: list[Task]) -> Task:
+        return Task(data={"key": list(key), "members": sorted(t.data for t in tasks)})
+
+
+class Unwrap(ProcessingStage):
+    """A map stage after a shuffle: the first data of a :class:`KeepFirst` output."""
+
+    name = "unwrap"
+    resources = Resources(cpus=0.5)
+
+    def process(self, task: Task) -> Task:
+        return Task(data=task.data["first"])
+
+
+class RecordedShuffle(ShuffleStage):
+    """:class:`KeepFirst` that records its lifecycle in a :class:`LifecycleLog` and can fail:
+    ``keys()`` on data in ``fail_keys_on``, ``reduce()`` on keys in ``fail_reduce_on``, and it
+    returns an unsupported key (a list) for data in ``bad_key_on``."""
+
+    resources = Resources(cpus=0.5)
+
+    def __init__(self, folder: str, name: str = "recorded_shuffle", modulo: int = 5,
+                 fail_keys_on: tuple[int, ...] = (), fail_reduce_on: tuple[int, ...] = (),
+                 bad_key_on: tuple[int, ...] = ()) -> None:
+        self.folder = str(folder)
+        self.name = name
+        self.modulo = modulo
+        self.fail_keys_on = set(fail_keys_on)
+        self.fail_reduce_on = set(fail_reduce_on)
+        self.bad_key_on = set(bad_key_on)
+        self._who = ""
+
+    def setup_on_node(self, node_info: NodeInfo | None = None, worker_metadata: WorkerMetadata | None = None) -> None:
+        LifecycleLog(self.folder).record("setup_on_node", self.name, node_info.node_id if node_info else "?")
+
+    def setup(self, worker_metadata: Any = None) -> None:
+        self._who = f"{os.getpid()}:{id(self):x}"
+        LifecycleLog(self.folder).record("setup", self.name, self._who)
+
+    def keys(self, task: Task) -> list[Any]:
+        if task.data in self.fail_keys_on:
+            raise ValueError(f"keys() refuses {task.data}")
+        if task.data in self.bad_key_on:
+            return [[task.data]]
+        return [task.data % self.modulo]
+
+    def reduce(self, key: Any, tasks: list[Task]) -> Task:
+        if not self._who:
+            raise RuntimeError("reduce() before setup()")
+        if key in self.fail_reduce_on:
+            raise ValueError(f"reduce() refuses key {key}")
+        return Task(data={"key": key, "ids": [t.task_id for t in tasks]})
+
+    def teardown(self) -> None:
+        LifecycleLog(self.folder).record("teardown", self.name, self._who)

@@ -36,9 +36,8 @@ class LocalExecutor(BaseExecutor):
     def plan_options(self) -> dict:
         return {"max_workers_per_stage": 1}
 
-    def execute(self, stages: list, initial_tasks: list[Task] | None = None) -> list[Task]:
-        managed: list[ManagedStage] = self.managed_stages(stages)
-        tasks = list(initial_tasks) if initial_tasks is not None else []
+    def execute(self, stages: list[ManagedStage], initial_tasks: list[Task]) -> list[Task]:
+        managed, tasks = stages, initial_tasks
         node = socket.gethostname()
         try:
             for stage in managed:

@@ -149,11 +149,11 @@ class WorkerLink:
 class ProgressPoller:
     """Feeds ``executor.progress`` from the coordinator's counts, every ``progress_interval`` (0.5-2 s)."""
 
-    def __init__(self, executor: Any, coordinator: Coordinator, run_id: str, n: int) -> None:
+    def __init__(self, executor: Any, coordinator: Coordinator, run_id: str, indices: list[int]) -> None:
         self.executor = executor
         self.coordinator = coordinator
         self.run_id = run_id
-        self.seen = [[0, 0, 0] for _ in range(n)]
+        self.seen = {i: [0, 0, 0] for i in indices}  # stage index -> counts reported so far
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.interval = min(max(executor.options.progress_interval, 0.5), 2.0)
@@ -176,7 +176,9 @@ class ProgressPoller:
         except Exception:
             return
         progress = self.executor.progress
-        for i, now in enumerate(counts[:len(self.seen)]):
+        for i, now in enumerate(counts):
+            if i not in self.seen:
+                continue
             delta = [a - b for a, b in zip(now, self.seen[i], strict=True)]
             if any(delta):
                 self.seen[i] = now

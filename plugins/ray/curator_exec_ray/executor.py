@@ -12,6 +12,8 @@ from curator_exec_core.config import ExecutorOptions, option
 from curator_exec_core.errors import ConfigError
 from curator_exec_core.executor import BaseExecutor
 from curator_exec_core.runner import ManagedStage
+from curator_exec_core.shuffle import ManagedShuffle
+from curator_exec_core.tasks import Task
 from curator_exec_ray.cluster import cluster_capacity
 from curator_exec_ray.placement import assign_nodes
 from curator_exec_ray.session import RaySession, ensure_ray
@@ -88,10 +90,16 @@ class RayExecutorBase(BaseExecutor):
 
         return ray.cloudpickle.dumps
 
+    def run_shuffle(self, stage: ManagedShuffle, tasks: list[Task]) -> list[Task]:
+        """A shuffle stage on Ray: keyed pieces in the object store, reduced on the stage's workers
+        (see :mod:`curator_exec_ray.shuffle`)."""
+        from curator_exec_ray.shuffle import run_shuffle
+
+        return run_shuffle(self, stage, tasks)
+
     def placement(self, stages: Sequence[ManagedStage]) -> list[list[str | None]] | None:
         """A node for each planned worker when workers must be pinned (``ignore_head_node``), else None."""
         if not self.ignore_head_node:
             return None
         plan = self.current_plan
-        capacity = plan.capacity if plan is not None and len(plan.stages) == len(stages) else self.capacity()
-        return assign_nodes(stages, capacity)
+        return assign_nodes(stages, plan.capacity if plan is not None else self.capacity())

@@ -31,21 +31,23 @@ class LiveStage(Protocol):
     """What the registry holds: a set-up stage of a run (a ``ManagedStage``, or an engine adapter)."""
 
     run_id: str
+    index: int  # the stage's position in the pipeline
 
     def teardown(self) -> None: ...
 
 
 _LIVE: list[LiveStage] = []
 _LOCK = threading.Lock()
-_CLOSING: set[str] = set()  # runs whose workers in this process are being stopped
+#: (run id, stage index) whose workers in this process are being stopped; index None: the whole run
+_CLOSING: set[tuple[str, int | None]] = set()
 _atexit = False
 
 
 def register(stage: LiveStage) -> bool:
-    """Record a stage about to be set up in this process; False if its run is already closing here."""
+    """Record a stage about to be set up in this process; False if it is already being stopped here."""
     global _atexit
     with _LOCK:
-        if stage.run_id in _CLOSING:
+        if _closed(stage.run_id, stage.index):
             return False
         _LIVE.append(stage)
         if not _atexit:  # last resort: a worker that exits without being asked still tears down
@@ -60,19 +62,24 @@ def unregister(stage: LiveStage) -> None:
             _LIVE.remove(stage)
 
 
-def closing(run_id: str) -> bool:
-    """Whether the driver asked this process to stop ``run_id``'s stages."""
+def _closed(run_id: str, index: int) -> bool:
+    return (run_id, None) in _CLOSING or (run_id, index) in _CLOSING
+
+
+def closing(run_id: str, index: int) -> bool:
+    """Whether the driver asked this process to stop stage ``index`` of ``run_id``."""
     with _LOCK:
-        return run_id in _CLOSING
+        return _closed(run_id, index)
 
 
-def teardown_live(_actor: Any = None, run_id: str | None = None) -> list[str]:
-    """In a worker: ``teardown`` once on every live stage of ``run_id`` (all runs if None); later
-    registrations of that run are refused. Returns the failures as text."""
+def teardown_live(_actor: Any = None, run_id: str | None = None, indices: Sequence[int] | None = None) -> list[str]:
+    """In a worker: ``teardown`` once on every live stage of ``run_id`` (all runs if None), or only
+    on its stages at ``indices`` (one segment of a pipeline); later registrations of those are
+    refused. Returns the failures as text."""
     with _LOCK:
         if run_id is not None:
-            _CLOSING.add(run_id)
-        live = [s for s in _LIVE if run_id is None or s.run_id == run_id]
+            _CLOSING.update([(run_id, None)] if indices is None else [(run_id, i) for i in indices])
+        live = [s for s in _LIVE if run_id is None or (s.run_id == run_id and (indices is None or s.index in indices))]
     problems = []
     for stage in live:
         try:
@@ -143,7 +150,8 @@ def kill(handles: Sequence[Any]) -> None:
 
 
 def teardown_workers(handles: Sequence[Any], run_id: str | None, timeout: float,
-                     log: logging.Logger | None = None) -> tuple[list[Any], list[str]]:
+                     log: logging.Logger | None = None, indices: Sequence[int] | None = None,
+                     ) -> tuple[list[Any], list[str]]:
     """Teardown of ``run_id``'s stages (all runs' if None) in every actor of ``handles``, waiting at most
     ``timeout`` seconds. Returns (the handles whose teardown succeeded, the problems seen, also
     logged as errors on ``log`` if given)."""
@@ -152,7 +160,7 @@ def teardown_workers(handles: Sequence[Any], run_id: str | None, timeout: float,
     calls = {}
     for handle in handles:
         try:
-            calls[ray_compat.call_in_actor(handle, teardown_live, run_id)] = handle
+            calls[ray_compat.call_in_actor(handle, teardown_live, run_id, indices)] = handle
         except Exception:  # an unusable handle: nothing to tear down
             continue
     problems: list[str] = []
@@ -179,10 +187,11 @@ def teardown_workers(handles: Sequence[Any], run_id: str | None, timeout: float,
 
 
 def stop_workers(handles: Sequence[Any], run_id: str | None, timeout: float, *, spare: bool = False,
-                 log: logging.Logger | None = None) -> tuple[list[Any], list[str]]:
+                 log: logging.Logger | None = None, indices: Sequence[int] | None = None,
+                 ) -> tuple[list[Any], list[str]]:
     """:func:`teardown_workers`, then kill the actors. With ``spare``, those whose teardown succeeded
     are left alive (to be reused) and returned. Returns (spared handles, problems seen)."""
-    ok, problems = teardown_workers(handles, run_id, timeout, log)
+    ok, problems = teardown_workers(handles, run_id, timeout, log, indices)
     spared = ok if spare else []
     kill([h for h in handles if not any(h is s for s in spared)])
     return spared, problems

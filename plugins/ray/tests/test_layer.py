@@ -58,8 +58,9 @@ def test_chunk_sizer_aims_at_a_fixed_time_per_call() -> None:
 
 
 class _Live:
-    def __init__(self, run_id: str, fail: bool = False) -> None:
+    def __init__(self, run_id: str, fail: bool = False, index: int = 0) -> None:
         self.run_id = run_id
+        self.index = index
         self.name = f"stage-{run_id}"
         self.fail = fail
         self.torn = 0
@@ -76,10 +77,21 @@ def test_teardown_live_tears_down_one_run_once_and_refuses_late_stages() -> None
     problems = workers.teardown_live(None, "run-a")
     assert (a.torn, b.torn, other.torn) == (1, 1, 0)
     assert len(problems) == 1 and "boom in teardown" in problems[0] and "stage-run-a" in problems[0]
-    assert workers.closing("run-a") and not workers.register(_Live("run-a"))  # late: no setup
+    assert workers.closing("run-a", 0) and not workers.register(_Live("run-a"))  # late: no setup
     assert workers.teardown_live(None, "run-a") == [] and a.torn == 1  # nothing twice
     workers.teardown_live(None, "run-b")
     assert other.torn == 1
+
+
+def test_teardown_of_one_segment_leaves_the_run_s_later_stages_alone() -> None:
+    first, later = _Live("run-c", index=0), _Live("run-c", index=2)
+    assert workers.register(first) and workers.register(later)
+    assert workers.teardown_live(None, "run-c", [0, 1]) == []
+    assert (first.torn, later.torn) == (1, 0)
+    assert not workers.register(_Live("run-c", index=1))  # a late worker of the stopped segment
+    assert workers.register(_Live("run-c", index=3))  # the next segment's workers set up
+    workers.teardown_live(None, "run-c")
+    assert later.torn == 1 and workers.closing("run-c", 5)
 
 
 # -- the engine door ----------------------------------------------------------------------------

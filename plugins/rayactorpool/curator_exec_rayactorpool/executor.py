@@ -313,7 +313,7 @@ class _PoolRun:
         if opts is None:
             opts = self.task_options[(s, actor.node)] = self._options(self.stages[s], actor.node, task=True)
         return _remote_of("task").options(num_returns=num_returns, **opts).remote(
-            (self.run_id, s), [self.stage_refs[s]], pieces, piece_size, *args)
+            (self.run_id, self.stages[s].index), [self.stage_refs[s]], pieces, piece_size, *args)
 
     def dispatch(self) -> None:
         for s in reversed(range(self.n)):  # downstream first: drain before feeding
@@ -357,7 +357,7 @@ class _PoolRun:
         n_in, n_out, n_failed, seconds, sizes = value[0] if last else value
         self.sizer.observe(s, n_in, seconds)
         if self.executor.progress is not None:
-            self.executor.progress.add(s, n_in, n_out, n_failed)
+            self.executor.progress.add(self.stages[s].index, n_in, n_out, n_failed)
         if last:
             self.outputs.extend(value[1])
             return
@@ -418,7 +418,7 @@ class _PoolRun:
         # after a failure, the stage's error is what matters (teardown problems are not logged) and nothing is kept
         kept, _ = workers.stop_workers([a.handle for a in live], self.run_id, self.opts.teardown_timeout,
                                        spare=self.opts.reuse_actors and error is None,
-                                       log=logger if error is None else None)
+                                       log=logger if error is None else None, indices=[st.index for st in self.stages])
         if error is not None:
             self.executor.close()
         self.executor._idle += [(a.key, a) for a in live if any(a.handle is h for h in kept)]

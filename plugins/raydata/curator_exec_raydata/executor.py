@@ -112,7 +112,7 @@ class RayDataExecutor(RayExecutorBase):
         widest = max(st.num_workers() or 1 for st in stages)
         per_block = o.tasks_per_block or auto_chunk_size(len(initial_tasks), widest, max_size=MAX_AUTO_TASKS_PER_BLOCK)
         auto = o.tasks_per_block is None
-        run = _RunActors(stages[0].run_id)
+        run = _RunActors(stages[0].run_id, [st.index for st in stages])
         with self._lock:
             self._runs.append(run)
         remote_args = self._remote_args()
@@ -126,19 +126,19 @@ class RayDataExecutor(RayExecutorBase):
             with DataContext.current(ctx):
                 # from_items builds the blocks here (from_arrow would run a metadata task on a worker)
                 ds = ray.data.from_items([{COLUMN: p} for p in payloads], override_num_blocks=len(payloads))
-                for stage in stages:
+                for pos, stage in enumerate(stages):
                     workers_ = stage.num_workers() or 1
-                    if stage.index == 0:  # more workers than initial blocks would idle
+                    if pos == 0:  # more workers than initial blocks would idle
                         workers_ = min(workers_, len(payloads))
                     common = {"batch_size": max(1, math.ceil(stage.batch_size / per_block)),
                               "batch_format": "pyarrow", "zero_copy_batch": True, "num_cpus": stage.resources.cpus,
                               "num_gpus": stage.resources.gpus or None, **remote_args}
-                    args = (stage, len(stages), per_block, auto, o.max_block_bytes)
+                    args = (stage, pos, len(stages), per_block, auto, o.max_block_bytes)
                     if o.stateless_as_tasks and not stage.has_lifecycle:
                         size = workers_ if self.explicit_size(stage) else workers_ * o.max_tasks_in_flight_per_actor
-                        if stage.index == 0:
+                        if pos == 0:
                             size = min(size, len(payloads))  # more would idle (and Ray Data warns)
-                        if shapes[stage.index] is None:
+                        if shapes[pos] is None:
                             # distinct remote args keep Ray Data from fusing this map with its neighbours:
                             # fused, a fan-out's whole output would run through the next stage in one task
                             common["ray_remote_args_fn"] = _no_extra_remote_args
@@ -153,9 +153,9 @@ class RayDataExecutor(RayExecutorBase):
                     for payload in batch.column(COLUMN).to_pylist():
                         counts, chunk = pickle.loads(payload)
                         if counts and self.progress is not None:
-                            for i in range(len(stages)):
+                            for i, stage in enumerate(stages):
                                 if any(counts[3 * i:3 * i + 3]):
-                                    self.progress.add(i, *counts[3 * i:3 * i + 3])
+                                    self.progress.add(stage.index, *counts[3 * i:3 * i + 3])
                         outputs.extend(chunk)
         finally:
             self._finish_run(run)
@@ -283,9 +283,10 @@ def _chunks(tasks: list[Task], counts: list[int] | None, per_block: int, max_byt
 # -- the worker side ------------------------------------------------------------------------
 
 
-def process_block(stage: ManagedStage, n_stages: int, per_block: int, auto: bool, max_bytes: int,
+def process_block(stage: ManagedStage, pos: int, n_stages: int, per_block: int, auto: bool, max_bytes: int,
                   batch: Any) -> Iterator[Any]:
-    """One Ray Data batch (rows of pickled chunks) through ``stage``; yields the output as one-chunk blocks."""
+    """One Ray Data batch (rows of pickled chunks) through ``stage`` (at ``pos`` of ``n_stages``); yields
+    the output as one-chunk blocks."""
     counts = [0] * (3 * n_stages)  # (in, out, failed) per stage, of this chunk's lineage
     tasks: list[Task] = []
     for payload in batch.column(COLUMN).to_pylist():
@@ -296,7 +297,7 @@ def process_block(stage: ManagedStage, n_stages: int, per_block: int, auto: bool
     out = stage.process_batch(tasks) if tasks else []
     if tasks:
         for k, n in enumerate(stage.last_counts):
-            counts[3 * stage.index + k] += n
+            counts[3 * pos + k] += n
     size = per_block
     if auto:  # a large output (fan-out from one small chunk) still spreads over enough blocks
         size = max(size, min(MAX_AUTO_TASKS_PER_BLOCK, math.ceil(len(out) / MIN_BLOCKS)))
@@ -304,14 +305,14 @@ def process_block(stage: ManagedStage, n_stages: int, per_block: int, auto: bool
         yield _table([payload])
 
 
-def process_block_task(batch: Any, stage: ManagedStage, n_stages: int, per_block: int, auto: bool,
+def process_block_task(batch: Any, stage: ManagedStage, pos: int, n_stages: int, per_block: int, auto: bool,
                        max_bytes: int) -> Iterator[Any]:
     """The Ray Data *task* function of a stage without lifecycle methods (see ``stateless_as_tasks``)."""
     if not stage.worker_id:
         import ray
 
         stage.worker_id = f"{ray.get_runtime_context().get_node_id()[:12]}:{os.getpid()}"  # the process
-    yield from process_block(stage, n_stages, per_block, auto, max_bytes, batch)
+    yield from process_block(stage, pos, n_stages, per_block, auto, max_bytes, batch)
 
 
 def _no_extra_remote_args() -> dict[str, Any]:
@@ -321,12 +322,13 @@ def _no_extra_remote_args() -> dict[str, Any]:
 class StageWorker:
     """Ray Data callable class: one per actor, holding one set-up ManagedStage."""
 
-    def __init__(self, stage: ManagedStage, n_stages: int, per_block: int, auto: bool, max_bytes: int) -> None:
+    def __init__(self, stage: ManagedStage, pos: int, n_stages: int, per_block: int, auto: bool,
+                 max_bytes: int) -> None:
         import ray
 
         rc = ray.get_runtime_context()
         self.stage = stage
-        self.args = (n_stages, per_block, auto, max_bytes)
+        self.args = (pos, n_stages, per_block, auto, max_bytes)
         workers.register(stage)
         stage.setup(WorkerMetadata(worker_id=f"{stage.name}:{rc.get_actor_id() or uuid.uuid4().hex}",
                                    node_id=rc.get_node_id()))
@@ -337,15 +339,15 @@ class StageWorker:
         return process_block(self.stage, *self.args, batch)
 
     def __del__(self) -> None:  # Ray Data's graceful actor exit drops the UDF: last-resort teardown
-        for problem in workers.teardown_live(None, self.stage.run_id):
+        for problem in workers.teardown_live(None, self.stage.run_id, [self.stage.index]):
             logger.error("ray_data: %s", problem)
 
 
 class _RunActors:
     """The stage actors of one run: their handles, kept alive until the final teardown."""
 
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
+    def __init__(self, run_id: str, indices: list[int]) -> None:
+        self.run_id, self.indices = run_id, indices
         self.token = uuid.uuid4().hex
         self.keep: dict[str, Any] = {}  # actor id -> Ray Data's (owning) handle
         self.lock = threading.Lock()
@@ -367,4 +369,4 @@ class _RunActors:
         with self.lock:
             self.finished = True
             handles, self.keep = list(self.keep.values()), {}
-        workers.stop_workers(handles, self.run_id, timeout, log=logger)
+        workers.stop_workers(handles, self.run_id, timeout, log=logger, indices=self.indices)

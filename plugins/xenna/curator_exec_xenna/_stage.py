@@ -53,12 +53,14 @@ def chunks(tasks: list[Task], size: int) -> list[Chunk]:
 class CuratorStage(xenna.Stage):
     """A managed stage as a Xenna stage (pickled to every ``StageWorker``)."""
 
-    def __init__(self, managed: ManagedStage, cpus: float, gpus: float, chunk_size: int, coordinator: str) -> None:
+    def __init__(self, managed: ManagedStage, cpus: float, gpus: float, chunk_size: int, coordinator: str,
+                 segment: int = 0) -> None:
         self.managed = managed
         self.cpus = float(cpus)
         self.gpus = float(gpus)
         self.chunk_size = max(1, int(chunk_size))
-        self.link = WorkerLink(coordinator, managed.run_id, managed.index)  # to the driver's RunCoordinator
+        # to the driver's RunCoordinator, for this execute call (one segment of the run)
+        self.link = WorkerLink(coordinator, f"{managed.run_id}:{segment}", managed.index)
         self._lock: threading.Lock | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -70,6 +72,10 @@ class CuratorStage(xenna.Stage):
     @property
     def run_id(self) -> str:
         return self.managed.run_id
+
+    @property
+    def index(self) -> int:
+        return self.managed.index
 
     @property
     def required_resources(self) -> xenna.Resources:

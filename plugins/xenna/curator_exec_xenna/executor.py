@@ -195,7 +195,7 @@ class XennaExecutor(RayExecutorBase):
             if pinned is None and opts.max_workers_per_stage is not None and sopts.num_workers_per_node is None:
                 pinned = m.num_workers()
             adapter = xs.CuratorStage(m, cpus=m.resources.cpus, gpus=m.resources.gpus, chunk_size=chunk,
-                                      coordinator=coordinator)
+                                      coordinator=coordinator, segment=managed[0].index)
             specs.append(xenna.StageSpec(adapter, num_workers=pinned, **sopts.spec_fields()))
         mode = xenna.ExecutionMode.STREAMING if opts.execution_mode == "streaming" else xenna.ExecutionMode.BATCH
         config = xenna.PipelineConfig(
@@ -224,21 +224,24 @@ class XennaExecutor(RayExecutorBase):
         started, timeout = time.time(), self.options.teardown_timeout
         hidden = set(head_node_ids()) if self.ignore_head_node else set()
 
+        token, indices = f"{run_id}:{stages[0].index}", [s.index for s in stages]  # this segment of the run
+
         def before_kill(actor: Any) -> None:
-            workers.teardown_workers([actor], run_id, timeout, log=logger)
+            workers.teardown_workers([actor], run_id, timeout, log=logger, indices=indices)
 
         outputs: list[Task] = []
         try:
             with _RUN_LOCK, preserved_env(_XENNA_TOUCHED_ENV), _compat.patched(limit, before_kill, hidden):
                 os.environ["RAY_ADDRESS"] = session.address  # Xenna's ray.init must attach to our cluster
                 try:
-                    with ProgressPoller(self, coordinator, run_id, len(stages)):
+                    with ProgressPoller(self, coordinator, token, indices):
                         result = xenna.run_pipeline(spec)
                 finally:  # after a failure Xenna leaves its workers running: tear down and kill them
-                    workers.stop_workers(coordinator.close(run_id, timeout), run_id, timeout, log=logger)
+                    workers.stop_workers(coordinator.close(token, timeout), run_id, timeout, log=logger,
+                                         indices=indices)
             for item in result or []:
                 outputs.extend(item.tasks)
         finally:
-            coordinator.forget(run_id)
+            coordinator.forget(token)
             self.last_run_info["reaped"] = reaper.reap_run_actors(before, started, _XENNA_ACTOR_CLASSES, timeout)
         return outputs

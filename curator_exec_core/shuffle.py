@@ -1,0 +1,227 @@
+"""Shuffle stages: group every task of the run by key, then reduce each group.
+
+A :class:`ShuffleStage` is a barrier for itself, not for the stages before it: they stream as
+usual, and ``reduce(key, tasks)`` runs once every task of the run that emitted ``key`` is in.
+:class:`ManagedShuffle` is the shuffle's side of the core's runner (keys with retries and
+failure records, reduce with deterministic ids); every backend's workers call it, so the
+semantics are the same everywhere. Backends only move the keyed tasks between workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from typing import Any
+
+from curator_exec_core.errors import StageFailedError
+from curator_exec_core.runner import ManagedStage
+from curator_exec_core.stages import ProcessingStage
+from curator_exec_core.tasks import FailedTask, Task
+
+__all__ = ["ShuffleStage", "ManagedShuffle", "GroupBy", "Repartition", "key_digest", "task_order",
+           "group_in_process", "KeyedTask"]
+
+#: (key digest, key, task): one task as one key sends it to the shuffle
+KeyedTask = tuple[str, Hashable, Task]
+
+
+class ShuffleStage(ProcessingStage):
+    """Groups the tasks of a whole run by key (deduplication, grouping, repartitioning).
+
+    * ``keys(task)``: the shuffle keys of one task: none (the task is dropped), one, or several
+      (LSH bands: the task joins several groups). A key is a ``str``, ``bytes``, ``int``,
+      ``float``, ``bool``, ``None`` or a tuple of those. ``keys`` must depend only on the task and
+      on what the stage's ``__init__`` set: it may run wherever the engine has the task, before
+      any ``setup``.
+    * ``reduce(key, tasks)``: every task of the run that emitted ``key``, in ``task_id`` order;
+      returns a task, a list of tasks or ``None``. It runs on set-up workers (``setup`` and
+      ``teardown`` as for any stage; ``resources`` size those workers).
+    * ``num_partitions``: how many groups of keys the engine reduces apart (``None``: the
+      executor picks from its workers). It never changes the answer, only the parallelism.
+
+    Output ids derive from the key (``"<stage name>#<16 hex digits>"``, ``".<i>"`` appended for
+    the outputs of a list), so they are the same on every backend and for any partition count.
+    """
+
+    num_partitions: int | None = None
+
+    def keys(self, task: Task) -> Iterable[Hashable]:
+        raise NotImplementedError(f"{type(self).__name__} must implement keys(task)")
+
+    def reduce(self, key: Hashable, tasks: list[Task]) -> Task | list[Task] | None:
+        raise NotImplementedError(f"{type(self).__name__} must implement reduce(key, tasks)")
+
+    def process(self, task: Task) -> Task | list[Task] | None:
+        raise TypeError(f"shuffle stage {self.name!r} has no process(): it groups a whole run with keys() and "
+                        "reduce(); run it through an executor")
+
+
+class GroupBy(ShuffleStage):
+    """Groups tasks by ``key`` (a ``metadata`` name, or a function of the task) into one task per
+    group: ``data`` is the list of the group's payloads in ``task_id`` order, and
+    ``metadata["group"]`` the key. ``GroupBy("language")`` groups by ``task.metadata["language"]``."""
+
+    def __init__(self, key: str | Callable[[Task], Hashable], name: str = "group_by",
+                 num_partitions: int | None = None) -> None:
+        self.key = key
+        self.name = name
+        self.num_partitions = num_partitions
+
+    def keys(self, task: Task) -> list[Hashable]:
+        return [task.metadata[self.key] if isinstance(self.key, str) else self.key(task)]
+
+    def reduce(self, key: Hashable, tasks: list[Task]) -> Task:
+        return Task(data=[t.data for t in tasks], metadata={"group": key})
+
+
+class Repartition(ShuffleStage):
+    """Regroups the run's tasks into ``partitions`` batches by a stable hash of their ids: one task
+    per batch, whose ``data`` is the list of the payloads (in ``task_id`` order)."""
+
+    def __init__(self, partitions: int, name: str = "repartition") -> None:
+        if partitions < 1:
+            raise ValueError(f"Repartition needs partitions >= 1, got {partitions}")
+        self.partitions = partitions
+        self.name = name
+
+    def keys(self, task: Task) -> list[int]:
+        return [int(key_digest(task.task_id)[:8], 16) % self.partitions]
+
+    def reduce(self, key: Hashable, tasks: list[Task]) -> Task:
+        return Task(data=[t.data for t in tasks], metadata={"partition": key})
+
+
+def _canonical(key: Any) -> bytes:
+    if isinstance(key, bool) or key is None:
+        return b"n" if key is None else (b"?1" if key else b"?0")
+    if isinstance(key, str):
+        return b"s" + key.encode("utf-8", "surrogatepass")
+    if isinstance(key, bytes):
+        return b"b" + key
+    if isinstance(key, int):
+        return b"i" + str(key).encode()
+    if isinstance(key, float):
+        return b"f" + repr(key).encode()
+    if isinstance(key, tuple):
+        parts = [_canonical(k) for k in key]
+        return b"t" + b"".join(len(p).to_bytes(4, "big") + p for p in parts)
+    raise TypeError(f"unsupported shuffle key {key!r} of type {type(key).__name__}: keys() must return str, "
+                    "bytes, int, float, bool, None or tuples of them")
+
+
+def key_digest(key: Any) -> str:
+    """A stable hex digest of ``key``: the same in every process, on every machine and Python run."""
+    return hashlib.sha1(_canonical(key)).hexdigest()
+
+
+def task_order(task_id: str) -> tuple:
+    """Sort key of a task id (``"2"`` before ``"10"``, ``"3.1"`` after ``"3"``)."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in task_id.split("."))
+
+
+class ManagedShuffle(ManagedStage):
+    """A :class:`ShuffleStage` as the core runs it: ``key_tasks`` on the insert side, ``reduce_groups``
+    on set-up workers, with the core's retries and failure records on both."""
+
+    stage: ShuffleStage
+
+    def __init__(self, stage: ProcessingStage, **kwargs: Any) -> None:
+        if not isinstance(stage, ShuffleStage):
+            raise TypeError(f"stage {stage.name!r} is not a ShuffleStage")
+        super().__init__(stage, **kwargs)
+
+    def _attempt(self, task: Task, what: str, fn: Callable[[], Any]) -> tuple[Any, FailedTask | None]:
+        """``fn()`` with ``max_retries`` retries; then abort or a failure record (``ignore_failures``)."""
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return fn(), None
+            except Exception as exc:
+                if attempts <= self.policy.max_retries:
+                    continue
+                record = FailedTask.from_exception(task, self.name, exc, attempts)
+                record.error = f"{what}: {record.error}"
+                if not self.policy.ignore_failures:
+                    raise StageFailedError(self.name, task.task_id, record.error, attempts, record.traceback) from exc
+                return None, record
+
+    def key_tasks(self, tasks: Iterable[Task]) -> tuple[list[KeyedTask], list[Task]]:
+        """The (digest, key, task) of every key of every task, and the failure records (those that
+        came in, and tasks whose ``keys()`` failed). Updates ``last_counts`` (in = tasks keyed)."""
+        keyed: list[KeyedTask] = []
+        records: list[Task] = []
+        n_in = failed = 0
+        keys = self.stage.keys
+        for task in tasks:
+            if isinstance(task, FailedTask):
+                records.append(task)
+                continue
+            n_in += 1
+
+            def one(task: Task = task) -> list[KeyedTask]:
+                return [(key_digest(k), k, task) for k in keys(task)]
+
+            got, record = self._attempt(task, "keys()", one)
+            if record is not None:
+                records.append(record)
+                failed += 1
+            else:
+                keyed += got
+        self.last_counts = (n_in, 0, failed)
+        return keyed, records
+
+    def partition(self, digest: str, partitions: int) -> int:
+        return int(digest[:15], 16) % max(1, partitions)
+
+    def reduce_groups(self, keyed: Iterable[KeyedTask]) -> list[Task]:
+        """Group ``keyed`` by key and reduce every group (tasks in ``task_id`` order, each task once
+        per key). Updates ``last_counts`` (in = groups, out = outputs, failed = failed groups)."""
+        groups: dict[str, tuple[Hashable, dict[str, Task]]] = {}
+        for digest, key, task in keyed:
+            groups.setdefault(digest, (key, {}))[1].setdefault(task.task_id, task)
+        out: list[Task] = []
+        failed = 0
+        for digest in sorted(groups):
+            key, members = groups[digest]
+            tasks = [members[i] for i in sorted(members, key=task_order)]
+            out_id = f"{self.name}#{digest[:16]}"
+            holder = Task(data=tasks, task_id=out_id, metadata={"shuffle_key": key})
+            result, record = self._attempt(holder, f"reduce(key={key!r})", lambda k=key, t=tasks: self.stage.reduce(k, t))
+            if record is not None:
+                out.append(record)
+                failed += 1
+                continue
+            results = [] if result is None else result if isinstance(result, list) else [result]
+            for i, child in enumerate(results):
+                self._check(child)
+                child.task_id = out_id if len(results) == 1 and not isinstance(result, list) else f"{out_id}.{i}"
+            out += results
+        self.last_counts = (len(groups), len(out) - failed, failed)
+        return out
+
+
+def partitioned(shuffle: ManagedShuffle, keyed: Sequence[KeyedTask], partitions: int) -> list[list[KeyedTask]]:
+    """``keyed`` split by partition (the engine moves each part to the worker that reduces it)."""
+    parts: list[list[KeyedTask]] = [[] for _ in range(max(1, partitions))]
+    for item in keyed:
+        parts[shuffle.partition(item[0], partitions)].append(item)
+    return parts
+
+
+def group_in_process(shuffle: ManagedShuffle, tasks: Iterable[Task], report: Callable[..., None] | None = None,
+                     ) -> list[Task]:
+    """The whole shuffle in this process: key every task, reduce every group. Failure records pass
+    through. ``report(kind, counts)`` gets the insert and the reduce counts (for progress)."""
+    keyed, records = shuffle.key_tasks(tasks)
+    if report is not None:
+        report("insert", shuffle.last_counts)
+    out = shuffle.reduce_groups(keyed)
+    if report is not None:
+        report("reduce", shuffle.last_counts)
+    return records + out
+
+
+def iter_keyed(parts: Iterable[Iterable[KeyedTask]]) -> Iterator[KeyedTask]:
+    for part in parts:
+        yield from part
