@@ -37,12 +37,20 @@ REPO = BENCH_DIR.parent
 if str(REPO) not in sys.path:  # so that ``benchmarks.workloads`` imports (and pickles by reference)
     sys.path.insert(0, str(REPO))
 
-WORKLOADS = ("W1", "W2", "W3", "W4")
-WORKLOAD_TITLES = {"W1": "overhead", "W2": "cpu", "W3": "streaming memory", "W4": "import"}
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6")
+WORKLOAD_TITLES = {"W1": "overhead", "W2": "cpu", "W3": "streaming memory", "W4": "import", "W5": "exact dedup",
+                   "W6": "shuffle 2 GB"}
 PLAIN = "plain_loop"  # baseline: a Python loop calling each stage's process() (W1, W2, W3)
 POOL = "mp_pool2"  # baseline: multiprocessing.Pool(2) (W2)
 STARTUP = "python_startup"  # baseline: `python -c pass` (W4)
-BASELINES = (PLAIN, POOL, STARTUP)
+DICT = "dict_group"  # baseline: a plain Python dict grouping in one process (W5, W6)
+RAYDATA_GROUPBY = "raydata_groupby"  # baseline: a hand-written Ray Data groupby().map_groups() (W5)
+BASELINES = (PLAIN, POOL, STARTUP, DICT, RAYDATA_GROUPBY)
+#: the baselines measured next to the executors, per workload
+WORKLOAD_BASELINES = {"W1": [PLAIN], "W2": [PLAIN, POOL], "W3": [PLAIN], "W4": [STARTUP], "W5": [DICT, RAYDATA_GROUPBY],
+                      "W6": [DICT]}
+#: workloads whose driver RSS is sampled
+RSS_WORKLOADS = ("W3", "W6")
 MARK = "@@curator-exec-bench@@ "  # prefix of the child's JSON lines on stdout (engines may print too)
 W4_RUNS = 5
 CHILD_EXIT_GRACE = 120.0  # seconds a child may spend shutting its engine down after its last result
@@ -85,6 +93,8 @@ _OP_TEXT = {"<=": "≤", ">=": "≥", "<": "<", ">": ">", "==": "="}
 
 _NO_RAY_IMPORT = (Target("seconds", "warm", "<", 0.3, "s"), Target("ray_imported", "warm", "==", False))
 _RSS_UNDER_1GB = (Target("peak_rss_mb", "cold", "<", 1000.0, "MB"), Target("peak_rss_mb", "warm", "<", 1000.0, "MB"))
+_W5_RAY = (Target("seconds", "warm", "<=", Rel(RAYDATA_GROUPBY, 1.5, 0.0), "s"),)
+_W6_RSS = (Target("peak_rss_mb", "warm", "<", 500.0, "MB"),)
 
 #: Targets per executor and workload. Executors not listed here are measured but not judged.
 #: W1 "19.0/3" etc.: the NeMo Curator 1.4.0 cold time of the same workload divided by the improvement we want.
@@ -95,24 +105,30 @@ TARGETS: dict[str, dict[str, tuple[Target, ...]]] = {
             Target("us_per_task_stage", "warm", "<=", Rel(PLAIN, 2.0, 20.0), "µs"),
         ),
         "W4": _NO_RAY_IMPORT,
+        "W5": (Target("seconds", "warm", "<=", Rel(DICT, 3.0, 0.0), "s"),),
     },
     "ray_actor_pool": {
         "W1": (Target("seconds", "cold", "<=", 19.0 / 3, "s"), Target("us_per_task_stage", "warm", "<=", 50.0, "µs")),
         "W2": (Target("efficiency", "cold", ">=", 0.6), Target("efficiency", "warm", ">=", 0.9)),
         "W3": _RSS_UNDER_1GB,
         "W4": _NO_RAY_IMPORT,  # list_executors() must stay engine-free whatever is installed
+        "W5": _W5_RAY,
+        "W6": _W6_RSS,
     },
     "ray_data": {
         "W1": (Target("seconds", "cold", "<=", 44.7 / 5, "s"), Target("us_per_task_stage", "warm", "<=", 100.0, "µs")),
         "W2": (Target("efficiency", "cold", ">=", 0.6), Target("efficiency", "warm", ">=", 0.9)),
         "W3": _RSS_UNDER_1GB,
         "W4": _NO_RAY_IMPORT,
+        "W5": _W5_RAY,
+        "W6": _W6_RSS,
     },
     "xenna": {
         "W1": (Target("seconds", "cold", "<=", 49.3 / 5, "s"),),
         "W2": (Target("efficiency", "cold", ">=", 0.6), Target("efficiency", "warm", ">=", 0.85)),
         "W3": _RSS_UNDER_1GB,
         "W4": _NO_RAY_IMPORT,
+        "W6": _W6_RSS,
     },
 }
 
@@ -273,6 +289,8 @@ def _metrics(workload: str, n: int, seconds: float, cores: float) -> dict[str, A
         ideal = task_stages * wl.W2_CPU_SECONDS / cores
         out.update(cores=cores, cpu_seconds_per_task_stage=wl.W2_CPU_SECONDS, ideal_seconds=ideal,
                    efficiency=ideal / seconds if seconds > 0 else None)
+    elif workload == "W5":
+        out["docs_per_second"] = n / seconds if seconds > 0 else None
     return out
 
 
@@ -283,7 +301,7 @@ def run_child(spec: dict[str, Any]) -> int:
     name, workload, quick, cores = spec["name"], spec["workload"], spec["quick"], spec["cores"]
     n = wl.task_count(workload, quick)
     stages = wl.make_stages(workload)
-    sampler = RssSampler().start() if workload == "W3" else None
+    sampler = RssSampler().start() if workload in RSS_WORKLOADS else None
     base = {"kind": "measurement", "executor": name, "workload": workload, "quick": quick, "pid": os.getpid()}
     executor: Any = None
     pool: Any = None
@@ -293,7 +311,7 @@ def run_child(spec: dict[str, Any]) -> int:
             from curator_exec_core import Pipeline, get_executor
             from curator_exec_core.errors import PluginError, UnknownExecutorError
         for phase in ("cold", "warm"):
-            tasks = wl.make_tasks(n)
+            tasks = wl.make_tasks(n, workload)
             gc.collect()
             record: dict[str, Any] = {**base, "phase": phase, "status": "ok", "loadavg": loadavg()}
             rss_before = current_rss_bytes()
@@ -304,6 +322,10 @@ def run_child(spec: dict[str, Any]) -> int:
             construct = 0.0
             if name == PLAIN:
                 outputs = wl.plain_loop(stages, tasks)
+            elif name == DICT:
+                outputs = wl.dict_group(stages, tasks)
+            elif name == RAYDATA_GROUPBY:
+                outputs = wl.raydata_groupby(stages, tasks)
             elif name == POOL:
                 if pool is None:
                     import multiprocessing
@@ -333,7 +355,7 @@ def run_child(spec: dict[str, Any]) -> int:
             record.update(construct_seconds=construct, run_seconds=seconds - construct,
                           ru_maxrss_mb=(ru_maxrss_bytes() or 0) / MB, loadavg_after=loadavg(),
                           ray_initialized=_ray_state())
-            if workload == "W3":
+            if workload in ("W3", "W6"):
                 record["intermediate_bytes_expected"] = n * wl.W3_BLOB_BYTES
             record.update(wl.check_outputs(workload, n, outputs))
             failed = getattr(outputs, "failed_tasks", None)
@@ -557,14 +579,17 @@ def _fmt_metric(workload: str, rec: dict | None) -> str:
         return f"{rec['us_per_task_stage']:.1f}"
     if workload == "W2":
         return f"{rec['efficiency']:.2f}" if rec.get("efficiency") is not None else "-"
-    if workload == "W3":
+    if workload in ("W3", "W6"):
         return f"{rec['peak_rss_mb']:.0f}" if rec.get("peak_rss_mb") is not None else "-"
     if workload == "W4":
         return "ray" if rec.get("ray_imported") else "no ray"
+    if workload == "W5":
+        return f"{rec['docs_per_second']:.0f}" if rec.get("docs_per_second") else "-"
     return "-"
 
 
-_METRIC_UNIT = {"W1": "µs/task-stage", "W2": "efficiency", "W3": "peak RSS MB", "W4": "ray imported?"}
+_METRIC_UNIT = {"W1": "µs/task-stage", "W2": "efficiency", "W3": "peak RSS MB", "W4": "ray imported?",
+                "W5": "docs/s", "W6": "peak RSS MB"}
 
 
 def _num(x: float) -> str:
@@ -591,6 +616,10 @@ def _notes(workload: str, cold: dict | None, warm: dict | None) -> str:
         return str((cold or {}).get("error", ""))[:60]
     if workload == "W2" and "speed_vs_mp_pool2" in rec:
         return f"warm speed vs Pool(2): {rec['speed_vs_mp_pool2']:.2f}x"
+    if workload == "W5" and "unique_documents" in rec:
+        return f"{rec['tasks']} documents -> {rec['unique_documents']} distinct"
+    if workload == "W6" and "shuffled_bytes" in rec:
+        return f"{rec['shuffled_bytes'] / GB:.2f} GB shuffled into {rec['tasks_out']} keys"
     if workload == "W3" and "intermediate_bytes" in rec:
         return f"{rec['intermediate_bytes'] / GB:.2f} GB flowed per run; RSS before warm {rec.get('rss_before_mb', 0):.0f} MB"
     if workload == "W4":
@@ -661,9 +690,11 @@ def render_table(records: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Benchmark curator-exec executors (W1 overhead, W2 cpu, W3 streaming memory, W4 import).")
+        description="Benchmark curator-exec executors (W1 overhead, W2 cpu, W3 streaming memory, W4 import, "
+                    "W5 exact dedup, W6 shuffle of 2 GB).")
     parser.add_argument("executors", nargs="*", default=["local"], help="executor names (default: local)")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset of W1,W2,W3,W4")
+    parser.add_argument("--workloads", default="W1,W2,W3,W4",
+                        help="comma-separated subset of W1..W6 (default: W1,W2,W3,W4; the shuffles W5,W6 on request)")
     parser.add_argument("--quick", action="store_true", help="divide task counts by 10 (smoke test)")
     parser.add_argument("--json-out", default=str(DEFAULT_JSON_OUT), help="JSON lines file (default: %(default)s)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME.KEY=VALUE",
@@ -713,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     for workload in workloads:
         names: list[str] = []
         if not args.no_baselines:
-            names += {"W1": [PLAIN], "W2": [PLAIN, POOL], "W3": [PLAIN], "W4": [STARTUP]}[workload]
+            names += WORKLOAD_BASELINES[workload]
         names += executors
         for name in names:
             note(f"{name} {workload} ...")

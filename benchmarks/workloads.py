@@ -22,13 +22,17 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from curator_exec_core import ProcessingStage, Resources, Task
+from curator_exec_core import ProcessingStage, Resources, ShuffleStage, Task
 
 W1_TASKS = 2_000
 W2_TASKS = 400
 W2_CPU_SECONDS = 0.025
 W3_TASKS = 20_000
 W3_BLOB_BYTES = 100_000  # 100 KB; 20,000 tasks x 100 KB = 2.0 GB of intermediates
+W5_TASKS = 200_000
+W5_DUPLICATE_SHARE = 0.3  # of the documents, duplicates of another one after normalisation
+W6_TASKS = 20_000
+W6_KEYS = 100
 STAGES_PER_WORKLOAD = 2
 QUICK_DIVISOR = 10
 
@@ -108,11 +112,66 @@ class DropBytes(ProcessingStage):
         return Task(data=task.data["i"], metadata={"dropped_bytes": len(blob)})
 
 
+# -- W5: exact deduplication (shuffle) -------------------------------------------------------
+
+
+def w5_document(i: int, n: int) -> str:
+    """Document ``i`` of ``n``: 70% distinct texts; the other 30% repeat one of them, with other
+    case and spacing (duplicates after normalisation)."""
+    distinct = max(1, round(n * (1 - W5_DUPLICATE_SHARE)))
+    j = i if i < distinct else (i * 7919) % distinct
+    text = f"Document {j}: the quick brown fox number {j * 31 % 997} jumps over the lazy dog"
+    return text.upper() if i >= distinct and i % 2 else ("  " + text.replace(" ", "   ") if i >= distinct else text)
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+class Normalize(ProcessingStage):
+    name = "normalize"
+    resources = Resources(cpus=1.0)
+
+    def process(self, task: Task) -> Task:
+        return Task(data=normalize(task.data))
+
+
+class KeepFirst(ShuffleStage):
+    """Exact dedup: one key per document (its normalised text's hash); keep the first."""
+
+    name = "keep_first"
+    resources = Resources(cpus=1.0)
+
+    def keys(self, task: Task) -> list[str]:
+        import hashlib
+
+        return [hashlib.sha1(task.data.encode()).hexdigest()]
+
+    def reduce(self, key: str, tasks: list[Task]) -> Task:
+        return tasks[0]
+
+
+# -- W6: a shuffle of 2 GB ----------------------------------------------------------------------
+
+
+class Bucket(ShuffleStage):
+    """Shuffles every 100 KB task into one of ``W6_KEYS`` keys; a group's output is its size."""
+
+    name = "bucket"
+    resources = Resources(cpus=1.0)
+
+    def keys(self, task: Task) -> list[int]:
+        return [task.data["i"] % W6_KEYS]
+
+    def reduce(self, key: int, tasks: list[Task]) -> Task:
+        return Task(data={"key": key, "tasks": len(tasks), "bytes": sum(len(t.data["blob"]) for t in tasks)})
+
+
 # -- workload table -------------------------------------------------------------------------
 
 
 def task_count(workload: str, quick: bool = False) -> int:
-    n = {"W1": W1_TASKS, "W2": W2_TASKS, "W3": W3_TASKS}[workload]
+    n = {"W1": W1_TASKS, "W2": W2_TASKS, "W3": W3_TASKS, "W5": W5_TASKS, "W6": W6_TASKS}[workload]
     return max(1, n // QUICK_DIVISOR) if quick else n
 
 
@@ -123,11 +182,17 @@ def make_stages(workload: str) -> list[ProcessingStage]:
         return [BurnCpu("burn_cpu_1"), BurnCpu("burn_cpu_2")]
     if workload == "W3":
         return [AttachBytes("attach_bytes"), DropBytes()]
+    if workload == "W5":
+        return [Normalize(), KeepFirst()]
+    if workload == "W6":
+        return [AttachBytes("attach_bytes"), Bucket()]
     raise ValueError(f"no stages for workload {workload!r}")
 
 
-def make_tasks(n: int) -> list[Task]:
-    """The initial tasks: ``Task(data=i)`` for i in range(n) (ids are set by the framework)."""
+def make_tasks(n: int, workload: str = "") -> list[Task]:
+    """The initial tasks: ``Task(data=i)`` for i in range(n) (ids are set by the framework); W5: documents."""
+    if workload == "W5":
+        return [Task(data=w5_document(i, n)) for i in range(n)]
     return [Task(data=i) for i in range(n)]
 
 
@@ -135,7 +200,18 @@ def check_outputs(workload: str, n: int, outputs: Sequence[Task]) -> dict[str, A
     """Verify the outputs (so a broken backend cannot look fast) and return facts about them."""
     facts: dict[str, Any] = {"tasks_out": len(outputs)}
     problems: list[str] = []
-    if len(outputs) != n:
+    if workload == "W5":
+        unique = {normalize(w5_document(i, n)) for i in range(n)}
+        if sorted(t.data for t in outputs) != sorted(unique):
+            problems.append(f"expected the {len(unique)} distinct normalised documents, got {len(outputs)} outputs")
+        facts["unique_documents"] = len(unique)
+    elif workload == "W6":
+        keys = min(n, W6_KEYS)
+        total = sum(t.data["bytes"] for t in outputs)
+        facts["shuffled_bytes"] = total
+        if len(outputs) != keys or total != n * W3_BLOB_BYTES or sum(t.data["tasks"] for t in outputs) != n:
+            problems.append(f"expected {keys} groups holding {n} tasks and {n * W3_BLOB_BYTES} bytes")
+    elif len(outputs) != n:
         problems.append(f"expected {n} output tasks, got {len(outputs)}")
     if workload in ("W1", "W2"):
         values = sorted(t.data for t in outputs)
@@ -156,6 +232,46 @@ def check_outputs(workload: str, n: int, outputs: Sequence[Task]) -> dict[str, A
 
 
 # -- baselines ------------------------------------------------------------------------------
+
+
+def dict_group(stages: Sequence[ProcessingStage], tasks: Sequence[Task]) -> list[Task]:
+    """W5/W6 with no framework: the map stage's ``process`` in a loop, a plain dict grouping by key,
+    then ``reduce`` per group (the limit of what a shuffle can cost in one process)."""
+    first, shuffle = stages
+    groups: dict[Any, list[Task]] = {}
+    for task in tasks:
+        task = first.process(task)
+        for key in shuffle.keys(task):  # type: ignore[attr-defined]
+            groups.setdefault(key, []).append(task)
+    return [shuffle.reduce(k, g) for k, g in groups.items()]  # type: ignore[attr-defined]
+
+
+def raydata_groupby(stages: Sequence[ProcessingStage], tasks: Sequence[Task]) -> list[Task]:
+    """W5/W6 as a Ray user would write it by hand: Ray Data, ``map`` then ``groupby().map_groups()``."""
+    import pickle
+
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False)
+    first, shuffle = stages
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+
+    def key_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
+        task = first.process(pickle.loads(row["task"]))
+        blob = pickle.dumps(task)
+        return [{"key": str(k), "task": blob} for k in shuffle.keys(task)]  # type: ignore[attr-defined]
+
+    def reduce_group(group: dict[str, Any]) -> dict[str, Any]:
+        members = [pickle.loads(b) for b in group["task"]]
+        out = shuffle.reduce(group["key"][0], members)  # type: ignore[attr-defined]
+        return {"out": [pickle.dumps(out)]}
+
+    ds = ray.data.from_items([{"task": pickle.dumps(t)} for t in tasks], override_num_blocks=16)
+    ds = ds.flat_map(key_rows).groupby("key").map_groups(reduce_group, batch_format="numpy")
+    return [pickle.loads(row["out"]) for row in ds.iter_rows()]
 
 
 def plain_loop(stages: Sequence[ProcessingStage], tasks: Sequence[Task]) -> list[Task]:

@@ -41,7 +41,7 @@ from curator_exec_core.events import ProgressEvent, ProgressReporter
 from curator_exec_core.planning import ExecutionPlan, plan_stages
 from curator_exec_core.registry import get_plugin_manager
 from curator_exec_core.runner import FailurePolicy, ManagedStage, run_dir
-from curator_exec_core.shuffle import ManagedShuffle, ShuffleStage, group_in_process
+from curator_exec_core.shuffle import ManagedShuffle, ShuffleStage, group_in_process, split_at_barriers
 from curator_exec_core.stages import ProcessingStage, WorkerMetadata
 from curator_exec_core.tasks import EmptyTask, FailedTask, PipelineResult, Task
 
@@ -236,16 +236,13 @@ class BaseExecutor(ABC):
         hook = get_plugin_manager().hook
         if "shuffle" in self.native_stage_kinds or not any(isinstance(s, ManagedShuffle) for s in stages):
             return self._call_execute(hook, stages, tasks)
-        segment: list[ManagedStage] = []
-        for stage in [*stages, None]:
-            if stage is not None and not isinstance(stage, ManagedShuffle):
-                segment.append(stage)
-                continue
-            if segment and tasks:
-                tasks = self._call_execute(hook, segment, tasks)
-            segment = []
-            if stage is not None and tasks:
-                tasks = self.run_shuffle(stage, tasks)
+        for part in split_at_barriers(stages):
+            if not tasks:
+                break  # nothing flows on
+            if isinstance(part, ManagedShuffle):
+                tasks = self.run_shuffle(part, tasks)
+            else:
+                tasks = self._call_execute(hook, part, tasks)
         return tasks
 
     def _call_execute(self, hook: Any, stages: list[ManagedStage], tasks: list[Task]) -> list[Task]:

@@ -19,7 +19,7 @@ from curator_exec_core.stages import ProcessingStage
 from curator_exec_core.tasks import FailedTask, Task
 
 __all__ = ["ShuffleStage", "ManagedShuffle", "GroupBy", "Repartition", "key_digest", "task_order",
-           "group_in_process", "KeyedTask"]
+           "group_in_process", "split_at_barriers", "KeyedTask"]
 
 #: (key digest, key, task): one task as one key sends it to the shuffle
 KeyedTask = tuple[str, Hashable, Task]
@@ -130,25 +130,27 @@ class ManagedShuffle(ManagedStage):
             raise TypeError(f"stage {stage.name!r} is not a ShuffleStage")
         super().__init__(stage, **kwargs)
 
-    def _attempt(self, task: Task, what: str, fn: Callable[[], Any]) -> tuple[Any, FailedTask | None]:
-        """``fn()`` with ``max_retries`` retries; then abort or a failure record (``ignore_failures``)."""
-        attempts = 0
-        while True:
+    def _attempt(self, task: Task, what: str, fn: Callable[[], Any], error: Exception | None = None,
+                 ) -> tuple[Any, FailedTask | None]:
+        """``fn()`` with ``max_retries`` retries (``error``: the exception of a first attempt already
+        made); then abort with ``StageFailedError`` or return a failure record (``ignore_failures``)."""
+        attempts, exc = (0, None) if error is None else (1, error)
+        while exc is None or attempts <= self.policy.max_retries:
             attempts += 1
             try:
                 return fn(), None
-            except Exception as exc:
-                if attempts <= self.policy.max_retries:
-                    continue
-                record = FailedTask.from_exception(task, self.name, exc, attempts)
-                record.error = f"{what}: {record.error}"
-                if not self.policy.ignore_failures:
-                    raise StageFailedError(self.name, task.task_id, record.error, attempts, record.traceback) from exc
-                return None, record
+            except Exception as e:
+                exc = e
+        record = FailedTask.from_exception(task, self.name, exc, attempts)
+        record.error = f"{what}: {record.error}"
+        if not self.policy.ignore_failures:
+            raise StageFailedError(self.name, task.task_id, record.error, attempts, record.traceback) from exc
+        return None, record
 
     def key_tasks(self, tasks: Iterable[Task]) -> tuple[list[KeyedTask], list[Task]]:
-        """The (digest, key, task) of every key of every task, and the failure records (those that
-        came in, and tasks whose ``keys()`` failed). Updates ``last_counts`` (in = tasks keyed)."""
+        """The (digest, key, task) of every key of every task (a key a task emits twice counts once),
+        and the failure records (those that came in, and tasks whose ``keys()`` failed). Updates
+        ``last_counts`` (in = tasks keyed)."""
         keyed: list[KeyedTask] = []
         records: list[Task] = []
         n_in = failed = 0
@@ -158,16 +160,18 @@ class ManagedShuffle(ManagedStage):
                 records.append(task)
                 continue
             n_in += 1
-
-            def one(task: Task = task) -> list[KeyedTask]:
-                return [(key_digest(k), k, task) for k in keys(task)]
-
-            got, record = self._attempt(task, "keys()", one)
-            if record is not None:
-                records.append(record)
-                failed += 1
-            else:
-                keyed += got
+            try:  # the fast path; a failure is tried again (max_retries) and recorded below
+                got = [(key_digest(k), k, task) for k in keys(task)]
+            except Exception as exc:
+                got, record = self._attempt(task, "keys()", lambda t=task: [(key_digest(k), k, t) for k in keys(t)],
+                                            exc)
+                if record is not None:
+                    records.append(record)
+                    failed += 1
+                    continue
+            if len(got) > 1 and len({d for d, _, _ in got}) < len(got):
+                got = list({d: (d, k, t) for d, k, t in got}.values())
+            keyed += got
         self.last_counts = (n_in, 0, failed)
         return keyed, records
 
@@ -175,28 +179,44 @@ class ManagedShuffle(ManagedStage):
         return int(digest[:15], 16) % max(1, partitions)
 
     def reduce_groups(self, keyed: Iterable[KeyedTask]) -> list[Task]:
-        """Group ``keyed`` by key and reduce every group (tasks in ``task_id`` order, each task once
-        per key). Updates ``last_counts`` (in = groups, out = outputs, failed = failed groups)."""
-        groups: dict[str, tuple[Hashable, dict[str, Task]]] = {}
+        """Group ``keyed`` by key and reduce every group (tasks in ``task_id`` order). Updates
+        ``last_counts`` (in = groups, out = outputs, failed = failed groups)."""
+        groups: dict[str, list[Any]] = {}
         for digest, key, task in keyed:
-            groups.setdefault(digest, (key, {}))[1].setdefault(task.task_id, task)
+            group = groups.get(digest)
+            if group is None:
+                groups[digest] = [key, task]
+            else:
+                group.append(task)
         out: list[Task] = []
         failed = 0
+        reduce, name, check = self.stage.reduce, self.name, self._check
         for digest in sorted(groups):
-            key, members = groups[digest]
-            tasks = [members[i] for i in sorted(members, key=task_order)]
-            out_id = f"{self.name}#{digest[:16]}"
-            holder = Task(data=tasks, task_id=out_id, metadata={"shuffle_key": key})
-            result, record = self._attempt(holder, f"reduce(key={key!r})", lambda k=key, t=tasks: self.stage.reduce(k, t))
-            if record is not None:
-                out.append(record)
-                failed += 1
+            key, *tasks = groups[digest]
+            if len(tasks) > 1:
+                tasks.sort(key=lambda t: task_order(t.task_id))
+            out_id = f"{name}#{digest[:16]}"
+            try:
+                result = reduce(key, tasks)
+            except Exception as exc:
+                holder = Task(data=tasks, task_id=out_id, metadata={"shuffle_key": key})
+                result, record = self._attempt(holder, f"reduce(key={key!r})", lambda k=key, t=tasks: reduce(k, t),
+                                               exc)
+                if record is not None:
+                    out.append(record)
+                    failed += 1
+                    continue
+            if result is None:
                 continue
-            results = [] if result is None else result if isinstance(result, list) else [result]
-            for i, child in enumerate(results):
-                self._check(child)
-                child.task_id = out_id if len(results) == 1 and not isinstance(result, list) else f"{out_id}.{i}"
-            out += results
+            if isinstance(result, list):
+                for i, child in enumerate(result):
+                    check(child)
+                    child.task_id = f"{out_id}.{i}"
+                out += result
+            else:
+                check(result)
+                result.task_id = out_id
+                out.append(result)
         self.last_counts = (len(groups), len(out) - failed, failed)
         return out
 
@@ -225,3 +245,16 @@ def group_in_process(shuffle: ManagedShuffle, tasks: Iterable[Task], report: Cal
 def iter_keyed(parts: Iterable[Iterable[KeyedTask]]) -> Iterator[KeyedTask]:
     for part in parts:
         yield from part
+
+
+def split_at_barriers(stages: Sequence[ManagedStage]) -> list[list[ManagedStage] | ManagedShuffle]:
+    """The pipeline as its parts: runs of map stages, and each barrier stage on its own."""
+    parts: list[list[ManagedStage] | ManagedShuffle] = []
+    for stage in stages:
+        if isinstance(stage, ManagedShuffle):
+            parts.append(stage)
+        elif parts and isinstance(parts[-1], list):
+            parts[-1].append(stage)
+        else:
+            parts.append([stage])
+    return parts

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
-__all__ = ["TARGET_CHUNK_SECONDS", "MAX_CHUNK", "auto_chunk_size", "split", "ChunkSizer"]
+__all__ = ["TARGET_CHUNK_SECONDS", "MAX_CHUNK", "auto_chunk_size", "split", "ChunkSizer", "TaskChunk", "chunks"]
 
 T = TypeVar("T")
 
@@ -69,3 +69,39 @@ class ChunkSizer:
         per_task = self.per_task[stage]
         size = self.first if per_task is None else int(TARGET_CHUNK_SECONDS / max(per_task, 1e-7))
         return max(1, min(self.max_size, size))
+
+
+class TaskChunk:
+    """Tasks travelling as one engine item: the tasks themselves, or (``ref``) an object ref of them
+    left in the object store, with their count. Short repr: engines log their items."""
+
+    __slots__ = ("tasks", "ref", "n")
+
+    def __init__(self, tasks: list[Any] | None = None, ref: Any = None, n: int | None = None) -> None:
+        self.tasks, self.ref = tasks, ref
+        self.n = len(tasks) if n is None and tasks is not None else (n or 0)
+
+    def resolve(self) -> list[Any]:
+        """The tasks (fetched from the object store if they are there)."""
+        if self.tasks is None:
+            import ray
+
+            return ray.get(self.ref)
+        return self.tasks
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getstate__(self) -> tuple:
+        return self.tasks, self.ref, self.n
+
+    def __setstate__(self, state: tuple) -> None:
+        self.tasks, self.ref, self.n = state
+
+    def __repr__(self) -> str:
+        return f"<Chunk of {self.n} tasks{' in the object store' if self.tasks is None else ''}>"
+
+
+def chunks(tasks: list[Any], size: int) -> list[TaskChunk]:
+    """``tasks`` as chunks of at most ``size`` (no empty chunk)."""
+    return [TaskChunk(part) for part in split(tasks, size)]

@@ -4,7 +4,8 @@ down) and report their per-stage counts (so the driver's progress bars move).
 
 Driver: ``coord = RunCoordinator.for_this_process()``; hand ``coord.name`` to the workers;
 :class:`ProgressPoller` feeds ``executor.progress``; ``coord.close(run_id)`` returns the handles
-of the workers that registered. Worker: ``WorkerLink(name, run_id, index)``.
+of the workers that registered. Worker: ``WorkerLink(name, run_id, index)``; its ``keep(value)``
+puts a value in the object store that outlives the worker (owned by the coordinator).
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ class RunCoordinator:
         run = self._run(run_id)
         self.finished.add(run_id)
         return list(run["workers"]) if run else []
+
+    def keep(self, value: Any) -> list[Any]:
+        """Put ``value`` in the object store, owned by this actor (it outlives the worker that made it)."""
+        import ray
+
+        return [ray.put(value)]  # in a list, so that the caller gets the ref, not the value
 
     def counts(self, run_id: str) -> list[list[int]]:
         run = self.runs.get(run_id)
@@ -138,6 +145,12 @@ class WorkerLink:
                                                                [ray.get_runtime_context().current_actor])))
         except Exception:  # the coordinator is gone: the run is over
             return False
+
+    def keep(self, value: Any) -> Any:
+        """An object ref of ``value`` that outlives this worker (an engine may kill it when its run ends)."""
+        import ray
+
+        return ray.get(self._actor().keep.remote(value))[0]
 
     def count(self, counts: tuple[int, int, int]) -> None:
         try:

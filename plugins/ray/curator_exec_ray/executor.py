@@ -12,7 +12,7 @@ from curator_exec_core.config import ExecutorOptions, option
 from curator_exec_core.errors import ConfigError
 from curator_exec_core.executor import BaseExecutor
 from curator_exec_core.runner import ManagedStage
-from curator_exec_core.shuffle import ManagedShuffle
+from curator_exec_core.shuffle import ManagedShuffle, split_at_barriers
 from curator_exec_core.tasks import Task
 from curator_exec_ray.cluster import cluster_capacity
 from curator_exec_ray.placement import assign_nodes
@@ -89,6 +89,30 @@ class RayExecutorBase(BaseExecutor):
         import ray.cloudpickle
 
         return ray.cloudpickle.dumps
+
+    def execute_parts(self, stages: list[ManagedStage], tasks: list[Task]) -> list[Task]:
+        """Run a pipeline that holds shuffle stages with its data in the object store from part to
+        part: the map parts through the plugin's ``execute_chunks(stages, chunks, to_chunks)``, the
+        shuffles through :mod:`curator_exec_ray.shuffle`. Only the last part's outputs reach the driver.
+        A plugin that has ``execute_chunks`` lists ``"shuffle"`` in ``native_stage_kinds`` and calls
+        this from its ``execute`` when the stages hold a shuffle."""
+        import ray
+
+        from curator_exec_ray.chunking import auto_chunk_size, split
+        from curator_exec_ray.shuffle import shuffle_chunks
+
+        size = auto_chunk_size(len(tasks), max(s.num_workers() or 1 for s in stages))
+        data: Any = [(ray.put(part), len(part)) for part in split(tasks, size)]
+        parts = split_at_barriers(stages)
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if not data:
+                return []
+            if isinstance(part, ManagedShuffle):
+                data = shuffle_chunks(self, part, data, last)
+            else:
+                data = self.execute_chunks(part, data, not last)  # type: ignore[attr-defined]
+        return data
 
     def run_shuffle(self, stage: ManagedShuffle, tasks: list[Task]) -> list[Task]:
         """A shuffle stage on Ray: keyed pieces in the object store, reduced on the stage's workers

@@ -55,23 +55,35 @@ def reduce_in_task(key: tuple[str, int], stage_box: list[Any], *parts: list[Any]
     return reduce_parts(workers.stage_in_process(key[0], key[1], stage_box), *parts)
 
 
+#: a chunk of tasks in the object store, and how many tasks it holds
+Chunk = tuple[Any, int]
+
+
 def run_shuffle(executor: Any, stage: ManagedShuffle, tasks: list[Task]) -> list[Task]:
-    """All of ``stage`` on Ray for ``tasks`` (the stage's whole input); returns the failure
-    records that came in or were made, then the outputs. ``executor`` is a ``RayExecutorBase``."""
+    """All of ``stage`` on Ray for ``tasks`` (the stage's whole input, in the driver); returns the
+    failure records that came in or were made, then the outputs. ``executor``: a ``RayExecutorBase``."""
+    import ray
+
+    size = auto_chunk_size(len(tasks), stage.num_workers() or 1)
+    return shuffle_chunks(executor, stage, [(ray.put(part), len(part)) for part in split(tasks, size)], last=True)
+
+
+def shuffle_chunks(executor: Any, stage: ManagedShuffle, inputs: list[Chunk], last: bool) -> Any:
+    """All of ``stage`` on Ray for ``inputs`` (chunks in the object store): the outputs as chunks in
+    the object store, or (``last``) as a list of tasks in the driver, failure records first."""
     import ray
 
     executor.ensure_ray()
     report = executor.progress.add if executor.progress is not None else (lambda *a: None)
     run_key = (stage.run_id, stage.index)
     box = [ray.put(stage)]
-    parts = partitions_for(stage, len(tasks))
-    res = stage.resources
+    parts = partitions_for(stage, sum(n for _, n in inputs))
     nodes = [n for n in ((executor.placement([stage]) or [[None]])[0]) if n] or [None]
+    opts = [remote_options(stage.resources.cpus, 0, node_id=nodes[i % len(nodes)],
+                           runtime_env=executor.options.runtime_env, num_returns=parts + 1) for i in range(len(nodes))]
     insert = ray.remote(key_chunk)
-    size = auto_chunk_size(len(tasks), stage.num_workers() or 1)
-    pending = [insert.options(num_returns=parts + 1, **remote_options(res.cpus, 0, node_id=nodes[i % len(nodes)],
-                                                                       runtime_env=executor.options.runtime_env))
-               .remote(run_key, box, parts, chunk) for i, chunk in enumerate(split(tasks, size))]
+    pending = [insert.options(**opts[i % len(opts)]).remote(run_key, box, parts, ref) for i, (ref, _) in enumerate(inputs)]
+    del inputs  # the pieces hold the data now
     pieces: list[list[Any]] = [[] for _ in range(parts)]
     records: list[Task] = []
     for refs in pending:
@@ -82,49 +94,61 @@ def run_shuffle(executor: Any, stage: ManagedShuffle, tasks: list[Task]) -> list
             pieces[p].append(ref)
     del pending
     outputs = _reduce(executor, stage, box, run_key, pieces, nodes, report)
-    return records + outputs
+    if last:
+        return records + [t for ref, _ in outputs for t in ray.get(ref)]
+    return ([(ray.put(records), len(records))] if records else []) + [c for c in outputs if c[1]]
 
 
 def _reduce(executor: Any, stage: ManagedShuffle, box: list[Any], run_key: tuple[str, int],
-            pieces: list[list[Any]], nodes: list[str | None], report: Any) -> list[Task]:
+            pieces: list[list[Any]], nodes: list[str | None], report: Any) -> list[Chunk]:
+    """Reduce every partition; returns each one's outputs as a chunk in the object store."""
     import ray
-    from ray.exceptions import RayActorError
+    from ray.exceptions import GetTimeoutError, RayActorError
 
     res, env = stage.resources, executor.options.runtime_env
-    outputs: list[Task] = []
+    outputs: list[Chunk] = []
     if not stage.has_lifecycle:
         task = ray.remote(reduce_in_task)
-        refs = [task.options(**remote_options(res.cpus, res.gpus, node_id=nodes[p % len(nodes)], runtime_env=env))
-                .remote(run_key, box, *pieces[p]) for p in range(len(pieces))]
-        for ref in refs:
-            counts, out = ray.get(ref)
+        calls = [task.options(**remote_options(res.cpus, res.gpus, node_id=nodes[p % len(nodes)], runtime_env=env,
+                                               num_returns=2)).remote(run_key, box, *pieces[p])
+                 for p in range(len(pieces))]
+        for meta, out in calls:
+            counts = ray.get(meta)
             report(stage.index, 0, counts[1], counts[2])
-            outputs += out
+            outputs.append((out, counts[1] + counts[2]))
         return outputs
     actor_cls = ray.remote(workers.StageActor)
     actors: list[Any] = []
+    timeout = getattr(executor.options, "actor_start_timeout", 300.0)
 
     def start(node: str | None) -> Any:
         opts = remote_options(res.cpus, res.gpus, node_id=node, runtime_env=env, max_restarts=0, max_concurrency=1)
         handle = actor_cls.options(**opts).remote()
         actors.append(handle)
         # setup (setup_on_node once per node) before the first reduce; its error is the run's error
-        ray.get(handle.setup.remote(box[0], f"{stage.run_id}/{stage.index}:{stage.name}/reduce{len(actors) - 1}"))
+        try:
+            ray.get(handle.setup.remote(box[0], f"{stage.run_id}/{stage.index}:{stage.name}/reduce{len(actors) - 1}"),
+                    timeout=timeout)
+        except GetTimeoutError:
+            raise workers.start_timeout_error(stage, timeout) from None
         return handle
 
+    def submit(p: int, actor: Any) -> None:
+        meta, out = actor.run.options(num_returns=2).remote(reduce_parts, *pieces[p])
+        calls[meta] = (p, actor, out)
+
+    calls: dict[Any, tuple[int, Any, Any]] = {}
     try:
         for k in range(min(stage.num_workers() or 1, len(pieces))):
             start(nodes[k % len(nodes)])
-        calls = {}
         for p in range(len(pieces)):
-            actor = actors[p % len(actors)]
-            calls[actor.run.remote(reduce_parts, *pieces[p])] = (p, actor)
+            submit(p, actors[p % len(actors)])
         replaced: dict[Any, Any] = {}
         while calls:
             ready, _ = ray.wait(list(calls), num_returns=1)
-            p, actor = calls.pop(ready[0])
+            p, actor, out = calls.pop(ready[0])
             try:
-                counts, out = ray.get(ready[0])
+                counts = ray.get(ready[0])
             except RayActorError as err:  # the worker died: a replacement reduces its partitions again
                 if actor not in replaced:
                     if len(replaced) >= MAX_REDUCE_RESTARTS:
@@ -133,10 +157,10 @@ def _reduce(executor: Any, stage: ManagedShuffle, box: list[Any], run_key: tuple
                     logger.warning("shuffle stage %r: a reduce worker died (%s); its partitions are reduced again",
                                    stage.name, type(err).__name__)
                     replaced[actor] = start(nodes[p % len(nodes)])
-                calls[replaced[actor].run.remote(reduce_parts, *pieces[p])] = (p, replaced[actor])
+                submit(p, replaced[actor])
                 continue
             report(stage.index, 0, counts[1], counts[2])
-            outputs += out
+            outputs.append((out, counts[1] + counts[2]))
         return outputs
     finally:
         workers.stop_workers(actors, stage.run_id, executor.options.teardown_timeout, log=logger,

@@ -22,7 +22,7 @@ from curator_exec_core.stages import WorkerMetadata
 from curator_exec_ray import _compat as ray_compat
 
 __all__ = ["LiveStage", "StageActor", "stage_in_process", "register", "unregister", "closing", "teardown_live",
-           "teardown_workers", "stop_workers", "kill"]
+           "teardown_workers", "stop_workers", "kill", "start_timeout_error", "warm_up"]
 
 logger = logging.getLogger("curator_exec.ray")
 
@@ -137,6 +137,44 @@ def stage_in_process(run_id: str, key: Any, stage_box: list[Any]) -> ManagedStag
         stage.worker_id = f"{ray.get_runtime_context().get_node_id()[:12]}:{os.getpid()}"
         stages[key] = stage
     return stage
+
+
+def start_timeout_error(stage: ManagedStage, timeout: float, cls: type[Exception] | None = None) -> Exception:
+    """The error (``cls``, default ``CuratorExecError``) for a stage whose workers Ray could not start
+    within ``timeout`` seconds (the ``actor_start_timeout`` option where the executor has it)."""
+    import ray
+
+    from curator_exec_core.errors import CuratorExecError
+
+    return (cls or CuratorExecError)(
+        f"stage {stage.name!r}: no actor started within actor_start_timeout={timeout:g}s (each asks Ray for "
+        f"{stage.resources.describe()}; Ray has {ray.available_resources()} free). Is the cluster busy, or a node gone?")
+
+
+_warmed: set[Any] = set()
+
+
+def _import(*modules: str) -> None:
+    import importlib
+
+    for module in modules:
+        importlib.import_module(module)
+
+
+def warm_up(session: Any, *modules: str) -> None:
+    """On a Ray this process just started (once per session): let its idle worker processes import
+    ``modules`` now (fire and forget, one task per CPU), instead of in the first run's first tasks."""
+    import ray
+
+    if session.how != "started" or (session.token, modules) in _warmed:
+        return
+    _warmed.add((session.token, modules))
+    try:
+        fn = ray.remote(num_cpus=1, max_retries=0)(_import)
+        for _ in range(max(1, int(ray.cluster_resources().get("CPU", 1)))):
+            fn.remote(*modules)
+    except Exception as exc:  # only a speed-up
+        logger.debug("warming the workers failed: %r", exc)
 
 
 def kill(handles: Sequence[Any]) -> None:

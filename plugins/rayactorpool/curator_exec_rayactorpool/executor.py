@@ -20,6 +20,7 @@ import attrs
 from curator_exec_core import Task, option
 from curator_exec_core.errors import CuratorExecError
 from curator_exec_core.runner import ManagedStage
+from curator_exec_core.shuffle import ManagedShuffle
 from curator_exec_ray import workers
 from curator_exec_ray.chunking import ChunkSizer
 from curator_exec_ray.executor import RayExecutorBase, RayTaskOptions
@@ -110,6 +111,7 @@ class RayActorPoolExecutor(RayExecutorBase):
 
     name = "ray_actor_pool"
     Options = RayActorPoolOptions
+    native_stage_kinds = frozenset({"shuffle"})  # through the Ray layer, data in the object store
 
     def __init__(self, config: dict[str, Any] | None = None, ignore_head_node: bool = False,
                  show_progress: bool = True, progress_interval: float = 10.0, **options: Any) -> None:
@@ -128,8 +130,15 @@ class RayActorPoolExecutor(RayExecutorBase):
         self._idle: list[tuple[tuple, _Actor]] = []
 
     def execute(self, stages: list[ManagedStage], initial_tasks: list[Task]) -> list[Task]:
+        if any(isinstance(s, ManagedShuffle) for s in stages):
+            return self.execute_parts(stages, initial_tasks)
+        return self.execute_chunks(stages, [(initial_tasks, len(initial_tasks))], False)
+
+    def execute_chunks(self, stages: list[ManagedStage], chunks: list[tuple[Any, int]], to_chunks: bool) -> Any:
+        """The map stages on ``chunks`` (lists of tasks or their object refs, with their sizes): the last
+        stage's outputs as a list, or (``to_chunks``) as chunks left in the object store."""
         self.ensure_ray()
-        run = self._run_state = _PoolRun(self, stages, initial_tasks, self.placement(stages))
+        run = self._run_state = _PoolRun(self, stages, chunks, self.placement(stages), to_chunks)
         try:
             return run.run()
         except BaseException as exc:
@@ -163,8 +172,8 @@ class RayActorPoolExecutor(RayExecutorBase):
 class _PoolRun:
     """One run: the actors of every stage and the driver loop."""
 
-    def __init__(self, executor: RayActorPoolExecutor, stages: list[ManagedStage], tasks: list[Task],
-                 placement: list[list[str | None]] | None) -> None:
+    def __init__(self, executor: RayActorPoolExecutor, stages: list[ManagedStage], chunks: list[tuple[Any, int]],
+                 placement: list[list[str | None]] | None, to_chunks: bool) -> None:
         import ray
 
         self.ray = ray
@@ -173,8 +182,11 @@ class _PoolRun:
         self.stages = stages
         self.n = len(stages)
         self.run_id = stages[0].run_id
-        self.source, self.src_pos = tasks, 0
+        # lists of tasks are cut into calls as the stage's chunk size says; object refs go as they are
+        self.source, self.src_pos = [t for c, _ in chunks if isinstance(c, list) for t in c], 0
         self.queues: list[deque[tuple[Any, int]]] = [deque() for _ in stages]
+        self.queues[0].extend(c for c in chunks if not isinstance(c[0], list))
+        self.to_chunks, self.out_chunks = to_chunks, []
         self.actors: list[list[_Actor]] = [[] for _ in stages]
         # per stage: calls in flight, actors that died, actors started
         self.inflight, self.deaths, self.started = [0] * self.n, [0] * self.n, [0] * self.n
@@ -291,11 +303,12 @@ class _PoolRun:
             inputs.append((self.source[self.src_pos:self.src_pos + take], take))
             self.src_pos += take
         args = [payload for payload, _ in inputs]
-        if s == self.n - 1:
+        if s == self.n - 1 and not self.to_chunks:
             ref, pieces = self.call(actor, 1, 0, 0, args), None
-        else:
-            n_pieces = max(1, min(MAX_PIECES, len(self.actors[s + 1])))
-            refs = self.call(actor, 1 + n_pieces, n_pieces, self.sizer.size(s + 1), args)
+        else:  # the outputs stay in the object store, as pieces for the next stage (or the next part)
+            last = s == self.n - 1
+            n_pieces = 1 if last else max(1, min(MAX_PIECES, len(self.actors[s + 1])))
+            refs = self.call(actor, 1 + n_pieces, n_pieces, count if last else self.sizer.size(s + 1), args)
             ref, pieces = refs[0], list(refs[1:])
         self.calls[ref] = _Call(s, actor, inputs, pieces)
         actor.inflight.add(ref)
@@ -353,7 +366,7 @@ class _PoolRun:
             return
         s = call.stage
         self.inflight[s] -= 1
-        last = s == self.n - 1
+        last = s == self.n - 1 and not self.to_chunks
         n_in, n_out, n_failed, seconds, sizes = value[0] if last else value
         self.sizer.observe(s, n_in, seconds)
         if self.executor.progress is not None:
@@ -364,7 +377,7 @@ class _PoolRun:
         assert call.pieces is not None
         for piece, size in zip(call.pieces, sizes, strict=True):
             if size:
-                self.queues[s + 1].append((piece, size))
+                (self.out_chunks if s == self.n - 1 else self.queues[s + 1]).append((piece, size))
 
     def done(self) -> bool:
         return self.src_pos >= len(self.source) and not self.calls and not any(self.queues)
@@ -375,11 +388,7 @@ class _PoolRun:
             if not actors or any(a.ready for a in actors):
                 continue
             if now - min(a.requested_at for a in actors) > self.opts.actor_start_timeout:
-                stage = self.stages[s]
-                raise ActorPoolError(
-                    f"stage {stage.name!r}: no actor started within actor_start_timeout="
-                    f"{self.opts.actor_start_timeout:g}s (each asks Ray for {stage.resources.describe()}; "
-                    f"Ray has {self.ray.available_resources()} free). Is the cluster busy, or a node gone?")
+                raise workers.start_timeout_error(self.stages[s], self.opts.actor_start_timeout, ActorPoolError)
 
     def run(self) -> list[Task]:
         ray = self.ray
@@ -397,7 +406,7 @@ class _PoolRun:
                 ready, _ = ray.wait(waitable, num_returns=len(waitable), timeout=0)
             for ref in ready:
                 self.on_ready(ref)
-        return self.outputs
+        return self.out_chunks if self.to_chunks else self.outputs
 
     # -- the end -------------------------------------------------------------------
     def close(self, error: BaseException | None) -> None:

@@ -22,6 +22,7 @@ import attrs
 from curator_exec_core.config import option
 from curator_exec_core.errors import ConfigError, did_you_mean
 from curator_exec_core.runner import ManagedStage
+from curator_exec_core.shuffle import ManagedShuffle
 from curator_exec_core.stages import WorkerMetadata
 from curator_exec_core.tasks import Task
 from curator_exec_ray import workers
@@ -84,6 +85,7 @@ class RayDataExecutor(RayExecutorBase):
 
     name = "ray_data"
     Options = RayDataOptions
+    native_stage_kinds = frozenset({"shuffle"})  # through the Ray layer, data in the object store
 
     def __init__(self, config: dict[str, Any] | None = None, ignore_head_node: bool = False, **options: Any) -> None:
         super().__init__(config, ignore_head_node, **options)
@@ -95,12 +97,17 @@ class RayDataExecutor(RayExecutorBase):
 
     def ensure_ray(self) -> RaySession:
         session = super().ensure_ray()
-        if session.how == "started" and session.token not in _warmed:
-            _warmed.add(session.token)
-            _warm_workers()
+        workers.warm_up(session, "ray.data", "curator_exec_raydata.executor")  # imports, off the first run
         return session
 
     def execute(self, stages: list[ManagedStage], initial_tasks: list[Task]) -> list[Task]:
+        if any(isinstance(s, ManagedShuffle) for s in stages):
+            return self.execute_parts(stages, initial_tasks)
+        return self.execute_chunks(stages, [(initial_tasks, len(initial_tasks))], False)
+
+    def execute_chunks(self, stages: list[ManagedStage], chunks: list[tuple[Any, int]], to_chunks: bool) -> Any:
+        """The map stages on ``chunks`` (lists of tasks in the driver, or object refs of them): the
+        outputs in the driver, or (``to_chunks``) as chunks left in the object store."""
         self.ensure_ray()
         import ray
         from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
@@ -110,22 +117,28 @@ class RayDataExecutor(RayExecutorBase):
         _compat.check()
         o = self.options
         widest = max(st.num_workers() or 1 for st in stages)
-        per_block = o.tasks_per_block or auto_chunk_size(len(initial_tasks), widest, max_size=MAX_AUTO_TASKS_PER_BLOCK)
+        n_tasks = sum(n for _, n in chunks)
+        per_block = o.tasks_per_block or auto_chunk_size(n_tasks, widest, max_size=MAX_AUTO_TASKS_PER_BLOCK)
         auto = o.tasks_per_block is None
         run = _RunActors(stages[0].run_id, [st.index for st in stages])
         with self._lock:
             self._runs.append(run)
         remote_args = self._remote_args()
-        outputs: list[Task] = []
-        payloads = list(_chunks(initial_tasks, None, per_block, o.max_block_bytes))
+        outputs: list[Any] = []
+        local = [t for c, _ in chunks if isinstance(c, list) for t in c]
+        refs = [c for c, _ in chunks if not isinstance(c, list)]
+        payloads = list(_chunks(local, None, per_block, o.max_block_bytes)) + [None] * len(refs)
         may_fuse = o.fuse_stages and len(payloads) >= max(MIN_BLOCKS, 2 * widest)
         shapes = [self._task_map_shape(st, may_fuse) for st in stages]
         one_map = len(set(shapes)) == 1 and shapes[0] is not None  # every stage fuses into one task map
         ctx = self._data_context(run, o.backpressure if o.backpressure is not None else not one_map)
         try:
             with DataContext.current(ctx):
-                # from_items builds the blocks here (from_arrow would run a metadata task on a worker)
-                ds = ray.data.from_items([{COLUMN: p} for p in payloads], override_num_blocks=len(payloads))
+                # from_items builds the blocks here (from_arrow would run a metadata task on a worker);
+                # chunks in the object store become blocks where they are
+                ds = ray.data.from_items([{COLUMN: p} for p in payloads if p], override_num_blocks=len(payloads)) \
+                    if local else ray.data.from_arrow_refs([ray.remote(num_cpus=0)(_block_of).remote(
+                        r, per_block, o.max_block_bytes) for r in refs])
                 for pos, stage in enumerate(stages):
                     workers_ = stage.num_workers() or 1
                     if pos == 0:  # more workers than initial blocks would idle
@@ -149,13 +162,20 @@ class RayDataExecutor(RayExecutorBase):
                     else:
                         ds = ds.map_batches(StageWorker, fn_constructor_args=args, compute=ActorPoolStrategy(
                             size=workers_, max_tasks_in_flight_per_actor=o.max_tasks_in_flight_per_actor), **common)
-                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
-                    for payload in batch.column(COLUMN).to_pylist():
-                        counts, chunk = pickle.loads(payload)
-                        if counts and self.progress is not None:
-                            for i, stage in enumerate(stages):
-                                if any(counts[3 * i:3 * i + 3]):
-                                    self.progress.add(stage.index, *counts[3 * i:3 * i + 3])
+                if to_chunks:  # the blocks stay in the object store; their counts come to the driver
+                    done = [ray.remote(num_cpus=0)(_tasks_of).options(num_returns=3).remote(b)
+                            for b in ds.to_arrow_refs()]
+                    items = [(ray.get(c), (t, ray.get(n))) for c, t, n in done]
+                else:
+                    items = [pickle.loads(p) for b in ds.iter_batches(batch_size=None, batch_format="pyarrow",
+                                                                      prefetch_batches=1) for p in b.column(COLUMN).to_pylist()]
+                for counts, chunk in items:
+                    for i, stage in enumerate(stages):
+                        if counts and any(counts[3 * i:3 * i + 3]) and self.progress is not None:
+                            self.progress.add(stage.index, *counts[3 * i:3 * i + 3])
+                    if to_chunks and chunk[1]:
+                        outputs.append(chunk)
+                    elif not to_chunks:
                         outputs.extend(chunk)
         finally:
             self._finish_run(run)
@@ -217,28 +237,6 @@ class RayDataExecutor(RayExecutorBase):
 
 
 #: sessions (started by this process) whose worker pool was warmed
-_warmed: set[Any] = set()
-
-
-def _import_ray_data() -> None:
-    import ray.data  # noqa: F401  (pyarrow, pandas come with it)
-
-    import curator_exec_raydata.executor  # noqa: F401
-
-
-def _warm_workers() -> None:
-    """On a Ray this process just started: let its idle workers import Ray Data now (fire and forget,
-    one task per CPU), instead of inside the first run's first tasks (about 1 s each here)."""
-    import ray
-
-    try:
-        fn = ray.remote(num_cpus=1, max_retries=0)(_import_ray_data)
-        for _ in range(max(1, int(ray.cluster_resources().get("CPU", 1)))):
-            fn.remote()
-    except Exception as exc:  # only a speed-up
-        logger.debug("ray_data: warming the workers failed: %r", exc)
-
-
 def _check_data_context_keys(values: dict) -> None:
     import dataclasses
 
@@ -317,6 +315,22 @@ def process_block_task(batch: Any, stage: ManagedStage, pos: int, n_stages: int,
 
 def _no_extra_remote_args() -> dict[str, Any]:
     return {}
+
+
+def _block_of(tasks: list[Task], per_block: int, max_bytes: int) -> Any:
+    """A chunk of tasks in the object store as a block of this executor's format."""
+    return _table(list(_chunks(tasks, None, per_block, max_bytes)))
+
+
+def _tasks_of(block: Any) -> tuple[list[int] | None, list[Task], int]:
+    """An output block back as (summed counts, its tasks, how many)."""
+    counts: list[int] | None = None
+    tasks: list[Task] = []
+    for payload in block.column(COLUMN).to_pylist():
+        c, chunk = pickle.loads(payload)
+        counts = c if counts is None else [a + b for a, b in zip(counts, c or [0] * len(counts), strict=True)]
+        tasks.extend(chunk)
+    return counts, tasks, len(tasks)
 
 
 class StageWorker:

@@ -16,49 +16,25 @@ from cosmos_xenna.pipelines import v1 as xenna
 
 from curator_exec_core.runner import ManagedStage
 from curator_exec_core.stages import WorkerMetadata
-from curator_exec_core.tasks import Task
 from curator_exec_ray import workers
-from curator_exec_ray.chunking import split
+from curator_exec_ray.chunking import TaskChunk, chunks
 from curator_exec_ray.coordinator import WorkerLink
 
 __all__ = ["Chunk", "CuratorStage", "chunks"]
 
-
-class Chunk:
-    """A list of tasks travelling as one Xenna item. Short repr: Xenna logs its spec."""
-
-    __slots__ = ("tasks",)
-
-    def __init__(self, tasks: list[Task]) -> None:
-        self.tasks = tasks
-
-    def __len__(self) -> int:
-        return len(self.tasks)
-
-    def __getstate__(self) -> list[Task]:
-        return self.tasks
-
-    def __setstate__(self, state: list[Task]) -> None:
-        self.tasks = state
-
-    def __repr__(self) -> str:
-        return f"<Chunk of {len(self.tasks)} tasks>"
-
-
-def chunks(tasks: list[Task], size: int) -> list[Chunk]:
-    """``tasks`` as chunks of at most ``size`` (no empty chunk)."""
-    return [Chunk(part) for part in split(tasks, size)]
+Chunk = TaskChunk  # one Xenna item: a chunk of tasks (or of tasks left in the object store)
 
 
 class CuratorStage(xenna.Stage):
     """A managed stage as a Xenna stage (pickled to every ``StageWorker``)."""
 
     def __init__(self, managed: ManagedStage, cpus: float, gpus: float, chunk_size: int, coordinator: str,
-                 segment: int = 0) -> None:
+                 segment: int = 0, sink: bool = False) -> None:
         self.managed = managed
         self.cpus = float(cpus)
         self.gpus = float(gpus)
         self.chunk_size = max(1, int(chunk_size))
+        self.sink = sink  # the last stage of a part whose outputs stay in the object store
         # to the driver's RunCoordinator, for this execute call (one segment of the run)
         self.link = WorkerLink(coordinator, f"{managed.run_id}:{segment}", managed.index)
         self._lock: threading.Lock | None = None
@@ -106,10 +82,12 @@ class CuratorStage(xenna.Stage):
     def process_data(self, in_data: list[Chunk]) -> list[Chunk]:
         if not self.managed.is_set_up:
             raise RuntimeError(f"stage {self.managed.name!r}: worker was not set up (its run had ended)")
-        tasks = [t for chunk in in_data for t in chunk.tasks]
+        tasks = [t for chunk in in_data for t in chunk.resolve()]
         with self._lock or threading.Lock():
             out = self.managed.process_batch(tasks)
         self.link.count(self.managed.last_counts)
+        if self.sink:  # owned by the driver's coordinator actor, so it outlives this worker
+            return [TaskChunk(ref=self.link.keep(out), n=len(out))] if out else []
         return chunks(out, self.chunk_size)
 
     def teardown(self) -> None:

@@ -23,6 +23,7 @@ from curator_exec_core.config import build_options, option
 from curator_exec_core.errors import ConfigError, PlanError
 from curator_exec_core.planning import ExecutionPlan
 from curator_exec_core.runner import ManagedStage
+from curator_exec_core.shuffle import ManagedShuffle
 from curator_exec_core.stages import ProcessingStage
 from curator_exec_core.tasks import Task
 from curator_exec_ray import reaper, workers
@@ -125,6 +126,7 @@ class XennaExecutor(RayExecutorBase):
 
     name = "xenna"
     Options = XennaOptions
+    native_stage_kinds = frozenset({"shuffle"})  # through the Ray layer, data in the object store
     needs_dashboard = True
     start_env = XENNA_START_ENV
 
@@ -183,8 +185,8 @@ class XennaExecutor(RayExecutorBase):
         widest = max((m.num_workers() or 1) for m in managed)
         return self.options.chunk_size or auto_chunk_size(n_tasks, widest, min_size=16)
 
-    def build_pipeline_spec(self, managed: Sequence[ManagedStage], tasks: list[Task], chunk: int,
-                            coordinator: str = "") -> Any:
+    def build_pipeline_spec(self, managed: Sequence[ManagedStage], tasks: list[Any], chunk: int,
+                            coordinator: str = "", sink: bool = False) -> Any:
         """The ``PipelineSpec`` this executor hands to ``cosmos_xenna.pipelines.v1.run_pipeline``."""
         xenna, xs = _import_xenna()
         opts = self.options
@@ -195,7 +197,8 @@ class XennaExecutor(RayExecutorBase):
             if pinned is None and opts.max_workers_per_stage is not None and sopts.num_workers_per_node is None:
                 pinned = m.num_workers()
             adapter = xs.CuratorStage(m, cpus=m.resources.cpus, gpus=m.resources.gpus, chunk_size=chunk,
-                                      coordinator=coordinator, segment=managed[0].index)
+                                      coordinator=coordinator, segment=managed[0].index,
+                                      sink=sink and m is managed[-1])
             specs.append(xenna.StageSpec(adapter, num_workers=pinned, **sopts.spec_fields()))
         mode = xenna.ExecutionMode.STREAMING if opts.execution_mode == "streaming" else xenna.ExecutionMode.BATCH
         config = xenna.PipelineConfig(
@@ -204,18 +207,27 @@ class XennaExecutor(RayExecutorBase):
             # failures are the core's (FailedTask records or StageFailedError): Xenna neither retries nor drops
             ignore_failures=False, num_run_attempts_python=1, return_last_stage_outputs=True,
             mode_specific=xenna.StreamingSpecificSpec(autoscale_interval_s=opts.autoscale_interval_s))
-        return xenna.PipelineSpec(input_data=xs.chunks(tasks, chunk), stages=specs, config=config)
+        items = [t for t in tasks if isinstance(t, xs.Chunk)]  # chunks left in the object store, or tasks
+        return xenna.PipelineSpec(input_data=items or xs.chunks(tasks, chunk), stages=specs, config=config)
 
     def execute(self, stages: list[ManagedStage], initial_tasks: list[Task]) -> list[Task]:
+        if any(isinstance(s, ManagedShuffle) for s in stages):
+            return self.execute_parts(stages, initial_tasks)
+        return self.execute_chunks(stages, [(initial_tasks, len(initial_tasks))], False)
+
+    def execute_chunks(self, stages: list[ManagedStage], parts: list[tuple[Any, int]], to_chunks: bool) -> Any:
+        """The stages on Xenna, from tasks or chunks in the object store; the outputs in the driver, or
+        (``to_chunks``) left in the object store, owned by the coordinator actor (Xenna kills its workers)."""
         session = self.ensure_ray()
-        xenna, _ = _import_xenna()
+        xenna, xs = _import_xenna()
         from curator_exec_xenna import _compat
 
         _compat.check()
         run_id = stages[0].run_id
-        chunk = self._chunk_size(len(initial_tasks), stages)
+        items = [t for c, n in parts for t in (c if isinstance(c, list) else [xs.Chunk(ref=c, n=n)])]
+        chunk = self._chunk_size(sum(n for _, n in parts), stages)
         coordinator = Coordinator.for_this_process()
-        spec = self.build_pipeline_spec(stages, initial_tasks, chunk, coordinator.name)
+        spec = self.build_pipeline_spec(stages, items, chunk, coordinator.name, sink=to_chunks)
         limit = _compat.accepted_state_limit(session.address, lambda n: reaper.list_job_actors(
             limit=n, filters=[("class_name", "=", "__curator_exec_probe__")]))
         self.last_run_info = {"chunk_size": chunk, "xenna_version": version("cosmos-xenna"), "state_limit": limit,
@@ -229,7 +241,7 @@ class XennaExecutor(RayExecutorBase):
         def before_kill(actor: Any) -> None:
             workers.teardown_workers([actor], run_id, timeout, log=logger, indices=indices)
 
-        outputs: list[Task] = []
+        outputs: list[Any] = []
         try:
             with _RUN_LOCK, preserved_env(_XENNA_TOUCHED_ENV), _compat.patched(limit, before_kill, hidden):
                 os.environ["RAY_ADDRESS"] = session.address  # Xenna's ray.init must attach to our cluster
@@ -240,7 +252,10 @@ class XennaExecutor(RayExecutorBase):
                     workers.stop_workers(coordinator.close(token, timeout), run_id, timeout, log=logger,
                                          indices=indices)
             for item in result or []:
-                outputs.extend(item.tasks)
+                if to_chunks:
+                    outputs.append((item.ref, item.n))
+                else:
+                    outputs.extend(item.resolve())
         finally:
             coordinator.forget(token)
             self.last_run_info["reaped"] = reaper.reap_run_actors(before, started, _XENNA_ACTOR_CLASSES, timeout)
