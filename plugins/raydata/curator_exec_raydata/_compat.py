@@ -38,8 +38,8 @@ def check() -> None:
     check_engine("Ray Data", ray.__version__, SUPPORTED, {
         "StreamingExecutor._topology and ._data_context":
             lambda: _source_has(streaming_executor, "self._topology", "self._data_context"),
-        "PhysicalOperator.get_autoscaling_actor_pools":
-            lambda: getattr(actor_pool_map_operator.ActorPoolMapOperator, "get_autoscaling_actor_pools", None),
+        "ActorPoolMapOperator.get_autoscaling_actor_pools":  # its own, not the base class's empty one
+            lambda: actor_pool_map_operator.ActorPoolMapOperator.__dict__.get("get_autoscaling_actor_pools"),
         "_ActorPool._running_actors / ._pending_actors":
             lambda: _source_has(actor_pool_map_operator, "self._running_actors", "self._pending_actors"),
         "ActorHandle._actor_id": lambda: _source_has(ray.actor, "self._actor_id"),
