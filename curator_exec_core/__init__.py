@@ -17,6 +17,7 @@ from curator_exec_core.errors import (
 )
 from curator_exec_core.events import ProgressEvent
 from curator_exec_core.executor import BaseExecutor
+from curator_exec_core.gang import GangStage, ManagedGang
 from curator_exec_core.hookspecs import hookimpl, hookspec
 from curator_exec_core.pipeline import Pipeline
 from curator_exec_core.planning import ExecutionPlan, StagePlan, plan_stages
@@ -32,14 +33,14 @@ from curator_exec_core.registry import (
 )
 from curator_exec_core.runner import ManagedStage
 from curator_exec_core.shuffle import GroupBy, ManagedShuffle, Repartition, ShuffleStage
-from curator_exec_core.stages import NodeInfo, ProcessingStage, Resources, WorkerMetadata
+from curator_exec_core.stages import GangInfo, NodeInfo, ProcessingStage, Resources, WorkerMetadata
 from curator_exec_core.tasks import EmptyTask, FailedTask, PipelineResult, StagePerf, Task
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BaseExecutor", "Capacity", "ConfigError", "CuratorExecError", "EmptyTask", "EngineCompatibilityError",
-    "ExecutionPlan", "GroupBy", "ManagedShuffle", "Repartition", "ShuffleStage",
+    "ExecutionPlan", "GangInfo", "GangStage", "GroupBy", "ManagedGang", "ManagedShuffle", "Repartition", "ShuffleStage",
     "ExecutorOptions", "ExecutorSpec", "FailedTask", "GpuInfo", "ManagedStage", "NodeCapacity", "NodeInfo",
     "Pipeline", "PipelineResult", "PlanError", "PluginError", "ProcessingStage", "ProgressEvent", "Resources",
     "StageFailedError", "StagePerf", "StagePlan", "Task", "UnknownExecutorError", "WorkerMetadata",

@@ -34,11 +34,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+import attrs
+
 from curator_exec_core.capacity import Capacity, local_capacity
 from curator_exec_core.config import ExecutorOptions, build_options
 from curator_exec_core.errors import PlanError, StageFailedError
 from curator_exec_core.events import ProgressEvent, ProgressReporter
-from curator_exec_core.planning import ExecutionPlan, plan_stages
+from curator_exec_core.gang import GangStage, ManagedGang, run_gang_in_threads
+from curator_exec_core.planning import ExecutionPlan, check_gang, plan_stages
 from curator_exec_core.registry import get_plugin_manager
 from curator_exec_core.runner import FailurePolicy, ManagedStage, run_dir
 from curator_exec_core.shuffle import ManagedShuffle, ShuffleStage, group_in_process, split_at_barriers
@@ -178,8 +181,16 @@ class BaseExecutor(ABC):
                         f"stage {i} {user.name!r} cannot be pickled ({type(exc).__name__}: {exc}), and executor "
                         f"{self.executor_name!r} ships every stage to its workers. Create what cannot be pickled "
                         "(clients, locks, open files, loaded models) in setup(), not in __init__.") from exc
-        return plan_stages(list(stages), capacity, executor=self.executor_name,
+        plan = plan_stages(list(stages), capacity, executor=self.executor_name,
                            concurrent=self.concurrent_stages, **self.plan_options())
+        for stage, sp in zip(stages, plan.stages, strict=True):
+            user = stage.stage if isinstance(stage, ManagedStage) else stage
+            if isinstance(user, GangStage):  # all ranks at once, or not at all
+                # as requested (a gang's ranks are not scaled to fit), GPUs as resolved by the plan
+                per_rank = attrs.evolve(sp.resources, cpus=user.resources.cpus)
+                check_gang(user.name, int(user.gang_size), user.placement_strategy, per_rank, capacity,
+                           self.executor_name)
+        return plan
 
     def schedule(self, plan: ExecutionPlan) -> Any:
         """Map the plan onto the engine before execution (default: nothing to do)."""
@@ -210,7 +221,8 @@ class BaseExecutor(ABC):
             plan = self.plan(stages, self.capacity())
         policy = FailurePolicy(self.options.ignore_failures, self.options.max_retries)
         run_id = run_id or self.run_id or uuid.uuid4().hex[:12]
-        return [(ManagedShuffle if isinstance(s, ShuffleStage) else ManagedStage)(
+        kinds = {ShuffleStage: ManagedShuffle, GangStage: ManagedGang}
+        return [next((m for k, m in kinds.items() if isinstance(s, k)), ManagedStage)(
                     s, index=i, plan=plan.stages[i], policy=policy, run_id=run_id) for i, s in enumerate(stages)]
 
     def run_shuffle(self, stage: ManagedShuffle, tasks: list[Task]) -> list[Task]:
@@ -230,19 +242,31 @@ class BaseExecutor(ABC):
         finally:
             stage.teardown()
 
+    def run_gang(self, stage: ManagedGang, tasks: list[Task]) -> list[Task]:
+        """Run one gang stage on its whole input ``tasks``: the failure records that came in, then
+        the ranks' outputs. Default: the ranks as threads of this process. The Ray executors start
+        them as actors in a placement group (``curator_exec_ray.gang``)."""
+
+        def report(counts: tuple[int, int, int]) -> None:
+            if self.progress is not None:
+                self.progress.add(stage.index, *counts)
+
+        return run_gang_in_threads(stage, tasks, self.executor_name, report)
+
     def _execute(self, stages: list[ManagedStage], tasks: list[Task]) -> list[Task]:
         """The execute phase: one ``execute`` call, or, with barrier stages this executor does not run
-        itself, the map segments through ``execute`` and each barrier through :meth:`run_shuffle`."""
+        itself (``native_stage_kinds``), the map parts through ``execute`` and each barrier through
+        :meth:`run_shuffle` or :meth:`run_gang`."""
         hook = get_plugin_manager().hook
-        if "shuffle" in self.native_stage_kinds or not any(isinstance(s, ManagedShuffle) for s in stages):
+        if all(s.barrier in self.native_stage_kinds for s in stages if s.barrier):
             return self._call_execute(hook, stages, tasks)
         for part in split_at_barriers(stages):
             if not tasks:
                 break  # nothing flows on
-            if isinstance(part, ManagedShuffle):
-                tasks = self.run_shuffle(part, tasks)
-            else:
+            if isinstance(part, list):
                 tasks = self._call_execute(hook, part, tasks)
+            else:
+                tasks = (self.run_shuffle if part.barrier == "shuffle" else self.run_gang)(part, tasks)
         return tasks
 
     def _call_execute(self, hook: Any, stages: list[ManagedStage], tasks: list[Task]) -> list[Task]:

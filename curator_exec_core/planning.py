@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 
@@ -17,7 +18,7 @@ from curator_exec_core.capacity import Capacity, fraction_of_gpu
 from curator_exec_core.errors import PlanError
 from curator_exec_core.stages import ProcessingStage, Resources
 
-__all__ = ["StagePlan", "ExecutionPlan", "plan_stages", "PlanError"]
+__all__ = ["StagePlan", "ExecutionPlan", "plan_stages", "check_gang", "PlanError"]
 
 
 @attrs.frozen
@@ -290,3 +291,26 @@ def plan_stages(
             k = max(shrinkable, key=lambda k: plans[k].workers * plans[k].resources.gpus)
             plans[k] = attrs.evolve(plans[k], workers=plans[k].workers - 1)
     return ExecutionPlan(executor=executor, stages=plans, capacity=capacity, concurrent=concurrent, notes=notes)
+
+
+def check_gang(name: str, size: int, strategy: str, per_rank: Resources, capacity: Capacity, executor: str = "") -> None:
+    """A gang of ``size`` ranks of ``per_rank`` must fit ``capacity`` all at once (``strategy``:
+    ``STRICT_SPREAD`` one rank per node, ``STRICT_PACK`` all on one node); else :class:`PlanError`."""
+
+    def slots(node: Any) -> int:
+        by_cpu = math.floor(node.cpus / per_rank.cpus + 1e-9) if per_rank.cpus else size
+        if not per_rank.gpus:
+            return by_cpu
+        if per_rank.gpus < 1:  # ranks share a GPU
+            return min(by_cpu, node.num_gpus * math.floor(1 / per_rank.gpus + 1e-9))
+        return min(by_cpu, node.num_gpus // int(per_rank.gpus))
+
+    per_node = [slots(n) for n in capacity.nodes]
+    fits = {"STRICT_SPREAD": sum(1 for k in per_node if k >= 1) >= size,
+            "STRICT_PACK": any(k >= size for k in per_node)}.get(strategy, sum(per_node) >= size)
+    if not fits:
+        raise PlanError(
+            f"gang stage {name!r} needs {size} ranks of {per_rank.describe()} at once ({strategy}), but executor "
+            f"{executor!r} has {_fmt_nodes(capacity)} (room for {sum(per_node)} such ranks"
+            f"{', on ' + str(sum(1 for k in per_node if k)) + ' node(s)' if strategy == 'STRICT_SPREAD' else ''}). "
+            "Lower gang_size or the per-rank resources, or add nodes.")

@@ -113,6 +113,9 @@ class ManagedStage(ProcessingStage):
         state["progress"] = None
         return state
 
+    #: the barrier kind of this stage ("shuffle", "gang"), or "" for a map stage
+    barrier: str = ""
+
     @property
     def requested(self) -> Resources:
         return self.stage.resources

@@ -124,6 +124,7 @@ class ManagedShuffle(ManagedStage):
     on set-up workers, with the core's retries and failure records on both."""
 
     stage: ShuffleStage
+    barrier = "shuffle"
 
     def __init__(self, stage: ProcessingStage, **kwargs: Any) -> None:
         if not isinstance(stage, ShuffleStage):
@@ -247,11 +248,12 @@ def iter_keyed(parts: Iterable[Iterable[KeyedTask]]) -> Iterator[KeyedTask]:
         yield from part
 
 
-def split_at_barriers(stages: Sequence[ManagedStage]) -> list[list[ManagedStage] | ManagedShuffle]:
-    """The pipeline as its parts: runs of map stages, and each barrier stage on its own."""
-    parts: list[list[ManagedStage] | ManagedShuffle] = []
+def split_at_barriers(stages: Sequence[ManagedStage]) -> list[Any]:
+    """The pipeline as its parts: runs of map stages (lists), and each barrier stage (a shuffle or a
+    gang: a stage whose ``barrier`` kind is set) on its own."""
+    parts: list[Any] = []
     for stage in stages:
-        if isinstance(stage, ManagedShuffle):
+        if stage.barrier:
             parts.append(stage)
         elif parts and isinstance(parts[-1], list):
             parts[-1].append(stage)

@@ -23,7 +23,7 @@ import attrs
 
 from curator_exec_core.tasks import Task
 
-__all__ = ["Resources", "ProcessingStage", "NodeInfo", "WorkerMetadata", "has_lifecycle"]
+__all__ = ["Resources", "ProcessingStage", "NodeInfo", "WorkerMetadata", "GangInfo", "has_lifecycle"]
 
 In = TypeVar("In", bound=Task)
 Out = TypeVar("Out", bound=Task)
@@ -85,12 +85,22 @@ class NodeInfo:
 
 
 @attrs.frozen
+class GangInfo:
+    """A gang rank's place: ``rank`` of ``size``, and ``root``, what rank 0's ``gang_root()`` returned."""
+
+    rank: int
+    size: int
+    root: Any = None
+
+
+@attrs.frozen
 class WorkerMetadata:
-    """Who a worker is: its id, its node, and the resources it was given."""
+    """Who a worker is: its id, its node, the resources it was given, and its gang (gang stages only)."""
 
     worker_id: str
     node_id: str = ""
     allocation: Any = None
+    gang: GangInfo | None = None
 
 
 class ProcessingStage(Generic[In, Out]):

@@ -91,3 +91,17 @@ def test_missing_executor_is_reported_and_the_rest_still_run(bench):
         assert MISSING in rec["error"]
     assert "NOT INSTALLED" in stdout
     assert "executor" in stdout and "result" in stdout  # the table header
+
+
+def test_shuffle_workloads_check_their_output_beside_the_dict_baseline(tmp_path: Path) -> None:
+    out = tmp_path / "shuffle.jsonl"
+    proc = subprocess.run([sys.executable, str(RUN), "local", "--quick", "--workloads", "W5,W6", "--json-out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    for executor in ("local", "dict_group"):
+        w5, w6 = _find(records, executor, "W5", "warm"), _find(records, executor, "W6", "warm")
+        assert w5["status"] == w6["status"] == "ok" and w5["correct"] is True and w6["correct"] is True
+        assert w5["unique_documents"] == 14_000 and w5["tasks_out"] == 14_000 and w5["docs_per_second"] > 0
+        assert w6["shuffled_bytes"] == 2_000 * 100_000 and w6["tasks_out"] == 100 and w6["peak_rss_mb"] > 0
+    assert [t["rule"] for t in _find(records, "local", "W5", "warm")["targets"]] == ["3×dict_group+0"]

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from curator_exec_core.gang import GangStage
 from curator_exec_core.shuffle import ShuffleStage
 from curator_exec_core.stages import NodeInfo, ProcessingStage, Resources, WorkerMetadata
 from curator_exec_core.tasks import Task
@@ -323,3 +324,82 @@ class RecordedShuffle(ShuffleStage):
 
     def teardown(self) -> None:
         LifecycleLog(self.folder).record("teardown", self.name, self._who)
+
+
+# -- gang stages ------------------------------------------------------------------------------
+
+
+class AllReduceSum(GangStage):
+    """A gang whose ranks rendezvous over TCP on 127.0.0.1 at rank 0's ``gang_root()`` address and
+    all-reduce the sum of their shares' data: every output carries the global sum, which only
+    ranks that ran at the same time and talked can know. Logs its lifecycle in ``folder``;
+    ``fail_rank`` raises in that rank's ``process_batch``; with ``die_once``, rank 1 kills its own
+    process the first time (a marker file in ``folder``)."""
+
+    resources = Resources(cpus=0.5)
+
+    def __init__(self, folder: str, name: str = "all_reduce", gang_size: int = 2, fail_rank: int | None = None,
+                 die_once: bool = False, placement_strategy: str = "PACK") -> None:
+        self.folder = str(folder)
+        self.name = name
+        self.gang_size = gang_size
+        self.fail_rank = fail_rank
+        self.die_once = die_once
+        self.placement_strategy = placement_strategy
+        self.rank = -1
+        self.conns: list[Any] = []
+
+    def gang_root(self) -> tuple[str, int]:
+        import socket
+
+        with socket.socket() as s:  # a free port on this host, for rank 0 to listen on
+            s.bind(("127.0.0.1", 0))
+            return "127.0.0.1", s.getsockname()[1]
+
+    def setup(self, worker_metadata: Any = None) -> None:
+        import time
+        from multiprocessing.connection import Client, Listener
+
+        gang = worker_metadata.gang
+        self.rank, self.size, self.node = gang.rank, gang.size, worker_metadata.node_id
+        LifecycleLog(self.folder).record("setup", self.name, f"rank{self.rank}:{os.getpid()}")
+        address = tuple(gang.root)
+        if self.rank == 0:
+            with Listener(address, authkey=b"gang") as listener:
+                self.conns = [listener.accept() for _ in range(self.size - 1)]
+            return
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.conns = [Client(address, authkey=b"gang")]
+                return
+            except OSError:  # rank 0 is not listening yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def process_batch(self, tasks: list[Task]) -> list[Task]:
+        if self.rank == self.fail_rank:
+            raise ValueError(f"rank {self.rank} refuses its share")
+        if self.die_once and self.rank == 1:
+            marker = Path(self.folder) / f"{self.name}.died"
+            if not marker.exists():
+                marker.write_text(str(os.getpid()))
+                import signal
+
+                os.kill(os.getpid(), signal.SIGKILL)
+        local = sum(t.data for t in tasks)
+        if self.rank == 0:
+            total = local + sum(c.recv() for c in self.conns)
+            for c in self.conns:
+                c.send(total)
+        else:
+            self.conns[0].send(local)
+            total = self.conns[0].recv()
+        return [Task(data={"value": t.data, "sum": total, "rank": self.rank, "size": self.size, "node": self.node,
+                           "ids": [x.task_id for x in tasks]}) for t in tasks]
+
+    def teardown(self) -> None:
+        for c in self.conns:
+            c.close()
+        LifecycleLog(self.folder).record("teardown", self.name, f"rank{self.rank}:{os.getpid()}")

@@ -11,6 +11,7 @@ from curator_exec_core.capacity import Capacity
 from curator_exec_core.config import ExecutorOptions, option
 from curator_exec_core.errors import ConfigError
 from curator_exec_core.executor import BaseExecutor
+from curator_exec_core.gang import ManagedGang
 from curator_exec_core.runner import ManagedStage
 from curator_exec_core.shuffle import ManagedShuffle, split_at_barriers
 from curator_exec_core.tasks import Task
@@ -120,6 +121,12 @@ class RayExecutorBase(BaseExecutor):
         from curator_exec_ray.shuffle import run_shuffle
 
         return run_shuffle(self, stage, tasks)
+
+    def run_gang(self, stage: ManagedGang, tasks: list[Task]) -> list[Task]:
+        """A gang stage on Ray: its ranks as actors in one placement group (:mod:`curator_exec_ray.gang`)."""
+        from curator_exec_ray.gang import run_gang
+
+        return run_gang(self, stage, tasks)
 
     def placement(self, stages: Sequence[ManagedStage]) -> list[list[str | None]] | None:
         """A node for each planned worker when workers must be pinned (``ignore_head_node``), else None."""

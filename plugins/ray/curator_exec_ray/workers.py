@@ -99,14 +99,18 @@ class StageActor:
     def __init__(self) -> None:
         self.stage: ManagedStage | None = None
 
-    def setup(self, stage: ManagedStage, worker_id: str) -> dict[str, Any]:
+    def setup(self, stage: ManagedStage, worker_id: str, gang: tuple[int, Any] | None = None) -> dict[str, Any]:
+        """``stage.setup``; for a gang rank (``gang``: its rank and rank 0's root), ``setup_rank``."""
         import ray
 
         ctx = ray.get_runtime_context()
         self.stage = stage
         register(stage)
-        stage.setup(WorkerMetadata(worker_id=worker_id, node_id=ctx.get_node_id(),
-                                   allocation=ctx.get_assigned_resources()))
+        if gang is not None:
+            stage.setup_rank(gang[0], gang[1], worker_id, ctx.get_node_id(), ctx.get_assigned_resources())
+        else:
+            stage.setup(WorkerMetadata(worker_id=worker_id, node_id=ctx.get_node_id(),
+                                       allocation=ctx.get_assigned_resources()))
         return {"worker_id": worker_id, "node_id": ctx.get_node_id(), "pid": os.getpid()}
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:

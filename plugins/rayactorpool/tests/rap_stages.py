@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from curator_exec_core import ProcessingStage, Resources, Task
+from curator_exec_core import ProcessingStage, Resources, ShuffleStage, Task
 
 
 def append(path: str | Path, record: dict[str, Any]) -> None:
@@ -103,3 +103,29 @@ class SetupFails(ProcessingStage):
     def process(self, task: Task) -> Task:
         return task
 
+
+
+class DieOnceInReduce(ShuffleStage):
+    """Groups by ``data % 4``; the first reduce of key 2 kills its own worker process (SIGKILL)."""
+
+    resources = Resources(cpus=0.5)
+
+    def __init__(self, folder: str, name: str = "die_once") -> None:
+        self.folder = str(folder)
+        self.name = name
+        self.num_partitions = 4
+
+    def setup(self, worker_metadata: Any = None) -> None:
+        append(Path(self.folder) / f"{self.name}.jsonl", {"event": "setup", "pid": os.getpid()})
+
+    def keys(self, task: Task) -> list[int]:
+        return [task.data % 4]
+
+    def reduce(self, key: Any, tasks: list[Task]) -> Task:
+        marker = Path(self.folder) / f"{self.name}.died"
+        if key == 2 and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        return Task(data={"key": key, "ids": [t.task_id for t in tasks]})

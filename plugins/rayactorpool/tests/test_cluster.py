@@ -114,3 +114,18 @@ def test_cli_info_prints_the_cluster_capacity(ray_two_node_cluster):
     assert out.returncode == 0, out.stderr[-3000:]
     assert c.head_node_id in out.stdout and c.worker_node_ids[0] in out.stdout
     assert "Fake GPU" in out.stdout and "pool_size" in out.stdout
+
+
+def test_strict_spread_gang_over_two_raylets_all_reduces(ray_two_node_cluster, tmp_path):
+    from curator_exec_core.testing.stages import AllReduceSum
+
+    c = ray_two_node_cluster
+    gang = AllReduceSum(str(tmp_path), placement_strategy="STRICT_SPREAD")
+    gang.resources = gang.resources.__class__(cpus=1)
+    result = RayActorPoolExecutor(show_progress=False).run([gang], ints(20))
+    assert len(result) == 20 and {t.data["sum"] for t in result} == {sum(range(20))}
+    assert {t.data["node"] for t in result} == {c.head_node_id, c.worker_node_ids[0]}  # one rank per raylet
+    # three such ranks cannot spread over two nodes: refused before anything starts
+    wide = AllReduceSum(str(tmp_path), name="wide", gang_size=3, placement_strategy="STRICT_SPREAD")
+    with pytest.raises(PlanError, match=r"gang stage 'wide' needs 3 ranks .*STRICT_SPREAD"):
+        RayActorPoolExecutor(show_progress=False).run([wide], ints(3))

@@ -380,3 +380,33 @@ def test_get_executor_by_name_runs(ray_attached):
     ex = get_executor("ray_actor_pool", show_progress=False)
     assert isinstance(ex, RayActorPoolExecutor)
     assert sorted(t.data for t in ex.run([Small()], [Task(data={"i": i, "blob": b"x"}) for i in range(3)])) == [0, 1, 2]
+
+
+def test_a_reduce_worker_killed_mid_shuffle_loses_and_duplicates_nothing(ray_attached, tmp_path):
+    from rap_stages import DieOnceInReduce
+
+
+
+    stages = [AddOne(), DieOnceInReduce(str(tmp_path))]
+    result = RayActorPoolExecutor(show_progress=False).run(stages, ints(40))
+    assert (tmp_path / "die_once.died").exists(), "the test did not get to kill a reduce worker"
+    got = {t.data["key"]: t.data["ids"] for t in result}
+    assert got == {k: [str(i) for i in range(40) if (i + 1) % 4 == k] for k in range(4)}
+    setups = read(tmp_path / "die_once.jsonl")
+    assert len({e["pid"] for e in setups}) == len(setups) >= 2  # the replacement was set up too
+    assert alive_pool_actors() == []
+
+
+def test_a_gang_rank_killed_mid_stage_restarts_the_whole_gang(ray_attached, tmp_path):
+    from curator_exec_core.testing import LifecycleLog
+    from curator_exec_core.testing.stages import AllReduceSum
+
+    result = RayActorPoolExecutor(show_progress=False).run([AllReduceSum(str(tmp_path), die_once=True)], ints(30))
+    assert (tmp_path / "all_reduce.died").exists(), "the test did not get to kill a rank"
+    assert sorted(t.data["value"] for t in result) == list(range(30))  # nothing lost, nothing twice
+    assert {t.data["sum"] for t in result} == {sum(range(30))}
+    setups = LifecycleLog(tmp_path).per_who("setup", "all_reduce")
+    assert len(setups) == 4  # two ranks, twice: the whole gang started again
+    # every rank that survived tore down (the killed one could not)
+    assert len(LifecycleLog(tmp_path).per_who("teardown", "all_reduce")) == 3
+    assert alive_pool_actors() == []

@@ -1,0 +1,148 @@
+"""Gang stages: a fixed group of workers that start together, know their rank and talk to each other.
+
+A :class:`GangStage` runs ``gang_size`` ranks at once: rank 0's ``gang_root()`` (on its own
+stage instance, before any setup) returns a picklable value every rank gets in
+``worker_metadata.gang.root`` (an address to rendezvous at, an NCCL unique id); every rank's
+``setup`` runs at the same time (communicator init is collective), then every rank's
+``process_batch`` is called once, at the same time, with its share of all the stage's input.
+:class:`ManagedGang` is the rank's side of the core's runner; backends only start the ranks.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from curator_exec_core.errors import StageFailedError
+from curator_exec_core.runner import ManagedStage
+from curator_exec_core.shuffle import task_order
+from curator_exec_core.stages import GangInfo, ProcessingStage, WorkerMetadata
+from curator_exec_core.tasks import FailedTask, Task
+
+__all__ = ["GangStage", "ManagedGang", "PLACEMENT_STRATEGIES", "run_gang_in_threads"]
+
+#: seconds the other ranks get to finish once one has failed (they may wait on it in a collective)
+FAILURE_GRACE = 30.0
+#: how a gang's ranks are spread over the nodes (Ray placement group strategies)
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
+class GangStage(ProcessingStage):
+    """``gang_size`` ranks that start together and may run collectives (RAFT/NCCL, torch.distributed).
+
+    * ``gang_size``: fixed (never autoscaled); the planner checks that the ranks fit.
+    * ``resources``: per rank. ``placement_strategy``: ``"PACK"`` (default), ``"SPREAD"``,
+      ``"STRICT_PACK"`` or ``"STRICT_SPREAD"`` (one rank per node).
+    * ``gang_root()``: on rank 0, on its own instance, before any rank's ``setup``; its
+      (picklable) return value reaches every rank as ``worker_metadata.gang.root``.
+    * ``setup(worker_metadata)``: all ranks at once; ``worker_metadata.gang`` has ``rank``,
+      ``size`` and ``root``.
+    * ``process_batch(tasks)``: every rank once, all at the same time, with its share of all the
+      stage's input: the tasks in ``task_id`` order, cut into ``gang_size`` near-equal runs; rank
+      ``r`` gets run ``r``. Outputs get ids as from any ``process_batch``.
+    * A rank that raises fails the stage (``max_retries`` does not apply: a rank cannot run a
+      collective alone); ``teardown`` runs on every rank, also after a failure.
+    """
+
+    gang_size: int = 1
+    placement_strategy: str = "PACK"
+
+    def gang_root(self) -> Any:
+        """Rank 0, before any setup: what every rank gets as ``worker_metadata.gang.root``."""
+        return None
+
+    def num_workers(self) -> int | None:
+        return int(self.gang_size)
+
+
+class ManagedGang(ManagedStage):
+    """A :class:`GangStage` as the core runs it: the shares, rank 0's root, a rank's setup and run."""
+
+    stage: GangStage
+    barrier = "gang"
+
+    def __init__(self, stage: ProcessingStage, **kwargs: Any) -> None:
+        if not isinstance(stage, GangStage):
+            raise TypeError(f"stage {stage.name!r} is not a GangStage")
+        if stage.placement_strategy not in PLACEMENT_STRATEGIES:
+            raise ValueError(f"gang stage {stage.name!r}: placement_strategy must be one of "
+                             f"{', '.join(PLACEMENT_STRATEGIES)}, got {stage.placement_strategy!r}")
+        super().__init__(stage, **kwargs)
+
+    @property
+    def size(self) -> int:
+        return max(1, int(self.stage.gang_size))
+
+    def shares(self, tasks: Sequence[Task]) -> list[list[Task]]:
+        """Every input task on exactly one rank, evenly, in ``task_id`` order (failure records aside)."""
+        work = sorted((t for t in tasks if not isinstance(t, FailedTask)), key=lambda t: task_order(t.task_id))
+        n, k = len(work), self.size
+        bounds = [n * r // k for r in range(k + 1)]
+        return [work[bounds[r]:bounds[r + 1]] for r in range(k)]
+
+    def root(self) -> Any:
+        """Rank 0's ``gang_root()``, on its own copy of the stage."""
+        return copy.deepcopy(self.stage).gang_root()
+
+    def setup_rank(self, rank: int, root: Any, worker_id: str, node_id: str = "", allocation: Any = None) -> None:
+        self.setup(WorkerMetadata(worker_id=worker_id, node_id=node_id or socket.gethostname(),
+                                  allocation=allocation, gang=GangInfo(rank=rank, size=self.size, root=root)))
+
+    def run_share(self, share: list[Task]) -> list[Task]:
+        """This rank's one ``process_batch`` call on its share (no retries: the ranks run together)."""
+        saved, self.batch_size = self.batch_size, max(1, len(share))
+        policy, self.policy = self.policy, type(self.policy)(self.policy.ignore_failures, 0)
+        try:
+            return self.process_batch(share)
+        finally:
+            self.batch_size, self.policy = saved, policy
+
+
+def run_gang_in_threads(stage: ManagedGang, tasks: list[Task], worker_prefix: str,
+                        report: Callable[[tuple[int, int, int]], None] | None = None) -> list[Task]:
+    """The gang in this process: one thread per rank, each on its own copy of the stage (so a
+    localhost rendezvous works, and a pipeline developed locally runs unchanged on a cluster)."""
+    shares = stage.shares(tasks)
+    records = [t for t in tasks if isinstance(t, FailedTask)]
+    root = stage.root()
+    ranks = [copy.deepcopy(stage) for _ in range(stage.size)]
+    outputs: list[list[Task]] = [[] for _ in ranks]
+    errors: list[BaseException | None] = [None] * len(ranks)
+
+    def rank_main(r: int) -> None:
+        rank = ranks[r]
+        try:
+            rank.setup_rank(r, root, f"{worker_prefix}:{os.getpid()}:{stage.index}:rank{r}")
+            outputs[r] = rank.run_share(shares[r])
+            if report is not None:
+                report(rank.last_counts)
+        except BaseException as exc:  # reported below; the other ranks may hang on a collective
+            errors[r] = exc
+        finally:
+            try:
+                rank.teardown()
+            except Exception as exc:
+                errors[r] = errors[r] or exc
+
+    threads = [threading.Thread(target=rank_main, args=(r,), name=f"{stage.name}-rank{r}", daemon=True)
+               for r in range(len(ranks))]
+    for t in threads:
+        t.start()
+    failed_at: float | None = None
+    while any(t.is_alive() for t in threads):  # ranks blocked on a failed rank give up after a grace period
+        for t in threads:
+            t.join(timeout=0.1)
+        if any(e is not None for e in errors):
+            failed_at = failed_at or time.monotonic()
+            if time.monotonic() - failed_at > FAILURE_GRACE:
+                break
+    failed = [e for e in errors if e is not None]
+    if failed:
+        first = next((e for e in failed if isinstance(e, StageFailedError)), failed[0])
+        raise first
+    return records + [t for out in outputs for t in out]
