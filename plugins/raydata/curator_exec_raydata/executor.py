@@ -7,6 +7,7 @@ machinery is :mod:`curator_exec_ray`'s; the mapping is in ``docs/executors/ray_d
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -137,8 +138,8 @@ class RayDataExecutor(RayExecutorBase):
                 # from_items builds the blocks here (from_arrow would run a metadata task on a worker);
                 # chunks in the object store become blocks where they are
                 ds = ray.data.from_items([{COLUMN: p} for p in payloads if p], override_num_blocks=len(payloads)) \
-                    if local else ray.data.from_arrow_refs([ray.remote(num_cpus=0)(_block_of).remote(
-                        r, per_block, o.max_block_bytes) for r in refs])
+                    if local else ray.data.from_arrow_refs([_remote(_block_of).remote(r, per_block, o.max_block_bytes)
+                                                            for r in refs])
                 for pos, stage in enumerate(stages):
                     workers_ = stage.num_workers() or 1
                     if pos == 0:  # more workers than initial blocks would idle
@@ -163,8 +164,7 @@ class RayDataExecutor(RayExecutorBase):
                         ds = ds.map_batches(StageWorker, fn_constructor_args=args, compute=ActorPoolStrategy(
                             size=workers_, max_tasks_in_flight_per_actor=o.max_tasks_in_flight_per_actor), **common)
                 if to_chunks:  # the blocks stay in the object store; their counts come to the driver
-                    done = [ray.remote(num_cpus=0)(_tasks_of).options(num_returns=3).remote(b)
-                            for b in ds.to_arrow_refs()]
+                    done = [_remote(_tasks_of).options(num_returns=3).remote(b) for b in ds.to_arrow_refs()]
                     items = [(ray.get(c), (t, ray.get(n))) for c, t, n in done]
                 else:
                     items = [pickle.loads(p) for b in ds.iter_batches(batch_size=None, batch_format="pyarrow",
@@ -315,6 +315,14 @@ def process_block_task(batch: Any, stage: ManagedStage, pos: int, n_stages: int,
 
 def _no_extra_remote_args() -> dict[str, Any]:
     return {}
+
+
+@functools.cache
+def _remote(fn: Any) -> Any:
+    """``fn`` as a Ray task (made once: each ``ray.remote`` exports the function again)."""
+    import ray
+
+    return ray.remote(num_cpus=0)(fn)
 
 
 def _block_of(tasks: list[Task], per_block: int, max_bytes: int) -> Any:
