@@ -319,10 +319,11 @@ def _no_extra_remote_args() -> dict[str, Any]:
 
 @functools.cache
 def _remote(fn: Any) -> Any:
-    """``fn`` as a Ray task (made once: each ``ray.remote`` exports the function again)."""
+    """``fn`` as a Ray task of one CPU (made once: each ``ray.remote`` exports the function again; with
+    no CPU, Ray would start a worker process for every block at once)."""
     import ray
 
-    return ray.remote(num_cpus=0)(fn)
+    return ray.remote(num_cpus=1)(fn)
 
 
 def _block_of(tasks: list[Task], per_block: int, max_bytes: int) -> Any:
