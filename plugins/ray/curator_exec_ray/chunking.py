@@ -12,7 +12,8 @@ import math
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-__all__ = ["TARGET_CHUNK_SECONDS", "MAX_CHUNK", "auto_chunk_size", "split", "ChunkSizer", "TaskChunk", "chunks"]
+__all__ = ["TARGET_CHUNK_SECONDS", "MAX_CHUNK", "auto_chunk_size", "split", "put_chunks", "ChunkSizer", "TaskChunk",
+           "chunks"]
 
 T = TypeVar("T")
 
@@ -45,6 +46,13 @@ def split(items: Sequence[T], size: int, max_parts: int | None = None) -> list[l
         out.append(list(items[start:end]))
         start = end
     return out
+
+
+def put_chunks(tasks: Sequence[Any], widest: int) -> list[tuple[Any, int]]:
+    """``tasks`` in the object store, in chunks of :func:`auto_chunk_size`: ``(object ref, count)``."""
+    import ray
+
+    return [(ray.put(part), len(part)) for part in split(tasks, auto_chunk_size(len(tasks), widest))]
 
 
 class ChunkSizer:

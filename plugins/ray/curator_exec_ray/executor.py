@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -59,6 +60,8 @@ class RayExecutorBase(BaseExecutor):
     head-node placement, and stages checked picklable at plan time (Ray ships them)."""
 
     Options: ClassVar[type[ExecutorOptions]] = RayExecutorOptions
+    #: shuffles run through the Ray layer with the data in the object store (gangs: the core's split)
+    native_stage_kinds = frozenset({"shuffle"})
     #: the engine cannot work without Ray's dashboard (state API)
     needs_dashboard: ClassVar[bool] = False
     #: environment the Ray processes need when this executor starts Ray (set only around ``ray.init``)
@@ -91,19 +94,26 @@ class RayExecutorBase(BaseExecutor):
 
         return ray.cloudpickle.dumps
 
+    def execute(self, stages: list[ManagedStage], initial_tasks: list[Task]) -> list[Task]:
+        """The plugin's ``execute_chunks`` on the tasks; with shuffle stages, :meth:`execute_parts`."""
+        if any(isinstance(s, ManagedShuffle) for s in stages):
+            return self.execute_parts(stages, initial_tasks)
+        return self.execute_chunks(stages, [(initial_tasks, len(initial_tasks))], False)
+
+    @abstractmethod
+    def execute_chunks(self, stages: list[ManagedStage], chunks: list[tuple[Any, int]], to_chunks: bool) -> Any:
+        """The map ``stages`` on ``chunks`` (``(tasks, count)``, the tasks a list in the driver or an
+        object ref of one): the last stage's outputs as a list in the driver, or (``to_chunks``) as
+        such chunks left in the object store."""
+
     def execute_parts(self, stages: list[ManagedStage], tasks: list[Task]) -> list[Task]:
         """Run a pipeline that holds shuffle stages with its data in the object store from part to
-        part: the map parts through the plugin's ``execute_chunks(stages, chunks, to_chunks)``, the
-        shuffles through :mod:`curator_exec_ray.shuffle`. Only the last part's outputs reach the driver.
-        A plugin that has ``execute_chunks`` lists ``"shuffle"`` in ``native_stage_kinds`` and calls
-        this from its ``execute`` when the stages hold a shuffle."""
-        import ray
-
-        from curator_exec_ray.chunking import auto_chunk_size, split
+        part: the map parts through :meth:`execute_chunks`, the shuffles through
+        :mod:`curator_exec_ray.shuffle`. Only the last part's outputs reach the driver."""
+        from curator_exec_ray.chunking import put_chunks
         from curator_exec_ray.shuffle import shuffle_chunks
 
-        size = auto_chunk_size(len(tasks), max(s.num_workers() or 1 for s in stages))
-        data: Any = [(ray.put(part), len(part)) for part in split(tasks, size)]
+        data: Any = put_chunks(tasks, max(s.num_workers() or 1 for s in stages))
         parts = split_at_barriers(stages)
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
@@ -112,7 +122,7 @@ class RayExecutorBase(BaseExecutor):
             if isinstance(part, ManagedShuffle):
                 data = shuffle_chunks(self, part, data, last)
             else:
-                data = self.execute_chunks(part, data, not last)  # type: ignore[attr-defined]
+                data = self.execute_chunks(part, data, not last)
         return data
 
     def run_shuffle(self, stage: ManagedShuffle, tasks: list[Task]) -> list[Task]:

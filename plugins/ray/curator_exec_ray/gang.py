@@ -70,7 +70,7 @@ def _one_gang(executor: Any, stage: ManagedGang, box: Any, shares: list[Any], at
 
     size, res = stage.size, stage.resources
     bundle = {"CPU": res.cpus, **({"GPU": res.gpus} if res.gpus else {})}
-    timeout = getattr(executor.options, "actor_start_timeout", 300.0)
+    timeout = workers.start_timeout(executor.options)
     pg = placement_group([dict(bundle) for _ in range(size)], strategy=stage.stage.placement_strategy)
     actors: list[Any] = []
     try:
@@ -83,8 +83,8 @@ def _one_gang(executor: Any, stage: ManagedGang, box: Any, shares: list[Any], at
             return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=r),
                     **({"runtime_env": dict(executor.options.runtime_env)} if executor.options.runtime_env else {})}
 
-        root = ray.get(ray.remote(_root).options(num_cpus=0, **in_bundle(0)).remote(box))
-        actor_cls = ray.remote(workers.StageActor)
+        root = ray.get(workers.remote(_root).options(num_cpus=0, **in_bundle(0)).remote(box))
+        actor_cls = workers.remote(workers.StageActor)
         actors = [actor_cls.options(num_cpus=res.cpus, num_gpus=res.gpus, max_restarts=0, **in_bundle(r)).remote()
                   for r in range(size)]
         prefix = f"{stage.run_id}/{stage.index}:{stage.name}/gang{attempt}"

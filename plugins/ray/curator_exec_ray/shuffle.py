@@ -20,7 +20,7 @@ from typing import Any
 from curator_exec_core.shuffle import ManagedShuffle, iter_keyed, partitioned
 from curator_exec_core.tasks import Task
 from curator_exec_ray import workers
-from curator_exec_ray.chunking import auto_chunk_size, split
+from curator_exec_ray.chunking import put_chunks
 from curator_exec_ray.placement import remote_options
 
 __all__ = ["run_shuffle", "partitions_for"]
@@ -62,10 +62,7 @@ Chunk = tuple[Any, int]
 def run_shuffle(executor: Any, stage: ManagedShuffle, tasks: list[Task]) -> list[Task]:
     """All of ``stage`` on Ray for ``tasks`` (the stage's whole input, in the driver); returns the
     failure records that came in or were made, then the outputs. ``executor``: a ``RayExecutorBase``."""
-    import ray
-
-    size = auto_chunk_size(len(tasks), stage.num_workers() or 1)
-    return shuffle_chunks(executor, stage, [(ray.put(part), len(part)) for part in split(tasks, size)], last=True)
+    return shuffle_chunks(executor, stage, put_chunks(tasks, stage.num_workers() or 1), last=True)
 
 
 def shuffle_chunks(executor: Any, stage: ManagedShuffle, inputs: list[Chunk], last: bool) -> Any:
@@ -81,7 +78,7 @@ def shuffle_chunks(executor: Any, stage: ManagedShuffle, inputs: list[Chunk], la
     nodes = [n for n in ((executor.placement([stage]) or [[None]])[0]) if n] or [None]
     opts = [remote_options(stage.resources.cpus, 0, node_id=nodes[i % len(nodes)],
                            runtime_env=executor.options.runtime_env, num_returns=parts + 1) for i in range(len(nodes))]
-    insert = ray.remote(key_chunk)
+    insert = workers.remote(key_chunk)
     pending = [insert.options(**opts[i % len(opts)]).remote(run_key, box, parts, ref) for i, (ref, _) in enumerate(inputs)]
     del inputs  # the pieces hold the data now
     pieces: list[list[Any]] = [[] for _ in range(parts)]
@@ -108,7 +105,7 @@ def _reduce(executor: Any, stage: ManagedShuffle, box: list[Any], run_key: tuple
     res, env = stage.resources, executor.options.runtime_env
     outputs: list[Chunk] = []
     if not stage.has_lifecycle:
-        task = ray.remote(reduce_in_task)
+        task = workers.remote(reduce_in_task)
         calls = [task.options(**remote_options(res.cpus, res.gpus, node_id=nodes[p % len(nodes)], runtime_env=env,
                                                num_returns=2)).remote(run_key, box, *pieces[p])
                  for p in range(len(pieces))]
@@ -117,9 +114,9 @@ def _reduce(executor: Any, stage: ManagedShuffle, box: list[Any], run_key: tuple
             report(stage.index, 0, counts[1], counts[2])
             outputs.append((out, counts[1] + counts[2]))
         return outputs
-    actor_cls = ray.remote(workers.StageActor)
+    actor_cls = workers.remote(workers.StageActor)
     actors: list[Any] = []
-    timeout = getattr(executor.options, "actor_start_timeout", 300.0)
+    timeout = workers.start_timeout(executor.options)
 
     def start(node: str | None) -> Any:
         opts = remote_options(res.cpus, res.gpus, node_id=node, runtime_env=env, max_restarts=0, max_concurrency=1)

@@ -9,6 +9,7 @@ actor to do that, waits at most ``timeout`` seconds, then kills the actors.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import threading
@@ -22,7 +23,7 @@ from curator_exec_core.stages import WorkerMetadata
 from curator_exec_ray import _compat as ray_compat
 
 __all__ = ["LiveStage", "StageActor", "stage_in_process", "register", "unregister", "closing", "teardown_live",
-           "teardown_workers", "stop_workers", "kill", "start_timeout_error", "warm_up"]
+           "teardown_workers", "stop_workers", "kill", "remote", "start_timeout", "start_timeout_error", "warm_up"]
 
 logger = logging.getLogger("curator_exec.ray")
 
@@ -141,6 +142,24 @@ def stage_in_process(run_id: str, key: Any, stage_box: list[Any]) -> ManagedStag
         stage.worker_id = f"{ray.get_runtime_context().get_node_id()[:12]}:{os.getpid()}"
         stages[key] = stage
     return stage
+
+
+#: seconds a worker of a stage may take to start, for executors without an ``actor_start_timeout`` option
+DEFAULT_START_TIMEOUT = 300.0
+
+
+def start_timeout(options: Any) -> float:
+    """The executor's ``actor_start_timeout``, else :data:`DEFAULT_START_TIMEOUT`."""
+    return float(getattr(options, "actor_start_timeout", DEFAULT_START_TIMEOUT))
+
+
+@functools.cache
+def remote(obj: Any) -> Any:
+    """``ray.remote(obj)`` (a function or an actor class), made once per process: every ``ray.remote``
+    call exports the function to the cluster again. Give resources with ``.options(...)``."""
+    import ray
+
+    return ray.remote(obj)
 
 
 def start_timeout_error(stage: ManagedStage, timeout: float, cls: type[Exception] | None = None) -> Exception:

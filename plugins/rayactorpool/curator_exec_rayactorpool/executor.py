@@ -20,13 +20,12 @@ import attrs
 from curator_exec_core import Task, option
 from curator_exec_core.errors import CuratorExecError
 from curator_exec_core.runner import ManagedStage
-from curator_exec_core.shuffle import ManagedShuffle
 from curator_exec_ray import workers
 from curator_exec_ray.chunking import ChunkSizer
 from curator_exec_ray.executor import RayExecutorBase, RayTaskOptions
 from curator_exec_ray.placement import remote_options, replacement_node
 from curator_exec_ray.session import current_session
-from curator_exec_rayactorpool.worker import run_chunks
+from curator_exec_rayactorpool.worker import process_in_task, run_chunks
 
 __all__ = ["RayActorPoolExecutor", "RayActorPoolOptions", "ActorPoolError"]
 
@@ -91,27 +90,12 @@ class _Call:
     pieces: list[Any] | None  # object refs of the output pieces (None for the last stage)
 
 
-_remote: dict[str, Any] = {}
-
-
-def _remote_of(name: str) -> Any:
-    """``ray.remote`` of the actor class or the task function (made once per process)."""
-    if name not in _remote:
-        import ray
-
-        from curator_exec_rayactorpool.worker import process_in_task
-
-        _remote[name] = ray.remote(process_in_task if name == "task" else workers.StageActor)
-    return _remote[name]
-
-
 class RayActorPoolExecutor(RayExecutorBase):
     """Runs every stage on a pool of Ray actors, streaming tasks between the pools. NeMo Curator's signature:
     ``(config=None, ignore_head_node=False, show_progress=True, progress_interval=10.0, **options)``."""
 
     name = "ray_actor_pool"
     Options = RayActorPoolOptions
-    native_stage_kinds = frozenset({"shuffle"})  # through the Ray layer, data in the object store
 
     def __init__(self, config: dict[str, Any] | None = None, ignore_head_node: bool = False,
                  show_progress: bool = True, progress_interval: float = 10.0, **options: Any) -> None:
@@ -128,11 +112,6 @@ class RayActorPoolExecutor(RayExecutorBase):
         self._run_state: _PoolRun | None = None
         #: idle actors kept between runs (``reuse_actors``): (key, actor)
         self._idle: list[tuple[tuple, _Actor]] = []
-
-    def execute(self, stages: list[ManagedStage], initial_tasks: list[Task]) -> list[Task]:
-        if any(isinstance(s, ManagedShuffle) for s in stages):
-            return self.execute_parts(stages, initial_tasks)
-        return self.execute_chunks(stages, [(initial_tasks, len(initial_tasks))], False)
 
     def execute_chunks(self, stages: list[ManagedStage], chunks: list[tuple[Any, int]], to_chunks: bool) -> Any:
         """The map stages on ``chunks`` (lists of tasks or their object refs, with their sizes): the last
@@ -227,7 +206,7 @@ class _PoolRun:
             return slot
         key = self._key(stage, node)
         reused = self.executor._take_idle(key) if self.opts.reuse_actors else None
-        handle = reused.handle if reused is not None else _remote_of("actor").options(
+        handle = reused.handle if reused is not None else workers.remote(workers.StageActor).options(
             **self._options(stage, node)).remote()
         actor = _Actor(handle, s, worker_id, node, self.opts.max_in_flight, reused=reused is not None, key=key,
                        setup_ref=handle.setup.remote(self.stage_refs[s], worker_id))
@@ -325,7 +304,7 @@ class _PoolRun:
         opts = self.task_options.get((s, actor.node))
         if opts is None:
             opts = self.task_options[(s, actor.node)] = self._options(self.stages[s], actor.node, task=True)
-        return _remote_of("task").options(num_returns=num_returns, **opts).remote(
+        return workers.remote(process_in_task).options(num_returns=num_returns, **opts).remote(
             (self.run_id, self.stages[s].index), [self.stage_refs[s]], pieces, piece_size, *args)
 
     def dispatch(self) -> None:

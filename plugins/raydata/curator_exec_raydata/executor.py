@@ -7,7 +7,6 @@ machinery is :mod:`curator_exec_ray`'s; the mapping is in ``docs/executors/ray_d
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -23,7 +22,6 @@ import attrs
 from curator_exec_core.config import option
 from curator_exec_core.errors import ConfigError, did_you_mean
 from curator_exec_core.runner import ManagedStage
-from curator_exec_core.shuffle import ManagedShuffle
 from curator_exec_core.stages import WorkerMetadata
 from curator_exec_core.tasks import Task
 from curator_exec_ray import workers
@@ -86,7 +84,6 @@ class RayDataExecutor(RayExecutorBase):
 
     name = "ray_data"
     Options = RayDataOptions
-    native_stage_kinds = frozenset({"shuffle"})  # through the Ray layer, data in the object store
 
     def __init__(self, config: dict[str, Any] | None = None, ignore_head_node: bool = False, **options: Any) -> None:
         super().__init__(config, ignore_head_node, **options)
@@ -100,11 +97,6 @@ class RayDataExecutor(RayExecutorBase):
         session = super().ensure_ray()
         workers.warm_up(session, "ray.data", "curator_exec_raydata.executor")  # imports, off the first run
         return session
-
-    def execute(self, stages: list[ManagedStage], initial_tasks: list[Task]) -> list[Task]:
-        if any(isinstance(s, ManagedShuffle) for s in stages):
-            return self.execute_parts(stages, initial_tasks)
-        return self.execute_chunks(stages, [(initial_tasks, len(initial_tasks))], False)
 
     def execute_chunks(self, stages: list[ManagedStage], chunks: list[tuple[Any, int]], to_chunks: bool) -> Any:
         """The map stages on ``chunks`` (lists of tasks in the driver, or object refs of them): the
@@ -138,7 +130,7 @@ class RayDataExecutor(RayExecutorBase):
                 # from_items builds the blocks here (from_arrow would run a metadata task on a worker);
                 # chunks in the object store become blocks where they are
                 ds = ray.data.from_items([{COLUMN: p} for p in payloads if p], override_num_blocks=len(payloads)) \
-                    if local else ray.data.from_arrow_refs([_remote(_block_of).remote(r, per_block, o.max_block_bytes)
+                    if local else ray.data.from_arrow_refs([_one_cpu(_block_of).remote(r, per_block, o.max_block_bytes)
                                                             for r in refs])
                 for pos, stage in enumerate(stages):
                     workers_ = stage.num_workers() or 1
@@ -164,7 +156,7 @@ class RayDataExecutor(RayExecutorBase):
                         ds = ds.map_batches(StageWorker, fn_constructor_args=args, compute=ActorPoolStrategy(
                             size=workers_, max_tasks_in_flight_per_actor=o.max_tasks_in_flight_per_actor), **common)
                 if to_chunks:  # the blocks stay in the object store; their counts come to the driver
-                    done = [_remote(_tasks_of).options(num_returns=3).remote(b) for b in ds.to_arrow_refs()]
+                    done = [_one_cpu(_tasks_of, num_returns=3).remote(b) for b in ds.to_arrow_refs()]
                     items = [(ray.get(c), (t, ray.get(n))) for c, t, n in done]
                 else:
                     items = [pickle.loads(p) for b in ds.iter_batches(batch_size=None, batch_format="pyarrow",
@@ -317,13 +309,9 @@ def _no_extra_remote_args() -> dict[str, Any]:
     return {}
 
 
-@functools.cache
-def _remote(fn: Any) -> Any:
-    """``fn`` as a Ray task of one CPU (made once: each ``ray.remote`` exports the function again; with
-    no CPU, Ray would start a worker process for every block at once)."""
-    import ray
-
-    return ray.remote(num_cpus=1)(fn)
+def _one_cpu(fn: Any, **options: Any) -> Any:
+    """``fn`` as a task of one CPU: with none, Ray would start a worker process for every block at once."""
+    return workers.remote(fn).options(num_cpus=1, **options)
 
 
 def _block_of(tasks: list[Task], per_block: int, max_bytes: int) -> Any:

@@ -23,9 +23,7 @@ from curator_exec_core.config import build_options, option
 from curator_exec_core.errors import ConfigError, PlanError
 from curator_exec_core.planning import ExecutionPlan
 from curator_exec_core.runner import ManagedStage
-from curator_exec_core.shuffle import ManagedShuffle
 from curator_exec_core.stages import ProcessingStage
-from curator_exec_core.tasks import Task
 from curator_exec_ray import reaper, workers
 from curator_exec_ray.chunking import auto_chunk_size
 from curator_exec_ray.cluster import head_node_ids
@@ -126,7 +124,6 @@ class XennaExecutor(RayExecutorBase):
 
     name = "xenna"
     Options = XennaOptions
-    native_stage_kinds = frozenset({"shuffle"})  # through the Ray layer, data in the object store
     needs_dashboard = True
     start_env = XENNA_START_ENV
 
@@ -210,12 +207,7 @@ class XennaExecutor(RayExecutorBase):
         items = [t for t in tasks if isinstance(t, xs.Chunk)]  # chunks left in the object store, or tasks
         return xenna.PipelineSpec(input_data=items or xs.chunks(tasks, chunk), stages=specs, config=config)
 
-    def execute(self, stages: list[ManagedStage], initial_tasks: list[Task]) -> list[Task]:
-        if any(isinstance(s, ManagedShuffle) for s in stages):
-            return self.execute_parts(stages, initial_tasks)
-        return self.execute_chunks(stages, [(initial_tasks, len(initial_tasks))], False)
-
-    def execute_chunks(self, stages: list[ManagedStage], parts: list[tuple[Any, int]], to_chunks: bool) -> Any:
+    def execute_chunks(self, stages: list[ManagedStage], chunks: list[tuple[Any, int]], to_chunks: bool) -> Any:
         """The stages on Xenna, from tasks or chunks in the object store; the outputs in the driver, or
         (``to_chunks``) left in the object store, owned by the coordinator actor (Xenna kills its workers)."""
         session = self.ensure_ray()
@@ -224,8 +216,8 @@ class XennaExecutor(RayExecutorBase):
 
         _compat.check()
         run_id = stages[0].run_id
-        items = [t for c, n in parts for t in (c if isinstance(c, list) else [xs.Chunk(ref=c, n=n)])]
-        chunk = self._chunk_size(sum(n for _, n in parts), stages)
+        items = [t for c, n in chunks for t in (c if isinstance(c, list) else [xs.Chunk(ref=c, n=n)])]
+        chunk = self._chunk_size(sum(n for _, n in chunks), stages)
         coordinator = Coordinator.for_this_process()
         spec = self.build_pipeline_spec(stages, items, chunk, coordinator.name, sink=to_chunks)
         limit = _compat.accepted_state_limit(session.address, lambda n: reaper.list_job_actors(
