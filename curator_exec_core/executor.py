@@ -90,6 +90,11 @@ def stage_metrics_keys(names: Sequence[str]) -> list[str]:
     return [f"{n}#{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
 
+def _user(stage: ProcessingStage) -> ProcessingStage:
+    """The user's stage (a managed stage wraps one)."""
+    return stage.stage if isinstance(stage, ManagedStage) else stage
+
+
 def _prepared(execute: Callable[..., list[Task]]) -> Callable[..., list[Task]]:
     """Wrap a subclass's ``execute``: inside ``run()`` it is called as is; called directly (plain
     stages, raw tasks) it goes through the whole lifecycle instead."""
@@ -118,9 +123,9 @@ class BaseExecutor(ABC):
     Options: ClassVar[type[ExecutorOptions]] = ExecutorOptions
     #: do all stages run at once (streaming)? The planner shares capacity if so.
     concurrent_stages: ClassVar[bool] = True
-    #: barrier stage kinds this executor's ``execute`` runs itself (``{"shuffle"}``). For the others
-    #: the core splits the pipeline at the barrier: the map segments go through ``execute``, the
-    #: barrier through :meth:`run_shuffle`.
+    #: barrier stage kinds this executor's ``execute`` runs itself (``"shuffle"``, ``"gang"``). For the
+    #: others the core splits the pipeline at the barrier: the map parts go through ``execute``, the
+    #: barrier through :meth:`run_shuffle` or :meth:`run_gang`.
     native_stage_kinds: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -159,8 +164,7 @@ class BaseExecutor(ABC):
     def explicit_size(self, stage: ProcessingStage) -> bool:
         """Whether the user fixed how many workers ``stage`` gets: its own ``num_workers()``, or a
         per-stage cap given to the planner (``plan_options()["max_workers_per_stage"]``)."""
-        user = stage.stage if isinstance(stage, ManagedStage) else stage
-        return user.num_workers() is not None or self.plan_options().get("max_workers_per_stage") is not None
+        return _user(stage).num_workers() is not None or self.plan_options().get("max_workers_per_stage") is not None
 
     def stage_serializer(self) -> Callable[[Any], Any] | None:
         """How this executor ships stages to its workers (e.g. ``pickle.dumps``), or None if its
@@ -170,10 +174,10 @@ class BaseExecutor(ABC):
     def plan(self, stages: Sequence[ProcessingStage], capacity: Capacity) -> ExecutionPlan:
         """Size the stages against ``capacity``; raises :class:`PlanError` if they cannot run
         (also for a stage this executor cannot ship to its workers)."""
+        users = [_user(s) for s in stages]
         dumps = self.stage_serializer()
         if dumps is not None:
-            for i, stage in enumerate(stages):
-                user = stage.stage if isinstance(stage, ManagedStage) else stage
+            for i, user in enumerate(users):
                 try:
                     dumps(user)
                 except Exception as exc:
@@ -183,8 +187,7 @@ class BaseExecutor(ABC):
                         "(clients, locks, open files, loaded models) in setup(), not in __init__.") from exc
         plan = plan_stages(list(stages), capacity, executor=self.executor_name,
                            concurrent=self.concurrent_stages, **self.plan_options())
-        for stage, sp in zip(stages, plan.stages, strict=True):
-            user = stage.stage if isinstance(stage, ManagedStage) else stage
+        for user, sp in zip(users, plan.stages, strict=True):
             if isinstance(user, GangStage):  # all ranks at once, or not at all
                 # as requested (a gang's ranks are not scaled to fit), GPUs as resolved by the plan
                 per_rank = attrs.evolve(sp.resources, cpus=user.resources.cpus)

@@ -205,11 +205,15 @@ class ManagedStage(ProcessingStage):
         out.extend(result)
         return sum(1 for t in result if isinstance(t, FailedTask)) if self.policy.ignore_failures else 0
 
-    def _fail(self, task: Task, exc: BaseException, attempts: int) -> FailedTask:
+    def _fail(self, task: Task, exc: BaseException, attempts: int, what: str = "") -> FailedTask:
+        """Retries are spent: abort with :class:`StageFailedError`, or (``ignore_failures``) the
+        failure record. ``what`` prefixes the error (``"keys()"``: which call of the stage failed)."""
+        failed = FailedTask.from_exception(task, self.name, exc, attempts)
+        if what:
+            failed.error = f"{what}: {failed.error}"
         if not self.policy.ignore_failures:
-            failed = FailedTask.from_exception(task, self.name, exc, attempts)
             raise StageFailedError(self.name, task.task_id, failed.error, attempts, failed.traceback) from exc
-        return FailedTask.from_exception(task, self.name, exc, attempts)
+        return failed
 
     def _check(self, result: Any) -> None:
         if not isinstance(result, Task):

@@ -13,7 +13,6 @@ import hashlib
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any
 
-from curator_exec_core.errors import StageFailedError
 from curator_exec_core.runner import ManagedStage
 from curator_exec_core.stages import ProcessingStage
 from curator_exec_core.tasks import FailedTask, Task
@@ -142,11 +141,7 @@ class ManagedShuffle(ManagedStage):
                 return fn(), None
             except Exception as e:
                 exc = e
-        record = FailedTask.from_exception(task, self.name, exc, attempts)
-        record.error = f"{what}: {record.error}"
-        if not self.policy.ignore_failures:
-            raise StageFailedError(self.name, task.task_id, record.error, attempts, record.traceback) from exc
-        return None, record
+        return None, self._fail(task, exc, attempts, what)
 
     def key_tasks(self, tasks: Iterable[Task]) -> tuple[list[KeyedTask], list[Task]]:
         """The (digest, key, task) of every key of every task (a key a task emits twice counts once),
@@ -156,16 +151,19 @@ class ManagedShuffle(ManagedStage):
         records: list[Task] = []
         n_in = failed = 0
         keys = self.stage.keys
+
+        def keyed_of(task: Task) -> list[KeyedTask]:
+            return [(key_digest(k), k, task) for k in keys(task)]
+
         for task in tasks:
             if isinstance(task, FailedTask):
                 records.append(task)
                 continue
             n_in += 1
             try:  # the fast path; a failure is tried again (max_retries) and recorded below
-                got = [(key_digest(k), k, task) for k in keys(task)]
+                got = keyed_of(task)
             except Exception as exc:
-                got, record = self._attempt(task, "keys()", lambda t=task: [(key_digest(k), k, t) for k in keys(t)],
-                                            exc)
+                got, record = self._attempt(task, "keys()", lambda t=task: keyed_of(t), exc)
                 if record is not None:
                     records.append(record)
                     failed += 1

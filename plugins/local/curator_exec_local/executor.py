@@ -37,17 +37,16 @@ class LocalExecutor(BaseExecutor):
         return {"max_workers_per_stage": 1}
 
     def execute(self, stages: list[ManagedStage], initial_tasks: list[Task]) -> list[Task]:
-        managed, tasks = stages, initial_tasks
         node = socket.gethostname()
         try:
-            for stage in managed:
+            for stage in stages:
                 stage.setup(WorkerMetadata(worker_id=f"local:{os.getpid()}:{stage.index}", node_id=node))
-            stream: Iterable[Task] = tasks
-            for stage in managed:
+            stream: Iterable[Task] = initial_tasks
+            for stage in stages:
                 stream = _through(stage, stream)
             return list(stream)
         finally:
-            for stage in managed:
+            for stage in stages:
                 stage.teardown()
 
 
