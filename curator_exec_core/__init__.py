@@ -7,6 +7,7 @@ name through the ``curator_exec.executors`` entry-point group.
 from curator_exec_core.capacity import Capacity, GpuInfo, NodeCapacity, probe_local
 from curator_exec_core.config import ExecutorOptions, build_options, describe_options, option
 from curator_exec_core.errors import (
+    CheckpointError,
     ConfigError,
     CuratorExecError,
     EngineCompatibilityError,
@@ -39,7 +40,7 @@ from curator_exec_core.tasks import EmptyTask, FailedTask, PipelineResult, Stage
 __version__ = "0.1.0"
 
 __all__ = [
-    "BaseExecutor", "Capacity", "ConfigError", "CuratorExecError", "EmptyTask", "EngineCompatibilityError",
+    "BaseExecutor", "Capacity", "CheckpointError", "ConfigError", "CuratorExecError", "EmptyTask", "EngineCompatibilityError",
     "ExecutionPlan", "GangInfo", "GangStage", "GroupBy", "ManagedGang", "ManagedShuffle", "Repartition", "ShuffleStage",
     "ExecutorOptions", "ExecutorSpec", "FailedTask", "GpuInfo", "ManagedStage", "NodeCapacity", "NodeInfo",
     "Pipeline", "PipelineResult", "PlanError", "PluginError", "ProcessingStage", "ProgressEvent", "Resources",

@@ -6,11 +6,16 @@
     curator-exec info [NAME] [--json]             versions and executors; or one executor's capacity and options
     curator-exec plan [--executor NAME] [--pipeline module:factory] [--set key=value ...] [--json]
     curator-exec demo [--executor NAME] [--tasks N] [--set key=value ...] [--json]
+    curator-exec run --pipeline module:factory [--executor NAME] [--set key=value ...]
+                     [--checkpoint DIR] [--fresh] [--json]  run your pipeline
+
+``python -m curator_exec_core`` is the same command.
 
 ``--set key=value`` passes an executor option (the value is read as JSON when it
 parses, so ``max_retries=2`` is an int and ``ignore_failures=true`` a bool).
 Errors a user can fix (unknown executor, bad option, infeasible plan, broken
-plugin, bad arguments) print one line on stderr and exit with status 2.
+plugin, bad arguments, a checkpoint that does not match) print one line on stderr and exit with
+status 2; a run that fails in a stage exits with status 1.
 Nothing here imports an engine: only the executor asked for is loaded.
 """
 
@@ -28,13 +33,20 @@ from typing import Any
 
 import attrs
 
-from curator_exec_core.errors import ConfigError, CuratorExecError, PlanError, PluginError, UnknownExecutorError
+from curator_exec_core.errors import (
+    CheckpointError,
+    ConfigError,
+    CuratorExecError,
+    PlanError,
+    PluginError,
+    UnknownExecutorError,
+)
 
 __all__ = ["main", "build_parser", "parse_settings"]
 
 PROG = "curator-exec"
 #: errors the user can fix; one line on stderr, exit status 2
-USER_ERRORS = (UnknownExecutorError, ConfigError, PlanError, PluginError)
+USER_ERRORS = (UnknownExecutorError, ConfigError, PlanError, PluginError, CheckpointError)
 
 
 class UsageError(Exception):
@@ -93,9 +105,30 @@ def _core_version() -> str:
 
 
 def _make_executor(name: str, settings: dict[str, Any]) -> Any:
+    """A registered executor by name, or (``module:Class``) an executor class not registered yet."""
     from curator_exec_core.registry import get_executor
 
-    return get_executor(name, config=settings)
+    if ":" not in name:
+        return get_executor(name, config=settings)
+    from curator_exec_core.executor import BaseExecutor
+
+    cls = _import_target(name, "--executor", "a name or module:Class")
+    if not (isinstance(cls, type) and issubclass(cls, BaseExecutor)):
+        raise UsageError(f"--executor {name!r} is {type(cls).__name__}, not a BaseExecutor subclass")
+    return cls(config=settings)
+
+
+def _import_target(target: str, flag: str, shape: str = "module:name") -> Any:
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise UsageError(f"{flag} expects {shape}, got {target!r}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"cannot load {target!r}: {exc}") from exc
+    return obj
 
 
 def _spec(name: str) -> Any:
@@ -106,26 +139,29 @@ def _spec(name: str) -> Any:
 
 def _load_pipeline(target: str | None, num_documents: int) -> Any:
     """``module:factory`` (a callable returning a Pipeline, or a Pipeline) or the demo pipeline."""
-    from curator_exec_core.pipeline import Pipeline
-
     if not target:
         from curator_exec_core.demo import build_pipeline
 
         return build_pipeline(num_documents)
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise UsageError(f"--pipeline expects module:factory, got {target!r}")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise UsageError(f"cannot load pipeline {target!r}: {exc}") from exc
+    return _load_target(target, with_tasks=False)[0]
+
+
+def _load_target(target: str, with_tasks: bool) -> tuple[Any, Any]:
+    """``module:factory`` -> (Pipeline, initial tasks or None). The factory returns a Pipeline, or
+    (``with_tasks``) a ``(Pipeline, initial_tasks)`` pair; a Pipeline object works too."""
+    from curator_exec_core.pipeline import Pipeline
+
+    obj = _import_target(target, "--pipeline", "module:factory")
     if not isinstance(obj, Pipeline) and callable(obj):
         obj = obj()
+    tasks = None
+    if with_tasks and isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], Pipeline):
+        obj, tasks = obj
+        tasks = list(tasks) if tasks is not None else None
     if not isinstance(obj, Pipeline):
-        raise UsageError(f"--pipeline {target!r} gave {type(obj).__name__}, not a Pipeline")
-    return obj
+        what = "a Pipeline or (Pipeline, initial_tasks)" if with_tasks else "a Pipeline"
+        raise UsageError(f"--pipeline {target!r} gave {type(obj).__name__}, not {what}")
+    return obj, tasks
 
 
 def _teardown_quietly(executor: Any) -> None:
@@ -290,6 +326,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if matches else 1
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = parse_settings(args.set)  # argument errors first, before any plugin loads
+    if args.fresh and not args.checkpoint:
+        raise UsageError("--fresh discards a checkpoint; give one with --checkpoint DIR")
+    pipeline, tasks = _load_target(args.pipeline, with_tasks=True)
+    executor = _make_executor(args.executor, settings)
+    started = time.perf_counter()
+    result = pipeline.run(executor, tasks, checkpoint_path=args.checkpoint, overwrite=args.fresh)
+    total = time.perf_counter() - started
+    by_index = {m.get("index"): m for m in result.metrics.get("stages", {}).values()}
+    report = {
+        "pipeline": pipeline.name,
+        "executor": executor.executor_name,
+        "stages": [{"index": i, "name": s.name, **{k: by_index.get(i, {}).get(k) for k in
+                                                    ("tasks_in", "tasks_out", "tasks_failed")}}
+                   for i, s in enumerate(pipeline.stages)],
+        "outputs": len(result),
+        "failed_tasks": [{"task_id": f.task_id, "stage": f.stage, "error": f.error} for f in result.failed_tasks],
+        "checkpoint": result.metrics.get("checkpoint"),
+        "run_seconds": result.metrics.get("seconds"),
+        "total_seconds": total,
+    }
+    if args.json:
+        _print_json(report)
+        return 0
+    print(f"Pipeline {pipeline.name!r} on executor {report['executor']!r}")
+    print()
+    rows = [[str(s["index"]), s["name"], _fmt_count(s["tasks_in"]), _fmt_count(s["tasks_out"]),
+             _fmt_count(s["tasks_failed"])] for s in report["stages"]]
+    print(_table(rows, ["#", "STAGE", "IN", "OUT", "FAILED"]))
+    print()
+    print(f"Outputs: {len(result)} tasks; {len(result.failed_tasks)} failed tasks.")
+    for f in report["failed_tasks"][:5]:
+        print(f"  failed: task {f['task_id']} in {f['stage']}: {_one_line(f['error'])}")
+    ck = report["checkpoint"]
+    if ck:
+        after = f", resumed after stage {ck['resumed_after']!r}" if ck["resumed_after"] else ""
+        print(f"Checkpoint: {ck['path']} ({ck['resumed_tasks']} of {ck['source_tasks']} source tasks "
+              f"resumed{after}).")
+    print(f"Time: {total:.2f} s.")
+    return 0
+
+
 def _workers_text(workers: list[str], limit: int = 4) -> str:
     if not workers:
         return "-"
@@ -352,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     def executor_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--executor", "-e", default="local", metavar="NAME", help="executor name (default: local)")
+        p.add_argument("--executor", "-e", default="local", metavar="NAME",
+                       help="executor name (default: local), or module:Class of an executor not registered")
         p.add_argument("--set", "-s", action="append", default=[], metavar="KEY=VALUE",
                        help="an executor option (repeatable); values are read as JSON when they parse")
         p.add_argument("--json", action="store_true", help="print JSON")
@@ -370,6 +450,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed of the synthetic documents")
     p.add_argument("--samples", type=int, default=3, metavar="K", help="sample outputs to print")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="run your pipeline (module:factory), resumable with --checkpoint")
+    executor_args(p)
+    p.add_argument("--pipeline", "-p", required=True, metavar="MODULE:FACTORY",
+                   help="a callable returning a Pipeline, or a (Pipeline, initial_tasks) pair")
+    p.add_argument("--checkpoint", "-c", metavar="DIR",
+                   help="record finished work in DIR; a rerun with the same pipeline and inputs resumes")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard a checkpoint in DIR that another pipeline or other inputs wrote")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

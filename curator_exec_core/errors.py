@@ -69,6 +69,11 @@ class StageFailedError(CuratorExecError, RuntimeError):
         return (type(self), (self.stage, self.task_id, self.error, self.attempts, self.remote_traceback))
 
 
+class CheckpointError(CuratorExecError, ValueError):
+    """A checkpoint directory that cannot be used: not a checkpoint, written by another pipeline or
+    inputs, by a newer format, in use by another run, or not visible from every node."""
+
+
 class EngineCompatibilityError(CuratorExecError, RuntimeError):
     """An engine's private or undocumented name that a plugin relies on is missing (the engine moved it).
 

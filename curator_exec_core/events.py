@@ -20,7 +20,8 @@ class ProgressEvent:
     ``kind``: ``"run_started"`` (``stages`` lists the stage names), ``"stage_progress"``
     (``stage``/``index``: ``tasks_in`` consumed, ``tasks_out`` produced and
     ``tasks_failed`` failed in this stage so far, cumulative; failure records are
-    never counted as outputs), or ``"run_finished"`` (``error`` set if it failed; ``seconds``).
+    never counted as outputs; ``tasks_resumed``: tasks of a resumed run that the checkpoint had
+    already finished, counted as done), or ``"run_finished"`` (``error`` set if it failed; ``seconds``).
     """
 
     kind: str
@@ -31,6 +32,7 @@ class ProgressEvent:
     tasks_in: int = 0
     tasks_out: int = 0
     tasks_failed: int = 0
+    tasks_resumed: int = 0
     stages: tuple[str, ...] = ()
     total: int | None = None
     seconds: float = 0.0
@@ -56,6 +58,7 @@ class ProgressReporter:
         self.tasks_in = [0] * len(stage_names)
         self.tasks_out = [0] * len(stage_names)
         self.tasks_failed = [0] * len(stage_names)
+        self.tasks_resumed = [0] * len(stage_names)
         self._last = [0.0] * len(stage_names)
         self._dirty = [False] * len(stage_names)
 
@@ -70,12 +73,18 @@ class ProgressReporter:
         if now - self._last[index] >= self.min_interval:
             self._send(index, now)
 
+    def resume(self, index: int, n: int) -> None:
+        """``n`` tasks into stage ``index`` were finished by an earlier run (a checkpoint)."""
+        self.tasks_resumed[index] += n
+        self._send(index, time.monotonic())
+
     def _send(self, index: int, now: float) -> None:
         self._last[index] = now
         self._dirty[index] = False
         self.emit(ProgressEvent(kind="stage_progress", executor=self.executor, run_id=self.run_id,
                                 stage=self.names[index], index=index, tasks_in=self.tasks_in[index],
-                                tasks_out=self.tasks_out[index], tasks_failed=self.tasks_failed[index]))
+                                tasks_out=self.tasks_out[index], tasks_failed=self.tasks_failed[index],
+                                tasks_resumed=self.tasks_resumed[index]))
 
     def flush(self) -> None:
         now = time.monotonic()

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 import attrs
 
 from curator_exec_core.capacity import Capacity, local_capacity
+from curator_exec_core.checkpoint import Checkpoint
 from curator_exec_core.config import ExecutorOptions, build_options
 from curator_exec_core.errors import PlanError, StageFailedError
 from curator_exec_core.events import ProgressEvent, ProgressReporter
@@ -256,21 +257,45 @@ class BaseExecutor(ABC):
 
         return run_gang_in_threads(stage, tasks, self.executor_name, report)
 
-    def _execute(self, stages: list[ManagedStage], tasks: list[Task]) -> list[Task]:
+    def check_shared_path(self, path: str) -> None:  # noqa: B027 - optional, not abstract
+        """Raise :class:`CheckpointError` unless every worker of this executor sees the directory
+        ``path`` (a checkpoint). Default: nothing to check, the workers run on this machine. The Ray
+        executors have every node write a marker that the driver reads."""
+
+    def _execute(self, stages: list[ManagedStage], tasks: list[Task], checkpoint: Checkpoint | None = None,
+                 ) -> list[Task]:
         """The execute phase: one ``execute`` call, or, with barrier stages this executor does not run
-        itself (``native_stage_kinds``), the map parts through ``execute`` and each barrier through
-        :meth:`run_shuffle` or :meth:`run_gang`."""
+        itself (``native_stage_kinds``) or a checkpoint, the map parts through ``execute`` and each
+        barrier through :meth:`run_shuffle` or :meth:`run_gang`; with a checkpoint, finished work
+        is taken from it and new work recorded in it."""
         hook = get_plugin_manager().hook
-        if all(s.barrier in self.native_stage_kinds for s in stages if s.barrier):
+        if checkpoint is None and all(s.barrier in self.native_stage_kinds for s in stages if s.barrier):
             return self._call_execute(hook, stages, tasks)
-        for part in split_at_barriers(stages):
+        parts = split_at_barriers(stages)
+        start = 0
+        if checkpoint is not None and (found := checkpoint.last_barrier(parts)) is not None:
+            checkpoint.resumed = len(tasks)  # every source task's work up to that barrier is done
+            start, tasks = found[0] + 1, found[1]
+            self._resumed(parts[found[0]].index, len(tasks))
+        for p in range(start, len(parts)):
+            part = parts[p]
             if not tasks:
                 break  # nothing flows on
             if isinstance(part, list):
-                tasks = self._call_execute(hook, part, tasks)
+                if checkpoint is None:
+                    tasks = self._call_execute(hook, part, tasks)
+                else:
+                    tasks = checkpoint.run_part(p, part, tasks, functools.partial(self._call_execute, hook, part),
+                                                functools.partial(self._resumed, part[0].index))
             else:
                 tasks = (self.run_shuffle if part.barrier == "shuffle" else self.run_gang)(part, tasks)
+                if checkpoint is not None:
+                    checkpoint.save_barrier(p, tasks)
         return tasks
+
+    def _resumed(self, index: int, n: int) -> None:
+        if self.progress is not None:
+            self.progress.resume(index, n)
 
     def _call_execute(self, hook: Any, stages: list[ManagedStage], tasks: list[Task]) -> list[Task]:
         outputs = hook.curator_exec_execute(executor=self, stages=stages, initial_tasks=tasks)
@@ -284,14 +309,23 @@ class BaseExecutor(ABC):
         capacity = hook.curator_exec_capacity(executor=self)
         return hook.curator_exec_plan(executor=self, stages=list(stages), capacity=capacity).describe()
 
-    def run(self, stages: Sequence[ProcessingStage], initial_tasks: Sequence[Task] | None = None) -> PipelineResult:
-        """Run the full lifecycle and return the outputs (a list) with failures and metrics."""
+    def run(self, stages: Sequence[ProcessingStage], initial_tasks: Sequence[Task] | None = None, *,
+            checkpoint_path: str | os.PathLike[str] | None = None, overwrite: bool = False) -> PipelineResult:
+        """Run the full lifecycle and return the outputs (a list) with failures and metrics.
+
+        With ``checkpoint_path`` the run is resumable: finished source tasks (and finished barrier
+        stages) are recorded in that directory, and a rerun with the same stages and initial tasks
+        skips them and returns what one uninterrupted run returns (see
+        :mod:`curator_exec_core.checkpoint`). ``overwrite=True`` discards a checkpoint written by
+        another pipeline or other inputs instead of refusing it.
+        """
         stages = list(stages)
         if not stages:
             raise ValueError("a pipeline needs at least one stage")
         tasks = prepare_initial_tasks(initial_tasks)
         if not tasks:
             return PipelineResult([], executor=self.executor_name)
+        checkpoint = Checkpoint(checkpoint_path, overwrite) if checkpoint_path is not None else None
         hook = get_plugin_manager().hook
         self.run_id = run_id = uuid.uuid4().hex[:12]
         started = time.perf_counter()
@@ -303,6 +337,9 @@ class BaseExecutor(ABC):
             capacity = hook.curator_exec_capacity(executor=self)
             plan = hook.curator_exec_plan(executor=self, stages=stages, capacity=capacity)
             self.current_plan = plan
+            if checkpoint is not None:
+                checkpoint.open(stages, tasks, self.options.ignore_failures)
+                self.check_shared_path(checkpoint.path)
             managed = self.managed_stages(stages, plan, run_id)
             for stage in managed:
                 stage.progress = self._count
@@ -311,7 +348,7 @@ class BaseExecutor(ABC):
                                                            stages=tuple(s.name for s in stages), total=len(tasks)))
             self._state.executing = True
             try:
-                outputs = self._execute(managed, tasks)
+                outputs = self._execute(managed, tasks, checkpoint)
             finally:
                 self._state.executing = False
         except BaseException as exc:
@@ -322,6 +359,8 @@ class BaseExecutor(ABC):
                 raise stage_error from exc
             raise
         finally:
+            if checkpoint is not None:
+                checkpoint.close()
             self._finish(managed, error, started)
         results: list[Task] = []
         failed: list[FailedTask] = []
@@ -339,6 +378,9 @@ class BaseExecutor(ABC):
                              "tasks_failed": p.tasks_failed[i]}
                        for i, key in enumerate(stage_metrics_keys([s.name for s in stages]))},
         }
+        if checkpoint is not None:
+            metrics["checkpoint"] = {"path": checkpoint.path, "source_tasks": len(tasks),
+                                     "resumed_tasks": checkpoint.resumed, "resumed_after": checkpoint.resumed_after}
         logger.info("%s: %d tasks out, %d failed in %.2fs", self.executor_name, len(results), len(failed), seconds)
         for name, counts in metrics["stages"].items():
             logger.info("  stage %-24s in=%d out=%d failed=%d", name, counts["tasks_in"], counts["tasks_out"],

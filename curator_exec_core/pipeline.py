@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 from curator_exec_core.executor import BaseExecutor
@@ -44,11 +45,16 @@ class Pipeline:
         return self
 
     def run(self, executor: BaseExecutor | str | None = None,
-            initial_tasks: Sequence[Task] | None = None) -> PipelineResult:
-        """Run on ``executor`` (default ``local``). ``initial_tasks=None`` starts from one ``EmptyTask``."""
+            initial_tasks: Sequence[Task] | None = None, *,
+            checkpoint_path: str | os.PathLike[str] | None = None, overwrite: bool = False) -> PipelineResult:
+        """Run on ``executor`` (default ``local``). ``initial_tasks=None`` starts from one ``EmptyTask``.
+
+        ``checkpoint_path``: a directory that makes the run resumable (a rerun skips what finished);
+        ``overwrite=True`` discards a checkpoint of another pipeline or other inputs there."""
         if not self.stages:
             raise ValueError(f"pipeline {self.name!r} has no stages; add some with add_stage()")
-        return resolve_executor(executor).run(self.stages, initial_tasks)
+        return resolve_executor(executor).run(self.stages, initial_tasks, checkpoint_path=checkpoint_path,
+                                              overwrite=overwrite)
 
     def plan(self, executor: BaseExecutor | str | None = None) -> ExecutionPlan:
         """The plan ``executor`` would use, without running anything."""

@@ -37,9 +37,10 @@ class TqdmProgress:
             bars = self._bars.get(event.run_id)
             if bars and 0 <= event.index < len(bars):
                 bar = bars[event.index]
-                bar.update(event.tasks_in - bar.n)
+                bar.update(event.tasks_in + event.tasks_resumed - bar.n)
                 failed = f" failed={event.tasks_failed}" if event.tasks_failed else ""
-                bar.set_postfix_str(f"out={event.tasks_out}{failed}", refresh=False)
+                resumed = f" resumed={event.tasks_resumed}" if event.tasks_resumed else ""
+                bar.set_postfix_str(f"out={event.tasks_out}{failed}{resumed}", refresh=False)
         elif event.kind == "run_finished":
             for bar in self._bars.pop(event.run_id, []):
                 bar.close()

@@ -31,6 +31,7 @@ from typing import Any
 
 import attrs
 
+from curator_exec_core.checkpoint import merge_lineage, split_lineage
 from curator_exec_core.errors import StageFailedError
 from curator_exec_core.stages import NodeInfo, ProcessingStage, Resources, WorkerMetadata, has_lifecycle
 from curator_exec_core.tasks import FailedTask, StagePerf, Task
@@ -63,6 +64,7 @@ def _inherit(child: Task, parent: Task, task_id: str) -> None:
     (stage history, metadata, dataset name) from its parent."""
     child.task_id = task_id
     if child is not parent:
+        child.lineage = parent.lineage
         if not child.stage_perf and parent.stage_perf:
             child.stage_perf = list(parent.stage_perf)
         if not child.metadata and parent.metadata:
@@ -106,6 +108,11 @@ class ManagedStage(ProcessingStage):
         self.progress: Callable[[ManagedStage, int, int, int], None] | None = None  # driver-side only
         #: (tasks in, outputs, new failure records) of the last process_batch call
         self.last_counts: tuple[int, int, int] = (0, 0, 0)
+
+    #: set by a checkpointed run (``curator_exec_core.checkpoint``): where this stage records the
+    #: tasks it drops and, if it ends its part of the pipeline (``journal_end``), its outputs
+    journal: Any = None
+    journal_end: bool = False
 
     # -- pickling: the progress callback is the driver's and never travels --
     def __getstate__(self) -> dict[str, Any]:
@@ -195,6 +202,10 @@ class ManagedStage(ProcessingStage):
         if pending:
             new_failed += self._run_into(pending, out)
         self.last_counts = counts = (len(tasks) - passed, len(out) - passed - new_failed, new_failed)
+        if self.journal is not None:
+            if self.journal_end:
+                self.journal.outputs(out)
+            self.journal.after_call()
         if self.progress is not None:
             self.progress(self, *counts)
         return out
@@ -215,6 +226,18 @@ class ManagedStage(ProcessingStage):
             raise StageFailedError(self.name, task.task_id, failed.error, attempts, failed.traceback) from exc
         return failed
 
+    def _share(self, outputs: list[Task], inputs: list[Task]) -> None:
+        """Checkpointed runs: ``outputs`` made from ``inputs`` (not one to one) share their lineage;
+        no outputs means the inputs were dropped."""
+        if not outputs:
+            for task in inputs:
+                self.journal.dropped(self.index, task)
+            return
+        lineage = split_lineage(inputs[0].lineage, len(outputs)) if len(inputs) == 1 \
+            else merge_lineage(inputs, len(outputs))
+        for child in outputs:
+            child.lineage = lineage
+
     def _check(self, result: Any) -> None:
         if not isinstance(result, Task):
             raise TypeError(
@@ -234,11 +257,15 @@ class ManagedStage(ProcessingStage):
                     try:
                         result = process(task)
                         if result is None:
+                            if self.journal is not None:
+                                self.journal.dropped(self.index, task)
                             break
                         if isinstance(result, list):
                             for i, child in enumerate(result):
                                 self._check(child)
                                 _inherit(child, task, f"{task.task_id}.{i}")
+                            if self.journal is not None and len(result) != 1:
+                                self._share(result, [task])
                             out.extend(result)
                         else:
                             self._check(result)
@@ -266,6 +293,8 @@ class ManagedStage(ProcessingStage):
                     else:
                         for i, child in enumerate(result):
                             _inherit(child, batch[0], f"{batch[0].task_id}.{i}")
+                        if self.journal is not None:
+                            self._share(result, batch)
                     out.extend(result)
                     break
                 except Exception as exc:

@@ -153,6 +153,12 @@ class ProcessingStage(Generic[In, Out]):
     def teardown(self) -> None:
         """Once per worker that ran ``setup``, also after a failure."""
 
+    def fingerprint(self) -> str:
+        """What, beyond its class and name, makes this stage's output what it is (its parameters:
+        a model version, a threshold). A checkpointed run records it, and resuming with a stage
+        whose fingerprint changed is refused. Default: nothing."""
+        return ""
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r} {self.resources.describe()} batch_size={self.batch_size}>"
 

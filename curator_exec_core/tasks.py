@@ -46,6 +46,9 @@ class Task:
     dataset_name: str = ""
     metadata: dict[str, Any] = attrs.field(factory=dict)
     stage_perf: list[StagePerf] = attrs.field(factory=list)
+    #: framework-owned, only in checkpointed runs: the source tasks this task descends from and its
+    #: share of each (``((source_id, share), ...)``); see ``curator_exec_core.checkpoint``
+    lineage: tuple[tuple[str, Any], ...] = attrs.field(default=(), repr=False)
 
     @property
     def num_items(self) -> int:
@@ -95,6 +98,7 @@ class FailedTask(Task):
             error_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
             traceback="".join(traceback.format_exception(exc)),
             attempts=attempts,
+            lineage=task.lineage,
         )
 
     def __repr__(self) -> str:

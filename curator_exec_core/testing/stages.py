@@ -403,3 +403,86 @@ class AllReduceSum(GangStage):
         for c in self.conns:
             c.close()
         LifecycleLog(self.folder).record("teardown", self.name, f"rank{self.rank}:{os.getpid()}")
+
+
+# -- resumable runs ---------------------------------------------------------------------------
+
+
+class Branchy(ProcessingStage):
+    """``data % 3`` children per task (none: dropped; two: each half of the parent's share), so a
+    checkpoint sees filters and uneven fan-out: data * 10 + i."""
+
+    name = "branchy"
+    resources = Resources(cpus=0.5)
+
+    def process(self, task: Task) -> list[Task]:
+        return [Task(data=task.data * 10 + i) for i in range(task.data % 3)]
+
+
+class Paced(ProcessingStage):
+    """Passes each task on (``data + 1``) after ``seconds``: makes a run long enough to be killed."""
+
+    resources = Resources(cpus=0.5)
+
+    def __init__(self, seconds: float = 0.02, name: str = "paced") -> None:
+        self.seconds = seconds
+        self.name = name
+
+    def process(self, task: Task) -> Task:
+        import time
+
+        time.sleep(self.seconds)
+        return Task(data=task.data + 1)
+
+
+class KillOnce(ProcessingStage):
+    """SIGKILLs the process it runs in, the first time it sees data ``on`` (a marker file in
+    ``folder`` says it did); otherwise passes tasks on unchanged."""
+
+    name = "kill_once"
+    resources = Resources(cpus=0.5)
+
+    def __init__(self, folder: str, on: int) -> None:
+        self.folder = str(folder)
+        self.on = on
+
+    def process(self, task: Task) -> Task:
+        if task.data == self.on:
+            marker = os.path.join(self.folder, "killed")
+            try:
+                fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return task
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        return task
+
+
+RESUME_ENV = "CURATOR_EXEC_KIT_RESUME"
+
+
+def resume_stages(n: int = 60, seconds: float = 0.02, shuffle: bool = False, kill_dir: str = "",
+                  kill_on: int = -1) -> tuple[list[ProcessingStage], list[Task]]:
+    """The pipeline of the kit's resume tests and its initial tasks: filter and uneven fan-out,
+    a paced stage, optionally a worker that kills itself, a shuffle, and more paced work after it."""
+    stages: list[ProcessingStage] = [Branchy(), Paced(seconds, "paced_1")]
+    if kill_dir:
+        stages.append(KillOnce(kill_dir, kill_on))
+    if shuffle:
+        stages += [KeepFirst(modulo=11), Unwrap(), Paced(seconds * 3, "paced_2")]
+    stages.append(AddOne())
+    return stages, [Task(data=i) for i in range(n)]
+
+
+def resume_pipeline() -> Any:
+    """``curator-exec run --pipeline curator_exec_core.testing.stages:resume_pipeline``: the
+    :func:`resume_stages` pipeline, its parameters as JSON in ``$CURATOR_EXEC_KIT_RESUME``."""
+    import json
+
+    from curator_exec_core.pipeline import Pipeline
+
+    stages, tasks = resume_stages(**json.loads(os.environ.get(RESUME_ENV, "{}")))
+    return Pipeline("kit-resume", stages), tasks
