@@ -20,7 +20,7 @@ from curator_exec_ray import _compat as ray_compat
 from curator_exec_ray.session import current_session
 
 __all__ = ["HEAD_RESOURCE", "NVML_MODULE_ENV", "CAPACITY_TTL", "alive_nodes", "head_node_ids",
-           "nodes_signature", "cluster_capacity"]
+           "nodes_signature", "cluster_capacity", "check_shared_path"]
 
 HEAD_RESOURCE = "node:__internal_head__"
 #: set in the driver to make the per-node capacity probe import this module instead of ``pynvml`` (tests only)
@@ -132,3 +132,65 @@ def cluster_capacity(*, ignore_head_node: bool = False, timeout: float = 120.0, 
             _cache.clear()
             _cache[key] = (time.monotonic(), capacity)
     return capacity.without_head() if ignore_head_node else capacity
+
+
+#: seconds every node has to show that it sees a checkpoint directory
+SHARED_PATH_TIMEOUT = 60.0
+_visible: set[tuple] = set()
+
+
+def _mark_on_node(folder: str, token: str, node_id: str) -> bool:
+    """On one node: whether the driver's marker is there; leaves this node's marker for the driver."""
+    try:
+        with open(os.path.join(folder, "driver")) as f:
+            seen = f.read() == token
+        with open(os.path.join(folder, node_id), "w") as f:
+            f.write(token)
+        return seen
+    except OSError:
+        return False
+
+
+def check_shared_path(path: str, timeout: float = SHARED_PATH_TIMEOUT) -> None:
+    """Raise :class:`CheckpointError` unless every alive node other than the driver's sees directory
+    ``path``: each writes a marker there and reads the driver's (both ways, so a node-local folder of
+    the same name fails too). Bounded by ``timeout``; cached while the nodes stay the same."""
+    import shutil
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from curator_exec_core.errors import CheckpointError
+
+    nodes = alive_nodes()
+    key = (path, nodes_signature(nodes))
+    here = ray.get_runtime_context().get_node_id()
+    others = [n for n in nodes if n["NodeID"] != here]
+    if key in _visible or not others:
+        return
+    token = uuid.uuid4().hex
+    folder = os.path.join(path, ".nodes", token)
+    os.makedirs(folder)
+    try:
+        with open(os.path.join(folder, "driver"), "w") as f:
+            f.write(token)
+        mark = ray.remote(num_cpus=0, max_retries=0)(_mark_on_node)
+        refs = {n["NodeID"]: mark.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node_id=n["NodeID"], soft=False)).remote(folder, token, n["NodeID"]) for n in others}
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+        answers = {nid: ray.get(ref) if ref in ready else None for nid, ref in refs.items()}
+        bad = []
+        for n in others:
+            nid, host = n["NodeID"], n.get("NodeManagerAddress", "?")
+            if answers[nid] is None:
+                bad.append(f"node {nid[:12]} ({host}) did not answer within {timeout:.0f} s")
+            elif not answers[nid] or not os.path.exists(os.path.join(folder, nid)):
+                bad.append(f"node {nid[:12]} ({host}) does not see it")
+        if bad:
+            raise CheckpointError(
+                f"checkpoint {path} must be one directory every node sees, and it is not: {'; '.join(bad)}. "
+                "Use a path on a filesystem all nodes mount (NFS, a shared volume).")
+        _visible.add(key)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -125,6 +125,14 @@ class RayExecutorBase(BaseExecutor):
                 data = self.execute_chunks(part, data, not last)
         return data
 
+    def check_shared_path(self, path: str) -> None:
+        """Every node writes a marker in the checkpoint directory that the driver reads (bounded, see
+        :func:`curator_exec_ray.cluster.check_shared_path`)."""
+        from curator_exec_ray.cluster import check_shared_path
+
+        self.ensure_ray()
+        check_shared_path(path)
+
     def run_shuffle(self, stage: ManagedShuffle, tasks: list[Task]) -> list[Task]:
         """A shuffle stage on Ray: keyed pieces in the object store, reduced on the stage's workers
         (see :mod:`curator_exec_ray.shuffle`)."""

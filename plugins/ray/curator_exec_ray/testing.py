@@ -12,6 +12,8 @@ What you get (``ray`` is imported lazily, so loading this module costs nothing):
   session, stops it only if it was started here (``shutdown_if_owned``).
 * ``ray_attached`` (function scope): the same, re-attaching first if a cluster
   test detached the driver; use it in tests that need Ray up *now*.
+* ``ray_driver_env``: ``{"RAY_ADDRESS": ...}`` of that Ray, for a second driver process (the
+  conformance kit's ``driver_env``, used by its resume tests that kill a driver).
 * :func:`ray_cluster` (a context manager) and the module-scoped
   ``ray_two_node_cluster`` fixture: a multi-node ``ray.cluster_utils.Cluster``
   (several raylets on this machine) with optional fake GPUs. A driver talks to
@@ -50,6 +52,7 @@ __all__ = [
     "RayTestCluster",
     "attach",
     "ray_attached",
+    "ray_driver_env",
     "ray_cluster",
     "ray_session",
     "ray_two_node_cluster",
@@ -86,6 +89,13 @@ def ray_session() -> Iterator[rs.RaySession]:
 def ray_attached(ray_session: rs.RaySession) -> rs.RaySession:
     """Like ``ray_session``, but makes sure the driver is attached right now (after a cluster test too)."""
     return _reattach()
+
+
+@pytest.fixture
+def ray_driver_env(ray_attached: rs.RaySession) -> dict[str, str]:
+    """The environment a second driver process (e.g. ``curator-exec run`` in a subprocess) needs to
+    join this session's Ray instead of starting one: the kit's ``driver_env``."""
+    return {"RAY_ADDRESS": ray_attached.address}
 
 
 @attrs.frozen

@@ -12,3 +12,7 @@ class TestRayActorPoolConformance(ExecutorConformance):
     @pytest.fixture
     def make_executor(self, ray_attached):
         return lambda **options: RayActorPoolExecutor(config=options)
+
+    @pytest.fixture
+    def driver_env(self, ray_driver_env):
+        return ray_driver_env

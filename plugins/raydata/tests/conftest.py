@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from curator_exec_ray.testing import ray_attached, ray_session, ray_two_node_cluster  # noqa: F401
+from curator_exec_ray.testing import ray_attached, ray_driver_env, ray_session, ray_two_node_cluster  # noqa: F401
 
 # the test stages module must be importable by Ray workers (they inherit the environment)
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -14,3 +14,7 @@ class TestRayDataConformance(ExecutorConformance):
     @pytest.fixture
     def make_executor(self, ray_session):
         return lambda **options: RayDataExecutor(config=options)
+
+    @pytest.fixture
+    def driver_env(self, ray_driver_env):
+        return ray_driver_env

@@ -10,13 +10,19 @@ from curator_exec_core.testing import ExecutorConformance
 pytestmark = pytest.mark.timeout(300)
 
 
-class TestXennaStreaming(ExecutorConformance):
+class _Ray:
+    @pytest.fixture
+    def driver_env(self, ray_driver_env):
+        return ray_driver_env
+
+
+class TestXennaStreaming(_Ray, ExecutorConformance):
     @pytest.fixture
     def make_executor(self, ray_session):
         return lambda **options: get_executor("xenna", execution_mode="streaming", **options)
 
 
-class TestXennaBatch(ExecutorConformance):
+class TestXennaBatch(_Ray, ExecutorConformance):
     @pytest.fixture
     def make_executor(self, ray_session):
         return lambda **options: get_executor("xenna", execution_mode="batch", **options)
