@@ -151,7 +151,7 @@ def _mark_on_node(folder: str, token: str, node_id: str) -> bool:
         return False
 
 
-def check_shared_path(path: str, timeout: float = SHARED_PATH_TIMEOUT) -> None:
+def check_shared_path(path: str, timeout: float | None = None) -> None:
     """Raise :class:`CheckpointError` unless every alive node other than the driver's sees directory
     ``path``: each writes a marker there and reads the driver's (both ways, so a node-local folder of
     the same name fails too). Bounded by ``timeout``; cached while the nodes stay the same."""
@@ -163,6 +163,7 @@ def check_shared_path(path: str, timeout: float = SHARED_PATH_TIMEOUT) -> None:
 
     from curator_exec_core.errors import CheckpointError
 
+    timeout = SHARED_PATH_TIMEOUT if timeout is None else timeout
     nodes = alive_nodes()
     key = (path, nodes_signature(nodes))
     here = ray.get_runtime_context().get_node_id()

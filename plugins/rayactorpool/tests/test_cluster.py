@@ -13,7 +13,7 @@ import sys
 import pytest
 from rap_stages import Logged, read
 
-from curator_exec_core import PlanError, Task
+from curator_exec_core import CheckpointError, PlanError, Task
 from curator_exec_core.testing.stages import Traced, read_trace
 from curator_exec_ray.cluster import cluster_capacity
 from curator_exec_ray.session import current_session
@@ -129,3 +129,41 @@ def test_strict_spread_gang_over_two_raylets_all_reduces(ray_two_node_cluster, t
     wide = AllReduceSum(str(tmp_path), name="wide", gang_size=3, placement_strategy="STRICT_SPREAD")
     with pytest.raises(PlanError, match=r"gang stage 'wide' needs 3 ranks .*STRICT_SPREAD"):
         RayActorPoolExecutor(show_progress=False).run([wide], ints(3))
+
+
+def test_checkpoint_on_a_cluster_every_node_confirms_it_sees_the_directory(ray_two_node_cluster, tmp_path):
+    from curator_exec_core.testing.conformance import canonical, reference_run
+    from curator_exec_core.testing.stages import Paced, resume_stages
+    from curator_exec_ray import cluster as ray_cluster_module
+
+    c = ray_two_node_cluster
+    stages, tasks = resume_stages(n=40, seconds=0.0)
+    got = RayActorPoolExecutor(show_progress=False).run(stages, tasks, checkpoint_path=tmp_path / "ck")
+    assert canonical(got) == canonical(reference_run(stages, tasks))
+    assert any(key[0] == str(tmp_path / "ck") for key in ray_cluster_module._visible)  # both nodes answered
+    assert not os.listdir(tmp_path / "ck" / ".nodes")  # the markers are cleaned up
+
+    # a node that never answers (its raylet stopped): a clear error within the bound, not a hang
+    import signal
+    import time
+
+    import ray
+
+    node = c.cluster.add_node(num_cpus=1)
+    c.cluster.wait_for_nodes()
+    raylet = node.all_processes["raylet"][0].process
+    ex = RayActorPoolExecutor(show_progress=False)
+    ex.run([Paced(0.0)], ints(3))  # the capacity of the three nodes, cached before the raylet stops
+    os.kill(raylet.pid, signal.SIGSTOP)
+    try:
+        bound = ray_cluster_module.SHARED_PATH_TIMEOUT
+        ray_cluster_module.SHARED_PATH_TIMEOUT = 5.0
+        started = time.monotonic()
+        with pytest.raises(CheckpointError, match=rf"node {node.node_id[:12]} .* did not answer within 5 s.*NFS"):
+            ex.run([Paced(0.0)], ints(3), checkpoint_path=tmp_path / "ck2")
+        assert time.monotonic() - started < 60
+    finally:
+        ray_cluster_module.SHARED_PATH_TIMEOUT = bound
+        os.kill(raylet.pid, signal.SIGCONT)
+        c.cluster.remove_node(node)
+    assert ray.is_initialized()
