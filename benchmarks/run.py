@@ -37,9 +37,9 @@ REPO = BENCH_DIR.parent
 if str(REPO) not in sys.path:  # so that ``benchmarks.workloads`` imports (and pickles by reference)
     sys.path.insert(0, str(REPO))
 
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
 WORKLOAD_TITLES = {"W1": "overhead", "W2": "cpu", "W3": "streaming memory", "W4": "import", "W5": "exact dedup",
-                   "W6": "shuffle 2 GB"}
+                   "W6": "shuffle 2 GB", "W7": "checkpoint overhead"}
 PLAIN = "plain_loop"  # baseline: a Python loop calling each stage's process() (W1, W2, W3)
 POOL = "mp_pool2"  # baseline: multiprocessing.Pool(2) (W2)
 STARTUP = "python_startup"  # baseline: `python -c pass` (W4)
@@ -48,7 +48,9 @@ RAYDATA_GROUPBY = "raydata_groupby"  # baseline: a hand-written Ray Data groupby
 BASELINES = (PLAIN, POOL, STARTUP, DICT, RAYDATA_GROUPBY)
 #: the baselines measured next to the executors, per workload
 WORKLOAD_BASELINES = {"W1": [PLAIN], "W2": [PLAIN, POOL], "W3": [PLAIN], "W4": [STARTUP], "W5": [DICT, RAYDATA_GROUPBY],
-                      "W6": [DICT]}
+                      "W6": [DICT], "W7": []}
+#: W7: warm run pairs (without, with a checkpoint), interleaved; the medians are compared
+W7_PAIRS = 15
 #: workloads whose driver RSS is sampled
 RSS_WORKLOADS = ("W3", "W6")
 MARK = "@@curator-exec-bench@@ "  # prefix of the child's JSON lines on stdout (engines may print too)
@@ -95,6 +97,7 @@ _NO_RAY_IMPORT = (Target("seconds", "warm", "<", 0.3, "s"), Target("ray_imported
 _RSS_UNDER_1GB = (Target("peak_rss_mb", "cold", "<", 1000.0, "MB"), Target("peak_rss_mb", "warm", "<", 1000.0, "MB"))
 _W5_RAY = (Target("seconds", "warm", "<=", Rel(RAYDATA_GROUPBY, 1.5, 0.0), "s"),)
 _W6_RSS = (Target("peak_rss_mb", "warm", "<", 500.0, "MB"),)
+_W7_OVERHEAD = (Target("checkpoint_overhead_pct", "warm", "<=", 10.0, "%"),)
 
 #: Targets per executor and workload. Executors not listed here are measured but not judged.
 #: W1 "19.0/3" etc.: the NeMo Curator 1.4.0 cold time of the same workload divided by the improvement we want.
@@ -106,6 +109,7 @@ TARGETS: dict[str, dict[str, tuple[Target, ...]]] = {
         ),
         "W4": _NO_RAY_IMPORT,
         "W5": (Target("seconds", "warm", "<=", Rel(DICT, 3.0, 0.0), "s"),),
+        "W7": _W7_OVERHEAD,
     },
     "ray_actor_pool": {
         "W1": (Target("seconds", "cold", "<=", 19.0 / 3, "s"), Target("us_per_task_stage", "warm", "<=", 50.0, "µs")),
@@ -114,6 +118,7 @@ TARGETS: dict[str, dict[str, tuple[Target, ...]]] = {
         "W4": _NO_RAY_IMPORT,  # list_executors() must stay engine-free whatever is installed
         "W5": _W5_RAY,
         "W6": _W6_RSS,
+        "W7": _W7_OVERHEAD,
     },
     "ray_data": {
         "W1": (Target("seconds", "cold", "<=", 44.7 / 5, "s"), Target("us_per_task_stage", "warm", "<=", 100.0, "µs")),
@@ -283,7 +288,7 @@ def _metrics(workload: str, n: int, seconds: float, cores: float) -> dict[str, A
 
     task_stages = n * wl.STAGES_PER_WORKLOAD
     out: dict[str, Any] = {"tasks": n, "task_stages": task_stages, "seconds": seconds}
-    if workload == "W1":
+    if workload in ("W1", "W7"):
         out["us_per_task_stage"] = seconds / task_stages * 1e6
     elif workload == "W2":
         ideal = task_stages * wl.W2_CPU_SECONDS / cores
@@ -344,7 +349,12 @@ def run_child(spec: dict[str, Any]) -> int:
                         _emit({**record, "status": "broken", "error": str(exc)})
                         return 0
                     construct = time.perf_counter() - t0
-                outputs = Pipeline(f"bench-{workload}", stages=stages).run(executor, initial_tasks=tasks)
+                if workload == "W7" and phase == "warm":
+                    outputs, extra = _w7_pairs(executor, stages, n)
+                    record.update(extra)
+                    t0 = time.perf_counter() - extra["seconds_with_checkpoint"]
+                else:
+                    outputs = Pipeline(f"bench-{workload}", stages=stages).run(executor, initial_tasks=tasks)
             seconds = time.perf_counter() - t0
             record["driver_cpu_seconds"] = time.process_time() - cpu0  # this process only (contention check)
             if sampler is not None:
@@ -381,6 +391,36 @@ def run_child(spec: dict[str, Any]) -> int:
         watchdog.daemon = True
         watchdog.start()
     return 0
+
+
+def _w7_pairs(executor: Any, stages: list, n: int) -> tuple[Any, dict[str, Any]]:
+    """W7: :data:`W7_PAIRS` warm runs without and with a checkpoint (a new directory each time),
+    interleaved so drift hits both alike; the medians and the overhead of the checkpoint."""
+    import shutil
+    import statistics
+    import tempfile
+
+    from benchmarks import workloads as wl
+    from curator_exec_core import Pipeline
+
+    pipeline = Pipeline("bench-W7", stages=stages)
+    without: list[float] = []
+    with_cp: list[float] = []
+    outputs: Any = None
+    for _ in range(W7_PAIRS):
+        tasks = wl.make_tasks(n)
+        t0 = time.perf_counter()
+        pipeline.run(executor, initial_tasks=tasks)
+        without.append(time.perf_counter() - t0)
+        folder = tempfile.mkdtemp(prefix="curator-exec-bench-ck-")
+        tasks = wl.make_tasks(n)
+        t0 = time.perf_counter()
+        outputs = pipeline.run(executor, initial_tasks=tasks, checkpoint_path=folder)
+        with_cp.append(time.perf_counter() - t0)
+        shutil.rmtree(folder, ignore_errors=True)
+    a, b = statistics.median(without), statistics.median(with_cp)
+    return outputs, {"pairs": W7_PAIRS, "seconds_without_checkpoint": a, "seconds_with_checkpoint": b,
+                     "checkpoint_overhead_pct": (b / a - 1.0) * 100.0}
 
 
 # -- W4: fresh interpreters ------------------------------------------------------------------------
@@ -577,6 +617,9 @@ def _fmt_metric(workload: str, rec: dict | None) -> str:
         return "-"
     if workload == "W1":
         return f"{rec['us_per_task_stage']:.1f}"
+    if workload == "W7":
+        pct = rec.get("checkpoint_overhead_pct")
+        return f"{pct:+.1f}%" if pct is not None else f"{rec['us_per_task_stage']:.1f} µs"
     if workload == "W2":
         return f"{rec['efficiency']:.2f}" if rec.get("efficiency") is not None else "-"
     if workload in ("W3", "W6"):
@@ -589,7 +632,7 @@ def _fmt_metric(workload: str, rec: dict | None) -> str:
 
 
 _METRIC_UNIT = {"W1": "µs/task-stage", "W2": "efficiency", "W3": "peak RSS MB", "W4": "ray imported?",
-                "W5": "docs/s", "W6": "peak RSS MB"}
+                "W5": "docs/s", "W6": "peak RSS MB", "W7": "checkpoint overhead"}
 
 
 def _num(x: float) -> str:
@@ -606,7 +649,8 @@ def _fmt_target(t: dict) -> str:
         return f"{t['metric']} {op} {t['rule']} (no baseline)"
     value = _num(limit)
     rule = f" ({t['rule']})" if t.get("rule") else ""
-    name = {"us_per_task_stage": "µs", "seconds": "s", "efficiency": "eff", "peak_rss_mb": "MB"}.get(t["metric"], t["metric"])
+    name = {"us_per_task_stage": "µs", "seconds": "s", "efficiency": "eff", "peak_rss_mb": "MB",
+            "checkpoint_overhead_pct": "overhead %"}.get(t["metric"], t["metric"])
     return f"{name} {op} {value}{rule}"
 
 
@@ -622,6 +666,9 @@ def _notes(workload: str, cold: dict | None, warm: dict | None) -> str:
         return f"{rec['shuffled_bytes'] / GB:.2f} GB shuffled into {rec['tasks_out']} keys"
     if workload == "W3" and "intermediate_bytes" in rec:
         return f"{rec['intermediate_bytes'] / GB:.2f} GB flowed per run; RSS before warm {rec.get('rss_before_mb', 0):.0f} MB"
+    if workload == "W7" and "seconds_without_checkpoint" in rec:
+        return (f"median of {rec['pairs']} warm pairs: {rec['seconds_without_checkpoint'] * 1e3:.1f} ms without, "
+                f"{rec['seconds_with_checkpoint'] * 1e3:.1f} ms with a checkpoint")
     if workload == "W4":
         parts = [f"process {rec['process_seconds']:.3f}s"] if "process_seconds" in rec else []
         if "get_executor_seconds" in rec:
@@ -694,7 +741,8 @@ def main(argv: list[str] | None = None) -> int:
                     "W5 exact dedup, W6 shuffle of 2 GB).")
     parser.add_argument("executors", nargs="*", default=["local"], help="executor names (default: local)")
     parser.add_argument("--workloads", default="W1,W2,W3,W4",
-                        help="comma-separated subset of W1..W6 (default: W1,W2,W3,W4; the shuffles W5,W6 on request)")
+                        help="comma-separated subset of W1..W7 (default: W1,W2,W3,W4; the shuffles W5,W6 and the checkpoint "
+                             "overhead W7 on request)")
     parser.add_argument("--quick", action="store_true", help="divide task counts by 10 (smoke test)")
     parser.add_argument("--json-out", default=str(DEFAULT_JSON_OUT), help="JSON lines file (default: %(default)s)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME.KEY=VALUE",

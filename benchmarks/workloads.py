@@ -171,12 +171,12 @@ class Bucket(ShuffleStage):
 
 
 def task_count(workload: str, quick: bool = False) -> int:
-    n = {"W1": W1_TASKS, "W2": W2_TASKS, "W3": W3_TASKS, "W5": W5_TASKS, "W6": W6_TASKS}[workload]
+    n = {"W1": W1_TASKS, "W2": W2_TASKS, "W3": W3_TASKS, "W5": W5_TASKS, "W6": W6_TASKS, "W7": W1_TASKS}[workload]
     return max(1, n // QUICK_DIVISOR) if quick else n
 
 
 def make_stages(workload: str) -> list[ProcessingStage]:
-    if workload == "W1":
+    if workload in ("W1", "W7"):  # W7: W1 with and without a checkpoint
         return [AddOne("add_one_1"), AddOne("add_one_2")]
     if workload == "W2":
         return [BurnCpu("burn_cpu_1"), BurnCpu("burn_cpu_2")]
@@ -213,7 +213,7 @@ def check_outputs(workload: str, n: int, outputs: Sequence[Task]) -> dict[str, A
             problems.append(f"expected {keys} groups holding {n} tasks and {n * W3_BLOB_BYTES} bytes")
     elif len(outputs) != n:
         problems.append(f"expected {n} output tasks, got {len(outputs)}")
-    if workload in ("W1", "W2"):
+    if workload in ("W1", "W2", "W7"):
         values = sorted(t.data for t in outputs)
         if values != list(range(2, n + 2)):
             problems.append("output data is not {i + 2}")

@@ -76,17 +76,28 @@ def _process_token() -> str:
 # -- lineage -----------------------------------------------------------------------------------
 
 
-def split_lineage(lineage: tuple[tuple[str, Any], ...], k: int) -> tuple[tuple[str, Any], ...]:
-    """The lineage of each of ``k`` outputs made from one task."""
-    return lineage if k == 1 else tuple((s, Fraction(w) / k) for s, w in lineage)
+Lineage = tuple[tuple[str, Any], ...]
 
 
-def merge_lineage(tasks: Sequence[Task], k: int) -> tuple[tuple[str, Any], ...]:
+def shares(lineage: Lineage, task_id: str) -> Lineage:
+    """``((source id, share), ...)`` of a task's lineage. Empty means all of the share of the source
+    whose id is the task's own: what every source task starts with, and what a chain of one-to-one
+    stages keeps (they keep the id), so such tasks carry nothing."""
+    return lineage or ((task_id, 1),)
+
+
+def split_lineage(task: Task, k: int) -> Lineage:
+    """The lineage of each of ``k`` outputs made from one ``task``."""
+    own = shares(task.lineage, task.task_id)
+    return own if k == 1 else tuple((s, Fraction(w) / k) for s, w in own)
+
+
+def merge_lineage(tasks: Sequence[Task], k: int) -> Lineage:
     """The lineage of each of ``k`` outputs made from a whole batch (a ``process_batch`` whose
     outputs do not map one to one onto its inputs)."""
     total: dict[str, Fraction] = {}
     for task in tasks:
-        for s, w in task.lineage:
+        for s, w in shares(task.lineage, task.task_id):
             total[s] = total.get(s, Fraction(0)) + Fraction(w)
     return tuple((s, w / k) for s, w in total.items())
 
@@ -105,7 +116,9 @@ class Journal:
         self.folder = folder
         self.attempt = attempt
         self.driver = _process_token()
-        self._buffer: list[tuple[Any, ...]] = []
+        self._remote = False
+        self._buffer: list[tuple[Any, ...]] = []  # drop records
+        self._out: list[Task] = []  # outputs, encoded when written
         self._last = time.monotonic()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -113,28 +126,32 @@ class Journal:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._remote = self.driver != _process_token()  # unpickled in a worker process
         self._buffer = []
+        self._out = []
         self._last = time.monotonic()
 
     def outputs(self, tasks: list[Task]) -> None:
-        """``tasks`` left the part as outputs (failure records included)."""
-        if not self._buffer:
+        """``tasks`` left the part as outputs (failure records included); encoded when written."""
+        if not self._buffer and not self._out:
             _pending.add(self)
-        plain = Task
-        self._buffer.extend(
-            ("o", t.task_id, t.lineage, t.data, t.dataset_name, t.metadata or None) if type(t) is plain
-            else ("O", t.task_id, t.lineage, t) for t in tasks)
+        self._out += tasks
 
     def dropped(self, stage_index: int, task: Task) -> None:
         """``task`` was dropped by stage ``stage_index`` (a filter, or an empty fan-out)."""
-        if not self._buffer:
+        if not self._buffer and not self._out:
             _pending.add(self)
-        self._buffer.append(("d", f"{stage_index}:{task.task_id}", task.lineage))
+        self._buffer.append(("d", f"{stage_index}:{task.task_id}", task.lineage, task.task_id))
 
-    def after_call(self) -> None:
-        """Called by the runner when a ``process_batch`` call ends: a worker process writes now, the
-        driver process at most every :data:`FLUSH_SECONDS` (and when ``execute`` returns)."""
-        if self._buffer and (self.driver != _process_token() or time.monotonic() - self._last >= FLUSH_SECONDS):
+    def after_call(self, outputs: list[Task] | None = None) -> None:
+        """Called by the runner when a ``process_batch`` call ends, with its ``outputs`` if its stage
+        ends the part: a worker process writes now, the driver process at most every
+        :data:`FLUSH_SECONDS` (and when ``execute`` returns)."""
+        if outputs:
+            if not self._buffer and not self._out:
+                _pending.add(self)
+            self._out += outputs
+        if self._remote or time.monotonic() - self._last >= FLUSH_SECONDS:
             self.flush()
 
     def flush_all(self) -> None:
@@ -148,10 +165,16 @@ class Journal:
         """Append the buffered records as one block (a single ``write``)."""
         self._last = time.monotonic()
         _pending.discard(self)
-        if not self._buffer:
+        if not self._buffer and not self._out:
             return
+        outs = self._out
+        if outs:  # the outputs by column: three fast passes, and what is not a plain Task apart
+            odd = {i: t for i, t in enumerate(outs) if type(t) is not Task or t.dataset_name or t.metadata}
+            lineages = [t.lineage for t in outs]
+            self._buffer.append(("c", [t.task_id for t in outs], lineages if any(lineages) else None,
+                                 [t.data for t in outs], odd))
         payload = pickle.dumps(self._buffer, protocol=pickle.HIGHEST_PROTOCOL)
-        self._buffer = []
+        self._buffer, self._out = [], []
         name = f"{self.attempt}-{_process_token().replace(':', '-')}.journal"
         fd = os.open(os.path.join(self.folder, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -179,7 +202,14 @@ def read_journal(path: str) -> tuple[list[tuple[Any, ...]], bool]:
         if magic != _MAGIC or len(body) != length or zlib.crc32(body) != crc:
             return records, True
         try:
-            records.extend(pickle.loads(body))
+            for r in pickle.loads(body):
+                if r[0] == "c":  # outputs by column (Journal.flush)
+                    _, ids, lineages, values, odd = r
+                    lineages = lineages or [()] * len(ids)
+                    records.extend(("O", ids[i], lineages[i], odd[i]) if i in odd
+                                   else ("o", ids[i], lineages[i], values[i]) for i in range(len(ids)))
+                else:
+                    records.append(r)
         except Exception:
             return records, True
         pos += _HEADER.size + length
@@ -188,9 +218,8 @@ def read_journal(path: str) -> tuple[list[tuple[Any, ...]], bool]:
 
 def _restore(record: tuple[Any, ...]) -> Task:
     if record[0] == "o":
-        _, task_id, lineage, data, dataset_name, metadata = record
-        return Task(data=data, task_id=task_id, dataset_name=dataset_name, metadata=dict(metadata or {}),
-                    lineage=lineage)
+        _, task_id, lineage, data = record
+        return Task(data=data, task_id=task_id, lineage=lineage)
     return record[3]
 
 
@@ -209,7 +238,7 @@ def _finished(folder: str, sources: set[str]) -> tuple[set[str], list[Task], int
                            os.path.join(folder, name))
         keep = by_attempt.setdefault(name.split("-", 1)[0], {})
         for r in records:  # a record an engine repeated (a re-run chunk) counts once
-            keep.setdefault((r[0] == "d", r[1]), r)
+            keep.setdefault((r[0] == "d", r[1]), (*r[:2], shares(r[2], r[3] if r[0] == "d" else r[1]), *r[3:]))
     owner: dict[str, str] = {}  # source -> the (earliest) attempt in which it finished
     for attempt in sorted(by_attempt):
         share: dict[str, Fraction] = {}
@@ -238,13 +267,18 @@ def _finished(folder: str, sources: set[str]) -> tuple[set[str], list[Task], int
 # -- the checkpoint (driver side) ----------------------------------------------------------------
 
 
-def _write_atomic(path: str, data: bytes) -> None:
+def _write_atomic(path: str, data: bytes, durable: bool = True) -> None:
+    """Write ``path`` so that a reader sees the old file or the whole new one (never a part of it);
+    ``durable``: also fsync, so it survives a machine crash, not only a killed process."""
     tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
+    if not durable:
+        return
     try:
         fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
         try:
@@ -318,13 +352,9 @@ class Checkpoint:
             raise self._error("is a file, not a directory; give a directory path (it is created if missing)")
         try:
             os.makedirs(self.path, exist_ok=True)
-            probe = os.path.join(self.path, f".write-test-{uuid.uuid4().hex[:8]}")
-            with open(probe, "w"):
-                pass
-            os.remove(probe)
+            self._lock()  # the first write: fails here if the directory is not writable
         except OSError as exc:
             raise self._error(f"cannot be written ({exc.strerror or exc}); choose a writable directory") from exc
-        self._lock()
         try:
             self._check_manifest(pipeline_fingerprint(stages, ids, ignore_failures))
         except BaseException:
@@ -377,8 +407,10 @@ class Checkpoint:
             if name.startswith("part-") or name == "manifest.json":
                 full = os.path.join(self.path, name)
                 shutil.rmtree(full) if os.path.isdir(full) else os.remove(full)
-        _write_atomic(manifest, json.dumps({"format": FORMAT_VERSION, "created": time.time(), **fingerprint},
-                                           indent=1).encode())
+        # not fsynced (a killed process cannot lose it; after a machine crash that did, the directory
+        # is refused as not a checkpoint, never trusted, and --fresh starts over)
+        _write_atomic(manifest, json.dumps({"format": FORMAT_VERSION, "created": time.time(), **fingerprint}
+                                           ).encode(), durable=False)
 
     def close(self) -> None:
         if self._lock_fd is not None:
@@ -415,9 +447,11 @@ class Checkpoint:
         """One map part: the outputs of its finished sources from the journals, then ``run`` on the
         others with a journal attached to the part's stages."""
         folder = os.path.join(self.path, f"part-{part}")
-        os.makedirs(folder, exist_ok=True)
+        if not os.path.isdir(folder):
+            os.makedirs(folder)
         for task in sources:
-            task.lineage = ((task.task_id, 1),)
+            if task.lineage:  # a source holds all of its own share: empty lineage (see shares())
+                task.lineage = ()
         done, outputs, _ = _finished(folder, {t.task_id for t in sources})
         pending = [t for t in sources if t.task_id not in done]
         if part == 0:

@@ -203,9 +203,7 @@ class ManagedStage(ProcessingStage):
             new_failed += self._run_into(pending, out)
         self.last_counts = counts = (len(tasks) - passed, len(out) - passed - new_failed, new_failed)
         if self.journal is not None:
-            if self.journal_end:
-                self.journal.outputs(out)
-            self.journal.after_call()
+            self.journal.after_call(out if self.journal_end else None)
         if self.progress is not None:
             self.progress(self, *counts)
         return out
@@ -233,7 +231,7 @@ class ManagedStage(ProcessingStage):
             for task in inputs:
                 self.journal.dropped(self.index, task)
             return
-        lineage = split_lineage(inputs[0].lineage, len(outputs)) if len(inputs) == 1 \
+        lineage = split_lineage(inputs[0], len(outputs)) if len(inputs) == 1 \
             else merge_lineage(inputs, len(outputs))
         for child in outputs:
             child.lineage = lineage
@@ -264,7 +262,7 @@ class ManagedStage(ProcessingStage):
                             for i, child in enumerate(result):
                                 self._check(child)
                                 _inherit(child, task, f"{task.task_id}.{i}")
-                            if self.journal is not None and len(result) != 1:
+                            if self.journal is not None:  # new ids: the lineage says whose they are
                                 self._share(result, [task])
                             out.extend(result)
                         else:

@@ -47,7 +47,8 @@ class Task:
     metadata: dict[str, Any] = attrs.field(factory=dict)
     stage_perf: list[StagePerf] = attrs.field(factory=list)
     #: framework-owned, only in checkpointed runs: the source tasks this task descends from and its
-    #: share of each (``((source_id, share), ...)``); see ``curator_exec_core.checkpoint``
+    #: share of each, ``((source_id, share), ...)``; empty for all of the share of the source whose
+    #: id is this task's own; see ``curator_exec_core.checkpoint``
     lineage: tuple[tuple[str, Any], ...] = attrs.field(default=(), repr=False)
 
     @property

@@ -1,0 +1,230 @@
+"""Resumable runs in the core: lineage shares, the journal format, resume rules, ``curator-exec run``."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import zlib
+from fractions import Fraction
+
+import pytest
+
+from curator_exec_core import CheckpointError, Pipeline, ProcessingStage, Task, get_executor
+from curator_exec_core.checkpoint import _HEADER, _MAGIC, Journal, _finished, read_journal
+from curator_exec_core.cli import main
+from curator_exec_core.testing.conformance import canonical, reference_run
+from curator_exec_core.testing.stages import FailOn, resume_stages
+
+
+def block(records: list) -> bytes:
+    body = pickle.dumps(records)
+    return _HEADER.pack(_MAGIC, len(body), zlib.crc32(body)) + body
+
+
+def write(folder, name: str, *blocks: bytes) -> None:
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, name), "ab") as f:
+        for b in blocks:
+            f.write(b)
+
+
+HALF = Fraction(1, 2)
+
+
+def test_a_source_is_done_only_when_its_shares_add_up_to_one(tmp_path):
+    # source "a" fanned out in two halves; only one half is recorded: not done. "b" was dropped: done.
+    write(tmp_path, "1-h-1.journal", block([("o", "a.0", (("a", HALF),), 10), ("d", "0:b", (), "b")]))
+    done, outputs, torn = _finished(str(tmp_path), {"a", "b"})
+    assert done == {"b"} and outputs == [] and torn == 0
+    write(tmp_path, "1-h-2.journal", block([("o", "a.1", (("a", HALF),), 11)]))  # another worker process
+    done, outputs, _ = _finished(str(tmp_path), {"a", "b"})
+    assert done == {"a", "b"}
+    assert sorted((t.task_id, t.data) for t in outputs) == [("a.0", 10), ("a.1", 11)]
+
+
+def test_repeated_records_of_a_rerun_chunk_count_once(tmp_path):
+    rec = block([("o", "a.0", (("a", HALF),), 10)])
+    write(tmp_path, "1-h-1.journal", rec, rec)  # the engine ran the chunk twice
+    assert _finished(str(tmp_path), {"a"})[0] == set()  # 1/2, not 1
+    write(tmp_path, "1-h-1.journal", block([("o", "a.1", (("a", HALF),), 11)]))
+    done, outputs, _ = _finished(str(tmp_path), {"a"})
+    assert done == {"a"} and len(outputs) == 2
+
+
+def test_columns_blocks_and_a_torn_tail(tmp_path):
+    cols = ("c", ["x", "y"], None, [1, 2], {})
+    good = block([cols]) + block([("d", "1:z", (), "z")])
+    last = block([("o", "w", (), 5)])
+    for cut in (3, _HEADER.size + 2, len(last) - 1):  # inside a header, a body, the last byte
+        path = tmp_path / f"cut{cut}.journal"
+        path.write_bytes(good + last[:cut])
+        records, torn = read_journal(str(path))
+        assert torn and [r[:2] for r in records] == [("o", "x"), ("o", "y"), ("d", "1:z")]
+    damaged = bytearray(good)
+    damaged[-1] ^= 0xFF  # a flipped byte in the last block: its checksum fails
+    (tmp_path / "bad.journal").write_bytes(bytes(damaged))
+    records, torn = read_journal(str(tmp_path / "bad.journal"))
+    assert torn and [r[1] for r in records] == ["x", "y"]
+
+
+def test_a_source_finished_in_two_attempts_is_taken_from_one(tmp_path):
+    write(tmp_path, "1-h-1.journal", block([("o", "a", (), 1)]))
+    write(tmp_path, "2-h-1.journal", block([("o", "a", (), 1), ("o", "b", (), 2)]))
+    done, outputs, _ = _finished(str(tmp_path), {"a", "b"})
+    assert done == {"a", "b"} and sorted(t.task_id for t in outputs) == ["a", "b"]
+
+
+def test_an_output_of_several_sources_counts_only_if_all_finished(tmp_path):
+    # a batch stage merged a and b into one output; b also has a second branch never recorded
+    write(tmp_path, "1-h-1.journal", block([("o", "m", (("a", 1), ("b", HALF)), 7)]))
+    done, outputs, _ = _finished(str(tmp_path), {"a", "b"})
+    assert done == set() and outputs == []  # a alone would lose its output
+
+
+def test_journal_copies_in_one_process_are_all_written(tmp_path):
+    import copy
+
+    j = Journal(str(tmp_path), "7")
+    copies = [copy.deepcopy(j) for _ in range(3)]
+    for i, c in enumerate(copies):
+        c.after_call([Task(data=i, task_id=str(i))])
+    del copies  # a backend may drop its worker copies before the part ends
+    j.flush_all()
+    (path,) = tmp_path.glob("*.journal")
+    assert sorted(r[1] for r in read_journal(str(path))[0]) == ["0", "1", "2"]
+
+
+class Scale(ProcessingStage):
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def process(self, task: Task) -> Task:
+        return Task(data=task.data * self.factor)
+
+    def fingerprint(self) -> str:
+        return f"factor={self.factor}"
+
+
+def test_a_stage_fingerprint_change_is_refused(tmp_path):
+    ex = get_executor("local", show_progress=False)
+    tasks = [Task(data=i) for i in range(4)]
+    ex.run([Scale(2)], tasks, checkpoint_path=tmp_path)
+    with pytest.raises(CheckpointError, match=r"stage 0 fingerprint: 'factor=2' -> 'factor=3'"):
+        ex.run([Scale(3)], [Task(data=i) for i in range(4)], checkpoint_path=tmp_path)
+    with pytest.raises(CheckpointError, match="distinct task_ids"):
+        ex.run([Scale(2)], [Task(data=1, task_id="x"), Task(data=2, task_id="x")], checkpoint_path=tmp_path / "d")
+
+
+def test_failures_with_ignore_failures_are_resumed_as_failures(tmp_path):
+    ex = get_executor("local", show_progress=False, ignore_failures=True)
+    stages = [FailOn({3, 5})]
+    first = ex.run(stages, [Task(data=i) for i in range(8)], checkpoint_path=tmp_path)
+    again = ex.run(stages, [Task(data=i) for i in range(8)], checkpoint_path=tmp_path)
+    assert again.metrics["checkpoint"]["resumed_tasks"] == 8
+    assert canonical(again) == canonical(first)
+    assert sorted(f.task_id for f in again.failed_tasks) == sorted(f.task_id for f in first.failed_tasks) == ["3", "5"]
+    with pytest.raises(CheckpointError, match="ignore_failures: True -> False"):
+        get_executor("local", show_progress=False).run(stages, [Task(data=i) for i in range(8)],
+                                                        checkpoint_path=tmp_path)
+
+
+def test_progress_counts_resumed_tasks_as_done(tmp_path):
+    from curator_exec_core import hookimpl, register_plugin, unregister_plugin
+
+    events = []
+
+    class Observer:
+        @hookimpl
+        def curator_exec_progress(self, event):
+            if event.kind == "stage_progress":
+                events.append((event.index, event.tasks_in, event.tasks_resumed))
+
+    stages, tasks = resume_stages(n=12, seconds=0.0)
+    ex = get_executor("local", show_progress=False)
+    ex.run(stages, tasks, checkpoint_path=tmp_path)
+    observer = Observer()
+    register_plugin(observer, "observer")
+    try:
+        stages, tasks = resume_stages(n=12, seconds=0.0)
+        ex.run(stages, tasks, checkpoint_path=tmp_path)
+    finally:
+        unregister_plugin(observer)
+    assert (0, 0, 12) in events
+
+
+# -- curator-exec run ---------------------------------------------------------------------------
+
+FACTORY = '''
+from curator_exec_core import Pipeline, Task
+from curator_exec_core.testing.stages import FailOn, resume_stages
+
+def pipeline():
+    stages, tasks = resume_stages(n=10, seconds=0.0)
+    return Pipeline("mine", stages), tasks
+
+def failing():
+    return Pipeline("failing", [FailOn({3})]), [Task(data=i) for i in range(5)]
+
+def only_pipeline():
+    return Pipeline("plain", [FailOn(set())])
+'''
+
+
+@pytest.fixture
+def factory(tmp_path, monkeypatch):
+    (tmp_path / "my_pipelines.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    return tmp_path
+
+
+def test_run_command_summary_resume_and_exit_codes(factory, capsys):
+    ck = factory / "ck"
+    assert main(["run", "--pipeline", "my_pipelines:pipeline", "--checkpoint", str(ck)]) == 0
+    out = capsys.readouterr().out
+    assert "Pipeline 'mine' on executor 'local'" in out and "branchy" in out
+    stages, tasks = resume_stages(n=10, seconds=0.0)
+    expected = len(reference_run(stages, tasks))
+    assert f"Outputs: {expected} tasks" in out and "0 of 10 source tasks resumed" in out
+    assert main(["run", "--pipeline", "my_pipelines:pipeline", "--checkpoint", str(ck), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["outputs"] == expected and report["checkpoint"]["resumed_tasks"] == 10
+    assert main(["run", "-p", "my_pipelines:only_pipeline"]) == 0  # a factory that returns only a Pipeline
+    capsys.readouterr()
+    # a stage failure exits 1; a mismatched checkpoint, a bad flag combination or target exits 2
+    assert main(["run", "--pipeline", "my_pipelines:failing"]) == 1
+    assert "StageFailedError" in capsys.readouterr().err
+    assert main(["run", "--pipeline", "my_pipelines:failing", "--checkpoint", str(ck)]) == 2
+    err = capsys.readouterr().err
+    assert "different pipeline or inputs" in err and "--fresh" in err and len(err.strip().splitlines()) == 1
+    assert main(["run", "--pipeline", "my_pipelines:failing", "--set", "ignore_failures=true",
+                 "--checkpoint", str(ck), "--fresh"]) == 0
+    capsys.readouterr()
+    assert main(["run", "--pipeline", "my_pipelines:pipeline", "--fresh"]) == 2
+    assert "--fresh discards a checkpoint" in capsys.readouterr().err
+    assert main(["run", "--pipeline", "my_pipelines:nothing"]) == 2
+    assert main(["run", "--pipeline", "my_pipelines:pipeline", "--executor", "no_such"]) == 2
+
+
+def test_python_dash_m_is_the_command(factory):
+    out = subprocess.run([sys.executable, "-m", "curator_exec_core", "run", "--pipeline", "my_pipelines:pipeline",
+                          "--json"], capture_output=True, text=True, timeout=120, cwd=factory)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["pipeline"] == "mine"
+
+
+def test_executor_by_class_path(factory, capsys):
+    assert main(["run", "-p", "my_pipelines:pipeline", "-e", "curator_exec_local:LocalExecutor", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["executor"] == "local"
+    assert main(["run", "-p", "my_pipelines:pipeline", "-e", "my_pipelines:Pipeline"]) == 2
+    assert "not a BaseExecutor subclass" in capsys.readouterr().err
+
+
+def test_pipeline_run_forwards_the_checkpoint(tmp_path):
+    stages, tasks = resume_stages(n=8, seconds=0.0)
+    result = Pipeline("p", stages).run("local", tasks, checkpoint_path=tmp_path)
+    assert result.metrics["checkpoint"]["path"] == str(tmp_path)
+    assert canonical(result) == canonical(reference_run(*resume_stages(n=8, seconds=0.0)))
