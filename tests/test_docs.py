@@ -38,7 +38,8 @@ DOCS = ROOT / "docs"
 SKIP_MARK = "<!-- docs-test: skip -->"
 
 #: pages whose ``python`` blocks are executed (add yours)
-RUN_PAGES = ["hooks.md", "index.md", "architecture.md", "stages.md", "executors/index.md", "executors/local.md"]
+RUN_PAGES = ["hooks.md", "index.md", "architecture.md", "stages.md", "resumable-runs.md", "executors/index.md",
+             "executors/local.md"]
 PLUGIN_GUIDE = "writing-an-executor-plugin.md"
 
 
