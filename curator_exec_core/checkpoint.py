@@ -143,6 +143,12 @@ class Journal:
             _pending.add(self)
         self._buffer.append(("d", f"{stage_index}:{task.task_id}", task.lineage, task.task_id))
 
+    @property
+    def holds_records(self) -> bool:
+        """Whether records wait to be written (a stage that is not the last one has nothing else to
+        tell the journal after a call)."""
+        return bool(self._buffer or self._out)
+
     def after_call(self, outputs: list[Task] | None = None) -> None:
         """Called by the runner when a ``process_batch`` call ends, with its ``outputs`` if its stage
         ends the part: a worker process writes now, the driver process at most every

@@ -202,8 +202,9 @@ class ManagedStage(ProcessingStage):
         if pending:
             new_failed += self._run_into(pending, out)
         self.last_counts = counts = (len(tasks) - passed, len(out) - passed - new_failed, new_failed)
-        if self.journal is not None:
-            self.journal.after_call(out if self.journal_end else None)
+        journal = self.journal
+        if journal is not None and (self.journal_end or journal.holds_records):
+            journal.after_call(out if self.journal_end else None)
         if self.progress is not None:
             self.progress(self, *counts)
         return out

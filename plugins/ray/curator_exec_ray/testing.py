@@ -56,6 +56,7 @@ __all__ = [
     "ray_cluster",
     "ray_session",
     "ray_two_node_cluster",
+    "wait_until_idle",
 ]
 
 #: CPUs of the local Ray the ``ray_session`` fixture starts when none exists
@@ -92,10 +93,31 @@ def ray_attached(ray_session: rs.RaySession) -> rs.RaySession:
 
 
 @pytest.fixture
-def ray_driver_env(ray_attached: rs.RaySession) -> dict[str, str]:
+def ray_driver_env(ray_attached: rs.RaySession) -> Iterator[dict[str, str]]:
     """The environment a second driver process (e.g. ``curator-exec run`` in a subprocess) needs to
-    join this session's Ray instead of starting one: the kit's ``driver_env``."""
-    return {"RAY_ADDRESS": ray_attached.address}
+    join this session's Ray instead of starting one: the kit's ``driver_env``. After the test, waits
+    (at most 60 s) until Ray has released what a killed driver's workers held, so the next test gets
+    the whole cluster."""
+    yield {"RAY_ADDRESS": ray_attached.address}
+    wait_until_idle()
+
+
+def wait_until_idle(timeout: float = 60.0) -> bool:
+    """Wait until every CPU of the cluster is free again (the workers of a driver that died are
+    killed by Ray a moment later); whether it got there within ``timeout``."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not ray.is_initialized():
+            return True
+        total, free = ray.cluster_resources().get("CPU", 0.0), ray.available_resources().get("CPU", 0.0)
+        if free >= total:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 @attrs.frozen
