@@ -131,17 +131,15 @@ class Journal:
         self._out = []
         self._last = time.monotonic()
 
-    def outputs(self, tasks: list[Task]) -> None:
-        """``tasks`` left the part as outputs (failure records included); encoded when written."""
-        if not self._buffer and not self._out:
-            _pending.add(self)
-        self._out += tasks
-
     def dropped(self, stage_index: int, task: Task) -> None:
         """``task`` was dropped by stage ``stage_index`` (a filter, or an empty fan-out)."""
-        if not self._buffer and not self._out:
-            _pending.add(self)
+        self._hold()
         self._buffer.append(("d", f"{stage_index}:{task.task_id}", task.lineage, task.task_id))
+
+    def _hold(self) -> None:
+        """About to buffer a record: until it is written, ``flush_all`` must find this journal."""
+        if not self.holds_records:
+            _pending.add(self)
 
     @property
     def holds_records(self) -> bool:
@@ -154,8 +152,7 @@ class Journal:
         ends the part: a worker process writes now, the driver process at most every
         :data:`FLUSH_SECONDS` (and when ``execute`` returns)."""
         if outputs:
-            if not self._buffer and not self._out:
-                _pending.add(self)
+            self._hold()
             self._out += outputs
         if self._remote or time.monotonic() - self._last >= FLUSH_SECONDS:
             self.flush()
@@ -171,7 +168,7 @@ class Journal:
         """Append the buffered records as one block (a single ``write``)."""
         self._last = time.monotonic()
         _pending.discard(self)
-        if not self._buffer and not self._out:
+        if not self.holds_records:
             return
         outs = self._out
         if outs:  # the outputs by column: three fast passes, and what is not a plain Task apart
@@ -184,7 +181,7 @@ class Journal:
         name = f"{self.attempt}-{_process_token().replace(':', '-')}.journal"
         fd = os.open(os.path.join(self.folder, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload)
+            os.write(fd, _frame(payload))
         finally:
             os.close(fd)
 
@@ -194,6 +191,20 @@ class Journal:
 _pending: set[Journal] = set()
 
 
+def _frame(body: bytes) -> bytes:
+    """One block: ``magic | length | crc32 | body`` (journals and barrier files)."""
+    return _HEADER.pack(_MAGIC, len(body), zlib.crc32(body)) + body
+
+
+def _unframe(data: bytes, pos: int = 0) -> bytes | None:
+    """The body of the block at ``pos``, or None if it is cut short or damaged."""
+    if len(data) - pos < _HEADER.size:
+        return None
+    magic, length, crc = _HEADER.unpack_from(data, pos)
+    body = data[pos + _HEADER.size: pos + _HEADER.size + length]
+    return body if magic == _MAGIC and len(body) == length and zlib.crc32(body) == crc else None
+
+
 def read_journal(path: str) -> tuple[list[tuple[Any, ...]], bool]:
     """The records of one journal file, and whether its end was torn (ignored)."""
     with open(path, "rb") as f:
@@ -201,11 +212,8 @@ def read_journal(path: str) -> tuple[list[tuple[Any, ...]], bool]:
     records: list[tuple[Any, ...]] = []
     pos = 0
     while pos < len(data):
-        if len(data) - pos < _HEADER.size:
-            return records, True
-        magic, length, crc = _HEADER.unpack_from(data, pos)
-        body = data[pos + _HEADER.size: pos + _HEADER.size + length]
-        if magic != _MAGIC or len(body) != length or zlib.crc32(body) != crc:
+        body = _unframe(data, pos)
+        if body is None:
             return records, True
         try:
             for r in pickle.loads(body):
@@ -218,7 +226,7 @@ def read_journal(path: str) -> tuple[list[tuple[Any, ...]], bool]:
                     records.append(r)
         except Exception:
             return records, True
-        pos += _HEADER.size + length
+        pos += _HEADER.size + len(body)
     return records, False
 
 
@@ -435,18 +443,15 @@ class Checkpoint:
                 continue
             with open(path, "rb") as f:
                 data = f.read()
-            if len(data) >= _HEADER.size:
-                magic, length, crc = _HEADER.unpack_from(data)
-                body = data[_HEADER.size:]
-                if magic == _MAGIC and len(body) == length and zlib.crc32(body) == crc:
-                    self.resumed_after = parts[p].name
-                    return p, pickle.loads(body)
+            body = _unframe(data)
+            if body is not None and len(data) == _HEADER.size + len(body):
+                self.resumed_after = parts[p].name
+                return p, pickle.loads(body)
             logger.warning("checkpoint: ignoring the damaged %s", path)
         return None
 
     def save_barrier(self, part: int, outputs: list[Task]) -> None:
-        body = pickle.dumps(outputs, protocol=pickle.HIGHEST_PROTOCOL)
-        _write_atomic(self._barrier_file(part), _HEADER.pack(_MAGIC, len(body), zlib.crc32(body)) + body)
+        _write_atomic(self._barrier_file(part), _frame(pickle.dumps(outputs, protocol=pickle.HIGHEST_PROTOCOL)))
 
     def run_part(self, part: int, stages: Sequence[Any], sources: list[Task],
                  run: Callable[[list[Task]], list[Task]], resumed: Callable[[int], None]) -> list[Task]:
