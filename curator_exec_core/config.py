@@ -10,14 +10,16 @@ whose ``doc`` feeds ``curator-exec info`` and the reference docs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ast
+import json
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 import attrs
 
 from curator_exec_core.errors import ConfigError, did_you_mean
 
-__all__ = ["ExecutorOptions", "option", "build_options", "describe_options"]
+__all__ = ["ExecutorOptions", "option", "build_options", "describe_options", "parse_setting_value", "parse_settings"]
 
 _MISSING = object()
 
@@ -121,3 +123,52 @@ def describe_options(cls: type[ExecutorOptions]) -> list[dict[str, Any]]:
     for alias, name in cls.aliases.items():
         rows.append({"name": alias, "type": "", "default": None, "doc": f"Another name of {name!r} (give one of them)."})
     return rows
+
+
+# -- option values from text (``--set key=value``) ------------------------------------------
+
+#: words read as a value whatever their case (before JSON and Python literals)
+SETTING_WORDS: Mapping[str, Any] = {"true": True, "yes": True, "on": True, "false": False, "no": False,
+                                    "off": False, "none": None, "null": None}
+
+
+def parse_setting_value(text: str) -> Any:
+    """One option value given as text (``curator-exec --set``, ``benchmarks/run.py --set``).
+
+    The rule, after stripping surrounding whitespace:
+
+    1. ``true``/``yes``/``on`` -> ``True``, ``false``/``no``/``off`` -> ``False``,
+       ``none``/``null`` -> ``None``, in any case (``False``, ``YES``);
+    2. else JSON, if it parses (``2``, ``2.5``, ``[1, 2]``, ``{"a": 1}``, ``"quoted"``);
+    3. else a Python literal, if it parses (``(1, 2)``, ``{'a': 1}``, ``'quoted'``, ``1_000``);
+    4. else the text itself, as a string (``hello``, and the empty string).
+    """
+    text = text.strip()
+    word = text.lower()
+    if word in SETTING_WORDS:
+        return SETTING_WORDS[word]
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return text
+
+
+def parse_settings(items: Iterable[str] | None) -> dict[str, Any]:
+    """``["max_retries=2", "ignore_failures=yes"]`` -> ``{"max_retries": 2, "ignore_failures": True}``.
+
+    Each item is ``key=value`` (split at the first ``=``; the key is stripped and must not
+    be empty); the value is read with :func:`parse_setting_value`. A later item with the
+    same key wins. An item that is not ``key=value`` is a :class:`ConfigError`.
+    """
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        out[key] = parse_setting_value(raw)
+    return out

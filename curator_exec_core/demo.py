@@ -11,7 +11,8 @@ between tasks)::
     4 count_words          words per sentence                        (batch_size 16)
 
 :func:`reference` computes the expected outputs with plain function calls (no
-executor), so ``curator-exec demo`` can check what a backend returned.
+executor), so ``curator-exec demo`` can check what a backend returned;
+:func:`demo_report` and :func:`print_demo_report` are what it prints.
 The stages are module-level classes, so distributed engines can pickle them.
 """
 
@@ -34,8 +35,10 @@ __all__ = [
     "QualityFilter",
     "SplitSentences",
     "build_pipeline",
+    "demo_report",
     "normalize",
     "passes_quality",
+    "print_demo_report",
     "reference",
     "split_sentences",
     "summarize",
@@ -216,3 +219,63 @@ def summarize(tasks: Iterable[Task]) -> dict[str, int]:
         "documents_kept": len({t.data["doc_id"] for t in tasks}),
         "words": sum(t.data["words"] for t in tasks),
     }
+
+
+# -- the report of ``curator-exec demo`` ----------------------------------------------------
+
+
+def demo_report(pipeline: Pipeline, result: Any, *, spec: Any, options: dict[str, Any], documents: int, seed: int,
+                samples: int, total_seconds: float) -> dict[str, Any]:
+    """What ``curator-exec demo`` reports (``--json`` prints it as is): per-stage counts and workers,
+    a summary, failures, ``samples`` sample outputs and whether the outputs match :func:`reference`."""
+    from curator_exec_core.cli.report import failed_rows, stage_rows
+
+    expected = reference(documents, seed=seed)
+    matches = output_rows(result) == expected and not result.failed_tasks
+    ordered = sorted(result, key=lambda t: task_sort_key(t.task_id))
+    return {
+        "executor": spec.name,
+        "distribution": spec.distribution,
+        "version": spec.version,
+        "options": options,
+        "documents": documents,
+        "seed": seed,
+        "stages": stage_rows(pipeline, result, workers=True),
+        "summary": summarize(result),
+        "failed_tasks": failed_rows(result),
+        "samples": [{"task_id": t.task_id, **t.data} for t in ordered[:samples]],
+        "matches_reference": matches,
+        "expected_outputs": len(expected),
+        "run_seconds": result.metrics.get("seconds"),
+        "total_seconds": total_seconds,
+    }
+
+
+def print_demo_report(report: dict[str, Any]) -> None:
+    """:func:`demo_report` for a human: the stage table, a summary, samples, the check and the time."""
+    from curator_exec_core.cli.report import failed_lines, stage_table
+
+    who = f"{report['distribution']} {report['version']}".strip()
+    print(f"Demo pipeline on executor {report['executor']!r} ({who}): "
+          f"{report['documents']} synthetic documents, seed {report['seed']}")
+    print()
+    print(stage_table(report["stages"], workers=True))
+    summary = report["summary"]
+    print()
+    print(f"Outputs: {summary['sentences']} sentence tasks from {summary['documents_kept']} of "
+          f"{report['documents']} documents, {summary['words']} words; {len(report['failed_tasks'])} failed tasks.")
+    for line in failed_lines(report["failed_tasks"]):
+        print(line)
+    if report["samples"]:
+        print(f"Sample outputs ({len(report['samples'])} of {summary['sentences']}):")
+        for s in report["samples"]:
+            text = s["text"] if len(s["text"]) <= 60 else s["text"][:57] + "..."
+            print(f"  {s['task_id']:<10} {s['doc_id']}  words={s['words']:<3} {text!r}")
+    if report["matches_reference"]:
+        print(f"Check: outputs match the in-process reference ({report['expected_outputs']} tasks).")
+    else:
+        print(f"Check: MISMATCH: expected {report['expected_outputs']} tasks as computed in-process, "
+              f"got {summary['sentences']} (and {len(report['failed_tasks'])} failed).")
+    run = report["run_seconds"]
+    run_text = f"{run:.2f} s run, " if isinstance(run, (int, float)) else ""
+    print(f"Time: {run_text}{report['total_seconds']:.2f} s in all (loading the executor included).")

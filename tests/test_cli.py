@@ -14,8 +14,11 @@ import pytest
 
 from curator_exec_core import ExecutorSpec, hookimpl, list_executors, register_plugin, unregister_plugin
 from curator_exec_core.cli import main, parse_settings
-from curator_exec_core.config import describe_options
-from curator_exec_core.demo import build_pipeline, reference
+from curator_exec_core.config import describe_options, parse_setting_value
+from curator_exec_core.config import parse_settings as config_parse_settings
+from curator_exec_core.demo import GenerateDocuments, build_pipeline, reference
+from curator_exec_core.errors import ConfigError
+from curator_exec_core.importing import import_object
 from curator_exec_core.registry import ENV_BLOCK, ENV_DISABLE_AUTOLOAD, ENV_PLUGINS, reset_registry
 
 STAGES = ["generate_documents", "normalize_text", "quality_filter", "split_sentences", "count_words"]
@@ -220,6 +223,11 @@ PIPELINE_MODULE = """
 
     def not_a_pipeline():
         return 42
+
+    def with_tasks():
+        from curator_exec_core import Task
+
+        return Pipeline("paired_pipe", [Upper()]), [Task(data=i) for i in range(3)]
     """
 
 
@@ -230,6 +238,20 @@ def test_plan_custom_pipeline(workdir, capsys):
     assert "Pipeline 'custom_pipe'" in out and "upper_case" in out and "Plan for executor 'local'" in out
     code, out, _ = run(capsys, "plan", "--pipeline", "cli_pipelines:READY", "--executor", "local")
     assert code == 0 and "Pipeline 'ready_made'" in out
+
+
+def test_plan_accepts_a_pipeline_and_tasks_pair(workdir, capsys):
+    """``plan --pipeline`` takes the ``(Pipeline, initial_tasks)`` factory shape that ``run`` takes."""
+    workdir.write_module("cli_pipelines", PIPELINE_MODULE)
+    code, out, err = run(capsys, "plan", "--pipeline", "cli_pipelines:with_tasks")
+    assert code == 0, err
+    assert "Pipeline 'paired_pipe'" in out and "upper_case" in out and "Plan for executor 'local'" in out
+    code, out, err = run(capsys, "plan", "--pipeline", "cli_pipelines:with_tasks", "--json")
+    assert code == 0, err
+    assert json.loads(out)["pipeline"] == "paired_pipe"
+    code, out, err = run(capsys, "run", "--pipeline", "cli_pipelines:with_tasks", "--json")
+    assert code == 0, err
+    assert json.loads(out)["outputs"] == 3
 
 
 def test_plan_infeasible_pipeline_is_a_plan_error(workdir, capsys):
@@ -399,6 +421,43 @@ def test_parse_settings():
     }
     assert parse_settings(["a=1", "a=2"]) == {"a": 2}
     assert parse_settings(None) == {}
+    assert parse_settings is config_parse_settings  # one parser, shared with benchmarks/run.py
+
+
+@pytest.mark.parametrize("text, value", [
+    # 1. words, any case
+    ("true", True), ("True", True), ("YES", True), ("on", True), ("false", False), ("No", False), ("OFF", False),
+    ("none", None), ("None", None), ("NULL", None), ("  yes  ", True),
+    # 2. JSON
+    ("2", 2), ("-3", -3), ("2.5", 2.5), ("[1, 2]", [1, 2]), ('{"a": 1}', {"a": 1}), ('"yes"', "yes"), (" 7 ", 7),
+    # 3. Python literals
+    ("(1, 2)", (1, 2)), ("{'a': 1}", {"a": 1}), ("'quoted'", "quoted"), ("1_000", 1000), ("[1, 'x', None]", [1, "x", None]),
+    # 4. else the string
+    ("hello", "hello"), ("ray://head:10001", "ray://head:10001"), ("", ""), ("a b", "a b"), ("yes please", "yes please"),
+    ("__import__('os')", "__import__('os')"), ("[1, 2", "[1, 2"),
+])
+def test_setting_value_rule(text, value):
+    got = parse_setting_value(text)
+    assert got == value and type(got) is type(value)
+
+
+def test_parse_settings_splits_at_the_first_equals_sign():
+    assert parse_settings([" key = a=b ", "x=="]) == {"key": "a=b", "x": "="}
+    for bad in ("novalue", "=3", " =3", ""):
+        with pytest.raises(ConfigError, match="--set expects key=value"):
+            parse_settings([bad])
+
+
+def test_import_object():
+    assert import_object("curator_exec_core.config:parse_settings") is config_parse_settings
+    assert import_object("curator_exec_core.demo:GenerateDocuments.process") is GenerateDocuments.process
+    for bad in ("no_colon", ":attr", "module:"):
+        with pytest.raises(ValueError, match="module:attr"):
+            import_object(bad)
+    with pytest.raises(ImportError):
+        import_object("curator_exec_no_such_module_xyz:x")
+    with pytest.raises(AttributeError):
+        import_object("curator_exec_core.config:no_such_name")
 
 
 # -- the installed console script ----------------------------------------------------------------
@@ -432,6 +491,39 @@ def test_console_script_error_exit_code(tmp_path):
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert_one_line_error(proc.stderr, "no executor named 'no_such_executor_here'")
+
+
+def test_console_script_imports_the_pipeline_from_the_current_directory(tmp_path):
+    """The console script (unlike ``python -m``) gets no current directory on ``sys.path`` from Python:
+    ``--pipeline`` and ``--executor module:Class`` still find a module in it."""
+    (tmp_path / "cli_cwd_pipeline.py").write_text(textwrap.dedent("""
+        from curator_exec_core import Pipeline, ProcessingStage, Task
+
+        class Double(ProcessingStage):
+            name = "double"
+            def process(self, task):
+                return Task(data=task.data * 2)
+
+        def build():
+            return Pipeline("cwd_pipe", [Double()]), [Task(data=i) for i in range(4)]
+        """))
+    (tmp_path / "cli_cwd_executor.py").write_text(textwrap.dedent(THIRD_PARTY_IMPL))
+    env = clean_env()
+    for argv in (["run", "--pipeline", "cli_cwd_pipeline:build", "--json"],
+                 ["run", "--pipeline", "cli_cwd_pipeline:build", "--executor", "cli_cwd_executor:ThirdPartyExecutor",
+                  "--json"],
+                 ["plan", "--pipeline", "cli_cwd_pipeline:build"]):
+        proc = subprocess.run([str(console_script()), *argv], capture_output=True, text=True, env=env, cwd=tmp_path,
+                              timeout=300, check=False)
+        assert proc.returncode == 0, (argv, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        if argv[0] == "run":
+            report = json.loads(proc.stdout)
+            assert report["pipeline"] == "cwd_pipe" and report["outputs"] == 4
+            assert report["stages"] == [{"index": 0, "name": "double", "tasks_in": 4, "tasks_out": 4,
+                                         "tasks_failed": 0}]
+        else:
+            assert "Pipeline 'cwd_pipe'" in proc.stdout
 
 
 def test_cli_demo_imports_no_engine(tmp_path):

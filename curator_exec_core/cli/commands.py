@@ -1,0 +1,202 @@
+"""The ``curator-exec`` commands: ``plugins``, ``info``, ``plan``, ``demo`` and ``run``.
+
+Each takes the parsed arguments and returns the exit status; errors are raised and
+turned into one line on stderr by :func:`curator_exec_core.cli.main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from typing import Any
+
+import attrs
+
+from curator_exec_core.cli.common import (
+    PROG,
+    UsageError,
+    core_version,
+    executor_spec,
+    load_pipeline,
+    make_executor,
+    teardown_quietly,
+)
+from curator_exec_core.cli.report import (
+    failed_lines,
+    failed_rows,
+    one_line,
+    print_json,
+    stage_rows,
+    stage_table,
+    table,
+)
+from curator_exec_core.config import parse_settings
+
+__all__ = ["cmd_demo", "cmd_info", "cmd_plan", "cmd_plugins", "cmd_run"]
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from curator_exec_core.registry import list_plugins
+
+    plugins = list_plugins()
+    if args.json:
+        print_json([attrs.asdict(p) for p in plugins])
+        return 0
+    if not plugins:
+        print("No curator-exec plugins found (entry-point group 'curator_exec.executors').")
+        return 0
+    rows = [[p.name, p.distribution, p.version, p.status, ", ".join(p.executors), one_line(p.error)]
+            for p in plugins]
+    print(table(rows, ["NAME", "DISTRIBUTION", "VERSION", "STATUS", "EXECUTORS", "ERROR"]))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    if args.name:
+        return _info_executor(args)
+    from curator_exec_core.registry import KNOWN_BACKENDS, list_executors, list_plugins
+
+    executors = list_executors()
+    plugins = list_plugins()
+    installed = {s.name for s in executors}
+    missing = {n: d for n, d in KNOWN_BACKENDS.items() if n not in installed}
+    troubled = [p for p in plugins if p.status != "ok"]
+    if args.json:
+        print_json({
+            "core_version": core_version(),
+            "python": platform.python_version(),
+            "executors": [attrs.asdict(s) for s in executors],
+            "not_installed": missing,
+            "plugins_not_ok": [attrs.asdict(p) for p in troubled],
+        })
+        return 0
+    print(f"curator-exec-core {core_version()} (Python {platform.python_version()})")
+    print()
+    if executors:
+        print("Installed executors:")
+        rows = [[s.name, f"{s.distribution} {s.version}".strip(), s.summary] for s in executors]
+        print("  " + table(rows, ["NAME", "DISTRIBUTION", "SUMMARY"]).replace("\n", "\n  "))
+    else:
+        print("No executor is installed: pip install curator-exec-local")
+    if missing:
+        print()
+        print("Not installed: " + ", ".join(f"{n} (pip install {d})" for n, d in missing.items()))
+    if troubled:
+        print()
+        print("Plugins not loaded: " + ", ".join(f"{p.name} from {p.distribution} ({p.status})" for p in troubled)
+              + f"; see '{PROG} plugins'.")
+    return 0
+
+
+def _info_executor(args: argparse.Namespace) -> int:
+    from curator_exec_core.config import describe_options
+    from curator_exec_core.registry import get_plugin_manager
+
+    spec = executor_spec(args.name)
+    executor = make_executor(args.name, {})
+    try:
+        capacity = get_plugin_manager().hook.curator_exec_capacity(executor=executor)
+    finally:
+        teardown_quietly(executor)
+    options = describe_options(type(executor).Options)
+    if args.json:
+        print_json({"executor": attrs.asdict(spec), "capacity": capacity.to_dict(), "options": options})
+        return 0
+    print(f"Executor {spec.name!r} from {spec.distribution} {spec.version}".rstrip())
+    print(f"  class: {spec.factory}")
+    if spec.summary:
+        print(f"  {spec.summary}")
+    print()
+    print("Capacity:")
+    print("  " + capacity.describe().replace("\n", "\n  "))
+    print()
+    print(f"Options (set with --set key=value, or get_executor({spec.name!r}, key=value)):")
+    for row in options:
+        print(f"  {row['name']}: {row['type']} = {row['default']!r}")
+        if row["doc"]:
+            print(f"      {row['doc']}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    settings = parse_settings(args.set)  # argument errors first, before any plugin loads
+    if args.pipeline:
+        pipeline, _ = load_pipeline(args.pipeline)
+    else:
+        from curator_exec_core.demo import build_pipeline
+
+        pipeline = build_pipeline(args.tasks)
+    executor = make_executor(args.executor, settings)
+    try:
+        if args.json:
+            plan = pipeline.plan(executor)
+            print_json({"pipeline": pipeline.name, "plan": attrs.asdict(plan)})
+        else:
+            print(pipeline.describe(executor))
+    finally:
+        teardown_quietly(executor)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from curator_exec_core import demo
+
+    if args.tasks < 0:
+        raise UsageError(f"--tasks must be >= 0, got {args.tasks}")
+    settings = parse_settings(args.set)  # argument errors first, before any plugin loads
+    started = time.perf_counter()
+    pipeline = demo.build_pipeline(args.tasks, seed=args.seed)
+    spec = executor_spec(args.executor)
+    executor = make_executor(args.executor, settings)
+    result = pipeline.run(executor)
+    report = demo.demo_report(pipeline, result, spec=spec, options=attrs.asdict(executor.options),
+                              documents=args.tasks, seed=args.seed, samples=args.samples,
+                              total_seconds=time.perf_counter() - started)
+    if args.json:
+        print_json(report)
+    else:
+        demo.print_demo_report(report)
+    return 0 if report["matches_reference"] else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = parse_settings(args.set)  # argument errors first, before any plugin loads
+    if args.fresh and not args.checkpoint:
+        raise UsageError("--fresh discards a checkpoint; give one with --checkpoint DIR")
+    pipeline, tasks = load_pipeline(args.pipeline)
+    executor = make_executor(args.executor, settings)
+    started = time.perf_counter()
+    result = pipeline.run(executor, tasks, checkpoint_path=args.checkpoint, overwrite=args.fresh)
+    total = time.perf_counter() - started
+    report = {
+        "pipeline": pipeline.name,
+        "executor": executor.executor_name,
+        "stages": stage_rows(pipeline, result),
+        "outputs": len(result),
+        "failed_tasks": failed_rows(result),
+        "checkpoint": result.metrics.get("checkpoint"),
+        "run_seconds": result.metrics.get("seconds"),
+        "total_seconds": total,
+    }
+    if args.json:
+        print_json(report)
+    else:
+        _print_run(report)
+    return 0
+
+
+def _print_run(report: dict[str, Any]) -> None:
+    print(f"Pipeline {report['pipeline']!r} on executor {report['executor']!r}")
+    print()
+    print(stage_table(report["stages"]))
+    print()
+    print(f"Outputs: {report['outputs']} tasks; {len(report['failed_tasks'])} failed tasks.")
+    for line in failed_lines(report["failed_tasks"]):
+        print(line)
+    ck = report["checkpoint"]
+    if ck:
+        after = f", resumed after stage {ck['resumed_after']!r}" if ck["resumed_after"] else ""
+        print(f"Checkpoint: {ck['path']} ({ck['resumed_tasks']} of {ck['source_tasks']} source tasks "
+              f"resumed{after}).")
+    print(f"Time: {report['total_seconds']:.2f} s.")
