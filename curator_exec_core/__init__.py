@@ -16,12 +16,12 @@ from curator_exec_core.errors import (
     StageFailedError,
     UnknownExecutorError,
 )
-from curator_exec_core.events import ProgressEvent
 from curator_exec_core.executor import BaseExecutor
 from curator_exec_core.gang import GangStage, ManagedGang
 from curator_exec_core.hookspecs import hookimpl, hookspec
 from curator_exec_core.pipeline import Pipeline
 from curator_exec_core.planning import ExecutionPlan, StagePlan, plan_stages
+from curator_exec_core.progress import ProgressEvent
 from curator_exec_core.registry import (
     ExecutorSpec,
     executor_registration,
@@ -32,9 +32,12 @@ from curator_exec_core.registry import (
     register_plugin,
     unregister_plugin,
 )
+from curator_exec_core.run import Run
 from curator_exec_core.runner import ManagedStage
+from curator_exec_core.scheduling import Schedule, StagePlacement
 from curator_exec_core.shuffle import GroupBy, ManagedShuffle, Repartition, ShuffleStage
 from curator_exec_core.stages import GangInfo, NodeInfo, ProcessingStage, Resources, WorkerMetadata
+from curator_exec_core.stats import Counts, RunStats
 from curator_exec_core.tasks import EmptyTask, FailedTask, PipelineResult, StagePerf, Task
 
 __version__ = "0.1.0"
@@ -44,7 +47,7 @@ __all__ = [
     "ExecutionPlan", "GangInfo", "GangStage", "GroupBy", "ManagedGang", "ManagedShuffle", "Repartition", "ShuffleStage",
     "ExecutorOptions", "ExecutorSpec", "FailedTask", "GpuInfo", "ManagedStage", "NodeCapacity", "NodeInfo",
     "Pipeline", "PipelineResult", "PlanError", "PluginError", "ProcessingStage", "ProgressEvent", "Resources",
-    "StageFailedError", "StagePerf", "StagePlan", "Task", "UnknownExecutorError", "WorkerMetadata",
+    "StageFailedError", "StagePerf", "StagePlan", "Task", "Run", "Schedule", "StagePlacement", "Counts", "RunStats", "UnknownExecutorError", "WorkerMetadata",
     "build_options", "describe_options", "executor_registration", "get_executor", "get_plugin_manager", "hookimpl", "hookspec", "list_executors", "list_plugins", "option",
     "plan_stages", "probe_local", "register_plugin", "unregister_plugin",
 ]

@@ -6,6 +6,7 @@ import difflib
 from collections.abc import Callable, Iterable, Mapping
 
 __all__ = [
+    "find_stage_error",
     "CuratorExecError",
     "ConfigError",
     "PlanError",
@@ -98,3 +99,23 @@ def check_engine(engine: str, version: str, supported: str, probes: Mapping[str,
             f"{engine} {version} is installed, but this plugin supports {engine} {supported} and relies on "
             f"names it does not have: {'; '.join(missing)}. Install a supported {engine} version "
             f"(pip install '{package or engine.lower()}{supported}').")
+
+
+def find_stage_error(exc: BaseException) -> StageFailedError | None:
+    """The :class:`StageFailedError` inside an engine's exception (cause chains, Ray's ``.cause``)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    wrapped: StageFailedError | None = None
+    while todo:
+        cur = todo.pop(0)
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, StageFailedError):
+            if type(cur) is StageFailedError or not hasattr(cur, "cause"):
+                return cur
+            # Ray's RayTaskError(StageFailedError) is both; prefer the plain one it carries
+            wrapped = wrapped or cur
+        todo += [getattr(cur, "cause", None), cur.__cause__, cur.__context__]
+        todo += [e for e in getattr(cur, "exceptions", ()) if isinstance(e, BaseException)]
+    return wrapped

@@ -1,7 +1,7 @@
 """Gang stages: a fixed group of workers that start together, know their rank and talk to each other.
 
-A :class:`GangStage` runs ``gang_size`` ranks at once: rank 0's ``gang_root()`` (on its own
-stage instance, before any setup) returns a picklable value every rank gets in
+A :class:`GangStage` runs ``gang_size`` ranks at once: rank 0's ``gang_root()`` (on rank 0's
+instance, before any setup) returns a picklable value every rank gets in
 ``worker_metadata.gang.root`` (an address to rendezvous at, an NCCL unique id); every rank's
 ``setup`` runs at the same time (communicator init is collective), then every rank's
 ``process_batch`` is called once, at the same time, with its share of all the stage's input.
@@ -15,13 +15,13 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from curator_exec_core.errors import StageFailedError
-from curator_exec_core.runner import ManagedStage
-from curator_exec_core.shuffle import task_order
+from curator_exec_core.runner import ManagedStage, task_order
 from curator_exec_core.stages import GangInfo, ProcessingStage, WorkerMetadata
+from curator_exec_core.stats import Counts
 from curator_exec_core.tasks import FailedTask, Task
 
 __all__ = ["GangStage", "ManagedGang", "PLACEMENT_STRATEGIES", "run_gang_in_threads"]
@@ -38,8 +38,10 @@ class GangStage(ProcessingStage):
     * ``gang_size``: fixed (never autoscaled); the planner checks that the ranks fit.
     * ``resources``: per rank. ``placement_strategy``: ``"PACK"`` (default), ``"SPREAD"``,
       ``"STRICT_PACK"`` or ``"STRICT_SPREAD"`` (one rank per node).
-    * ``gang_root()``: on rank 0, on its own instance, before any rank's ``setup``; its
-      (picklable) return value reaches every rank as ``worker_metadata.gang.root``.
+    * ``gang_root()``: on rank 0's own instance (the one that then runs rank 0's ``setup`` and
+      ``process_batch``, so it may keep what it made: a listening socket, an NCCL unique id),
+      before any rank's ``setup``; its (picklable) return value reaches every rank as
+      ``worker_metadata.gang.root``.
     * ``setup(worker_metadata)``: all ranks at once; ``worker_metadata.gang`` has ``rank``,
       ``size`` and ``root``.
     * ``process_batch(tasks)``: every rank once, all at the same time, with its share of all the
@@ -64,7 +66,7 @@ class ManagedGang(ManagedStage):
     """A :class:`GangStage` as the core runs it: the shares, rank 0's root, a rank's setup and run."""
 
     stage: GangStage
-    barrier = "gang"
+    kind: ClassVar[str] = "gang"
 
     def __init__(self, stage: ProcessingStage, **kwargs: Any) -> None:
         if not isinstance(stage, GangStage):
@@ -86,31 +88,31 @@ class ManagedGang(ManagedStage):
         return [work[bounds[r]:bounds[r + 1]] for r in range(k)]
 
     def root(self) -> Any:
-        """Rank 0's ``gang_root()``, on its own copy of the stage."""
-        return copy.deepcopy(self.stage).gang_root()
+        """``gang_root()`` on this instance: call it on rank 0's, which then runs rank 0's setup."""
+        return self.stage.gang_root()
 
     def setup_rank(self, rank: int, root: Any, worker_id: str, node_id: str = "", allocation: Any = None) -> None:
         self.setup(WorkerMetadata(worker_id=worker_id, node_id=node_id or socket.gethostname(),
                                   allocation=allocation, gang=GangInfo(rank=rank, size=self.size, root=root)))
 
+    def process_counted(self, tasks: list[Task]) -> tuple[list[Task], Counts]:
+        raise TypeError(f"gang stage {self.name!r} runs its ranks' shares with run_share(), not process_batch()")
+
     def run_share(self, share: list[Task]) -> list[Task]:
         """This rank's one ``process_batch`` call on its share (no retries: the ranks run together)."""
-        saved, self.batch_size = self.batch_size, max(1, len(share))
-        policy, self.policy = self.policy, type(self.policy)(self.policy.ignore_failures, 0)
-        try:
-            return self.process_batch(share)
-        finally:
-            self.batch_size, self.policy = saved, policy
+        return self.run_once(share)
 
 
-def run_gang_in_threads(stage: ManagedGang, tasks: list[Task], worker_prefix: str,
-                        report: Callable[[tuple[int, int, int]], None] | None = None) -> list[Task]:
+def run_gang_in_threads(stage: ManagedGang, tasks: list[Task], worker_prefix: str) -> list[Task]:
     """The gang in this process: one thread per rank, each on its own copy of the stage (so a
-    localhost rendezvous works, and a pipeline developed locally runs unchanged on a cluster)."""
+    localhost rendezvous works, and a pipeline developed locally runs unchanged on a cluster).
+    Rank 0's ``gang_root()`` runs on rank 0's copy. The ranks' counts go to ``stage.stats``."""
     shares = stage.shares(tasks)
     records = [t for t in tasks if isinstance(t, FailedTask)]
-    root = stage.root()
     ranks = [copy.deepcopy(stage) for _ in range(stage.size)]
+    for rank in ranks:
+        rank.stats = stage.stats
+    root = ranks[0].root()
     outputs: list[list[Task]] = [[] for _ in ranks]
     errors: list[BaseException | None] = [None] * len(ranks)
 
@@ -119,8 +121,6 @@ def run_gang_in_threads(stage: ManagedGang, tasks: list[Task], worker_prefix: st
         try:
             rank.setup_rank(r, root, f"{worker_prefix}:{os.getpid()}:{stage.index}:rank{r}")
             outputs[r] = rank.run_share(shares[r])
-            if report is not None:
-                report(rank.last_counts)
         except BaseException as exc:  # reported below; the other ranks may hang on a collective
             errors[r] = exc
         finally:
@@ -133,16 +133,21 @@ def run_gang_in_threads(stage: ManagedGang, tasks: list[Task], worker_prefix: st
                for r in range(len(ranks))]
     for t in threads:
         t.start()
+    _join_ranks(threads, errors)
+    failed = [e for e in errors if e is not None]
+    if failed:
+        raise next((e for e in failed if isinstance(e, StageFailedError)), failed[0])
+    return records + [t for out in outputs for t in out]
+
+
+def _join_ranks(threads: list[threading.Thread], errors: list[BaseException | None]) -> None:
+    """Wait for the rank threads; once one failed, the others get ``FAILURE_GRACE`` seconds (they
+    may be blocked on the failed rank in a collective)."""
     failed_at: float | None = None
-    while any(t.is_alive() for t in threads):  # ranks blocked on a failed rank give up after a grace period
+    while any(t.is_alive() for t in threads):
         for t in threads:
             t.join(timeout=0.1)
         if any(e is not None for e in errors):
             failed_at = failed_at or time.monotonic()
             if time.monotonic() - failed_at > FAILURE_GRACE:
                 break
-    failed = [e for e in errors if e is not None]
-    if failed:
-        first = next((e for e in failed if isinstance(e, StageFailedError)), failed[0])
-        raise first
-    return records + [t for out in outputs for t in out]

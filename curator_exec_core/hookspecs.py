@@ -4,17 +4,18 @@ Implement hooks with :data:`curator_exec_core.hookimpl` in a module or class and
 expose it through the ``curator_exec.executors`` entry point (executor plugins)
 or register it with :func:`curator_exec_core.register_plugin` (observers).
 
-Lifecycle (``BaseExecutor.run``), in this order::
+Lifecycle (``BaseExecutor.run`` -> ``Run.drive``), in this order::
 
     curator_exec_capacity -> curator_exec_plan -> curator_exec_schedule
     -> curator_exec_execute -> curator_exec_teardown (always, also after a failure)
 
-Each lifecycle hook is ``firstresult``; the core registers default
-implementations (``trylast``) that call the executor's own method of the same
+The run driver (:class:`curator_exec_core.run.Run`) calls them. Each lifecycle hook
+is ``firstresult``; the core registers default implementations (``trylast``,
+:mod:`curator_exec_core.lifecycle`) that call the executor's own method of the same
 name. A plugin can answer a phase first, or wrap it with
 ``@hookimpl(wrapper=True)`` (``result = yield``; return it or a replacement) to
 time, log, or change it (a policy that caps workers wraps ``curator_exec_plan``).
-Observers get :class:`~curator_exec_core.events.ProgressEvent` objects through
+Observers get :class:`~curator_exec_core.progress.ProgressEvent` objects through
 ``curator_exec_progress``; it is called on the driver, for every backend.
 """
 
@@ -26,11 +27,12 @@ import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
     from curator_exec_core.capacity import Capacity
-    from curator_exec_core.events import ProgressEvent
+    from curator_exec_core.progress import ProgressEvent
     from curator_exec_core.executor import BaseExecutor
     from curator_exec_core.planning import ExecutionPlan
     from curator_exec_core.registry import ExecutorSpec
     from curator_exec_core.runner import ManagedStage
+    from curator_exec_core.scheduling import Schedule
     from curator_exec_core.stages import ProcessingStage
     from curator_exec_core.tasks import Task
 
@@ -56,20 +58,31 @@ def curator_exec_register_executors() -> list[ExecutorSpec]:
 
 @hookspec(firstresult=True)
 def curator_exec_capacity(executor: BaseExecutor) -> Capacity | None:
-    """Return the :class:`Capacity` ``executor`` can use (default: ``executor.capacity()``)."""
+    """Return the :class:`Capacity` ``executor`` can use.
 
-
-@hookspec(firstresult=True)
-def curator_exec_plan(executor: BaseExecutor, stages: list[ProcessingStage], capacity: Capacity) -> ExecutionPlan | None:
-    """Return the :class:`ExecutionPlan` for ``stages`` on ``capacity`` (default: ``executor.plan(...)``).
-
-    Raise :class:`PlanError` for a request that cannot be met.
+    First phase of every run; also called by ``Pipeline.plan`` and ``curator-exec plan``/``info``.
+    Stops at the first non-None result. Default: ``executor.capacity()``.
     """
 
 
 @hookspec(firstresult=True)
-def curator_exec_schedule(executor: BaseExecutor, plan: ExecutionPlan) -> Any:
-    """Turn the plan into engine placement (default: ``executor.schedule(plan)``; may return None)."""
+def curator_exec_plan(executor: BaseExecutor, stages: list[ProcessingStage], capacity: Capacity) -> ExecutionPlan | None:
+    """Return the :class:`ExecutionPlan` for ``stages`` on ``capacity``: how many workers of what.
+
+    Raise :class:`PlanError` for a request that cannot be met. Stops at the first non-None result.
+    Default: ``executor.plan(stages, capacity)``. Wrap it to change the plan (cap workers).
+    """
+
+
+@hookspec(firstresult=True)
+def curator_exec_schedule(executor: BaseExecutor, plan: ExecutionPlan) -> Schedule | None:
+    """Return the :class:`~curator_exec_core.scheduling.Schedule`: where each planned worker runs.
+
+    ``plan`` says how many; the schedule says where (a node per worker, or None: the engine decides).
+    ``execute`` obeys it (the run's schedule is ``Run.of(stages).schedule``). Stops at the first
+    non-None result. Default: ``executor.schedule(plan)`` (the Ray executors pin workers off the head
+    node with ``ignore_head_node``). Wrap it to pin a stage: ``return (yield).pin(index, [node_id])``.
+    """
 
 
 @hookspec(firstresult=True)

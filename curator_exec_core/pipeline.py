@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from curator_exec_core.executor import BaseExecutor
 from curator_exec_core.planning import ExecutionPlan
+from curator_exec_core.lifecycle import capacity_and_plan
 from curator_exec_core.registry import get_executor, get_plugin_manager
 from curator_exec_core.stages import ProcessingStage
 from curator_exec_core.tasks import PipelineResult, Task
@@ -58,10 +59,7 @@ class Pipeline:
 
     def plan(self, executor: BaseExecutor | str | None = None) -> ExecutionPlan:
         """The plan ``executor`` would use, without running anything."""
-        ex = resolve_executor(executor)
-        hook = get_plugin_manager().hook
-        capacity = hook.curator_exec_capacity(executor=ex)
-        return hook.curator_exec_plan(executor=ex, stages=list(self.stages), capacity=capacity)
+        return capacity_and_plan(get_plugin_manager().hook, resolve_executor(executor), self.stages)[1]
 
     def describe(self, executor: BaseExecutor | str | None = None) -> str:
         """The stages; with ``executor``, also the plan (what would run where)."""

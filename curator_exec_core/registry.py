@@ -111,30 +111,6 @@ class PluginInfo:
     error: str = ""
 
 
-class _DefaultLifecycle:
-    """The core's default lifecycle: each phase calls the executor's own method."""
-
-    @hookspecs.hookimpl(trylast=True)
-    def curator_exec_capacity(self, executor: BaseExecutor) -> Any:
-        return executor.capacity()
-
-    @hookspecs.hookimpl(trylast=True)
-    def curator_exec_plan(self, executor: BaseExecutor, stages: list, capacity: Any) -> Any:
-        return executor.plan(stages, capacity)
-
-    @hookspecs.hookimpl(trylast=True)
-    def curator_exec_schedule(self, executor: BaseExecutor, plan: Any) -> Any:
-        return executor.schedule(plan)
-
-    @hookspecs.hookimpl(trylast=True)
-    def curator_exec_execute(self, executor: BaseExecutor, stages: list, initial_tasks: list) -> Any:
-        return executor.execute(stages, initial_tasks)
-
-    @hookspecs.hookimpl(trylast=True)
-    def curator_exec_teardown(self, executor: BaseExecutor, error: BaseException | None) -> None:
-        executor.teardown()
-
-
 def _split_env(name: str) -> set[str]:
     return {p.strip() for p in os.environ.get(name, "").split(",") if p.strip()}
 
@@ -152,8 +128,10 @@ class Registry:
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
-        self.pm.register(_DefaultLifecycle(), name="curator_exec.defaults")
-        from curator_exec_core.progress import TqdmProgress
+        from curator_exec_core._tqdm import TqdmProgress
+        from curator_exec_core.lifecycle import DefaultLifecycle
+
+        self.pm.register(DefaultLifecycle(), name="curator_exec.defaults")
 
         self.pm.register(TqdmProgress(), name="curator_exec.progress")
         self._lock = threading.RLock()

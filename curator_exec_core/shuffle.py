@@ -10,15 +10,16 @@ semantics are the same everywhere. Backends only move the keyed tasks between wo
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any, ClassVar
 
-from curator_exec_core.runner import ManagedStage
+from curator_exec_core.runner import ManagedStage, retry, task_order
 from curator_exec_core.stages import ProcessingStage
+from curator_exec_core.stats import Counts
 from curator_exec_core.tasks import FailedTask, Task
 
 __all__ = ["ShuffleStage", "ManagedShuffle", "GroupBy", "Repartition", "key_digest", "task_order",
-           "group_in_process", "split_at_barriers", "KeyedTask"]
+           "group_in_process", "partitioned", "KeyedTask"]
 
 #: (key digest, key, task): one task as one key sends it to the shuffle
 KeyedTask = tuple[str, Hashable, Task]
@@ -113,40 +114,33 @@ def key_digest(key: Any) -> str:
     return hashlib.sha1(_canonical(key)).hexdigest()
 
 
-def task_order(task_id: str) -> tuple:
-    """Sort key of a task id (``"2"`` before ``"10"``, ``"3.1"`` after ``"3"``)."""
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in task_id.split("."))
-
-
 class ManagedShuffle(ManagedStage):
     """A :class:`ShuffleStage` as the core runs it: ``key_tasks`` on the insert side, ``reduce_groups``
-    on set-up workers, with the core's retries and failure records on both."""
+    on set-up workers, with the core's retries and failure records on both. Each call's counts:
+    ``key_tasks`` (tasks keyed, 0, failed), ``reduce_groups`` (0, outputs, failed groups)."""
 
     stage: ShuffleStage
-    barrier = "shuffle"
+    kind: ClassVar[str] = "shuffle"
 
     def __init__(self, stage: ProcessingStage, **kwargs: Any) -> None:
         if not isinstance(stage, ShuffleStage):
             raise TypeError(f"stage {stage.name!r} is not a ShuffleStage")
         super().__init__(stage, **kwargs)
 
-    def _attempt(self, task: Task, what: str, fn: Callable[[], Any], error: Exception | None = None,
-                 ) -> tuple[Any, FailedTask | None]:
-        """``fn()`` with ``max_retries`` retries (``error``: the exception of a first attempt already
-        made); then abort with ``StageFailedError`` or return a failure record (``ignore_failures``)."""
-        attempts, exc = (0, None) if error is None else (1, error)
-        while exc is None or attempts <= self.policy.max_retries:
-            attempts += 1
-            try:
-                return fn(), None
-            except Exception as e:
-                exc = e
-        return None, self._fail(task, exc, attempts, what)
+    def process_counted(self, tasks: list[Task]) -> tuple[list[Task], Counts]:
+        raise TypeError(f"shuffle stage {self.name!r} runs as key_tasks() then reduce_groups(), not process_batch()")
+
+    def _attempt(self, task: Task, what: str, fn: Callable[[], Any], error: Exception) -> tuple[Any, FailedTask | None]:
+        """``fn()`` again after its first attempt raised ``error``, with the stage's retries; then
+        abort with ``StageFailedError`` or return a failure record (``ignore_failures``)."""
+        attempt = retry(fn, self.policy.max_retries, error)
+        if attempt.error is None:
+            return attempt.value, None
+        return None, self._fail(task, attempt.error, attempt.attempts, what)
 
     def key_tasks(self, tasks: Iterable[Task]) -> tuple[list[KeyedTask], list[Task]]:
         """The (digest, key, task) of every key of every task (a key a task emits twice counts once),
-        and the failure records (those that came in, and tasks whose ``keys()`` failed). Updates
-        ``last_counts`` (in = tasks keyed)."""
+        and the failure records (those that came in, and tasks whose ``keys()`` failed)."""
         keyed: list[KeyedTask] = []
         records: list[Task] = []
         n_in = failed = 0
@@ -171,15 +165,14 @@ class ManagedShuffle(ManagedStage):
             if len(got) > 1 and len({d for d, _, _ in got}) < len(got):
                 got = list({d: (d, k, t) for d, k, t in got}.values())
             keyed += got
-        self.last_counts = (n_in, 0, failed)
+        self._counted(Counts(n_in, 0, failed))
         return keyed, records
 
     def partition(self, digest: str, partitions: int) -> int:
         return int(digest[:15], 16) % max(1, partitions)
 
     def reduce_groups(self, keyed: Iterable[KeyedTask]) -> list[Task]:
-        """Group ``keyed`` by key and reduce every group (tasks in ``task_id`` order). Updates
-        ``last_counts`` (in = groups, out = outputs, failed = failed groups)."""
+        """Group ``keyed`` by key and reduce every group (tasks in ``task_id`` order)."""
         groups: dict[str, list[Any]] = {}
         for digest, key, task in keyed:
             group = groups.get(digest)
@@ -189,35 +182,37 @@ class ManagedShuffle(ManagedStage):
                 group.append(task)
         out: list[Task] = []
         failed = 0
-        reduce, name, check = self.stage.reduce, self.name, self._check
         for digest in sorted(groups):
             key, *tasks = groups[digest]
             if len(tasks) > 1:
                 tasks.sort(key=lambda t: task_order(t.task_id))
-            out_id = f"{name}#{digest[:16]}"
-            try:
-                result = reduce(key, tasks)
-            except Exception as exc:
-                holder = Task(data=tasks, task_id=out_id, metadata={"shuffle_key": key})
-                result, record = self._attempt(holder, f"reduce(key={key!r})", lambda k=key, t=tasks: reduce(k, t),
-                                               exc)
-                if record is not None:
-                    out.append(record)
-                    failed += 1
-                    continue
-            if result is None:
-                continue
-            if isinstance(result, list):
-                for i, child in enumerate(result):
-                    check(child)
-                    child.task_id = f"{out_id}.{i}"
-                out += result
-            else:
-                check(result)
-                result.task_id = out_id
-                out.append(result)
-        self.last_counts = (len(groups), len(out) - failed, failed)
+            failed += self._reduce_group(f"{self.name}#{digest[:16]}", key, tasks, out)
+        self._counted(Counts(0, len(out) - failed, failed))
         return out
+
+    def _reduce_group(self, out_id: str, key: Hashable, tasks: list[Task], out: list[Task]) -> int:
+        """``reduce(key, tasks)`` into ``out`` with ids from the key; 1 if it made a failure record."""
+        reduce = self.stage.reduce
+        try:
+            result = reduce(key, tasks)
+        except Exception as exc:
+            holder = Task(data=tasks, task_id=out_id, metadata={"shuffle_key": key})
+            result, record = self._attempt(holder, f"reduce(key={key!r})", lambda: reduce(key, tasks), exc)
+            if record is not None:
+                out.append(record)
+                return 1
+        if result is None:
+            return 0
+        if isinstance(result, list):
+            for i, child in enumerate(result):
+                self._check(child, "reduce()")
+                child.task_id = f"{out_id}.{i}"
+            out += result
+        else:
+            self._check(result, "reduce()")
+            result.task_id = out_id
+            out.append(result)
+        return 0
 
 
 def partitioned(shuffle: ManagedShuffle, keyed: Sequence[KeyedTask], partitions: int) -> list[list[KeyedTask]]:
@@ -228,33 +223,8 @@ def partitioned(shuffle: ManagedShuffle, keyed: Sequence[KeyedTask], partitions:
     return parts
 
 
-def group_in_process(shuffle: ManagedShuffle, tasks: Iterable[Task], report: Callable[..., None] | None = None,
-                     ) -> list[Task]:
-    """The whole shuffle in this process: key every task, reduce every group. Failure records pass
-    through. ``report(kind, counts)`` gets the insert and the reduce counts (for progress)."""
+def group_in_process(shuffle: ManagedShuffle, tasks: Iterable[Task]) -> list[Task]:
+    """The whole shuffle in this process, on a set-up ``shuffle``: key every task, reduce every
+    group. Failure records (those that came in, then those it made) come first."""
     keyed, records = shuffle.key_tasks(tasks)
-    if report is not None:
-        report("insert", shuffle.last_counts)
-    out = shuffle.reduce_groups(keyed)
-    if report is not None:
-        report("reduce", shuffle.last_counts)
-    return records + out
-
-
-def iter_keyed(parts: Iterable[Iterable[KeyedTask]]) -> Iterator[KeyedTask]:
-    for part in parts:
-        yield from part
-
-
-def split_at_barriers(stages: Sequence[ManagedStage]) -> list[Any]:
-    """The pipeline as its parts: runs of map stages (lists), and each barrier stage (a shuffle or a
-    gang: a stage whose ``barrier`` kind is set) on its own."""
-    parts: list[Any] = []
-    for stage in stages:
-        if stage.barrier:
-            parts.append(stage)
-        elif parts and isinstance(parts[-1], list):
-            parts[-1].append(stage)
-        else:
-            parts.append([stage])
-    return parts
+    return records + shuffle.reduce_groups(keyed)

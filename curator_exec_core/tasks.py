@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Task", "EmptyTask", "FailedTask", "StagePerf", "PipelineResult", "StageStats"]
+__all__ = ["Task", "EmptyTask", "FailedTask", "StagePerf", "PipelineResult"]
 
 
 @attrs.frozen
@@ -104,17 +104,6 @@ class FailedTask(Task):
 
     def __repr__(self) -> str:
         return f"FailedTask(stage={self.stage!r}, task_id={self.task_id!r}, error={self.error})"
-
-
-@attrs.define
-class StageStats:
-    """Counters for one stage over a run (filled by backends that report them)."""
-
-    stage: str
-    tasks_in: int = 0
-    tasks_out: int = 0
-    failed: int = 0
-    seconds: float = 0.0
 
 
 class PipelineResult(list):

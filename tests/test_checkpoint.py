@@ -13,15 +13,21 @@ from fractions import Fraction
 import pytest
 
 from curator_exec_core import CheckpointError, Pipeline, ProcessingStage, Task, get_executor
-from curator_exec_core.checkpoint import _HEADER, _MAGIC, Journal, _finished, read_journal
+from curator_exec_core.checkpoint import Journal, read_journal
+from curator_exec_core.checkpoint.journal import HEADER_SIZE, frame
+from curator_exec_core.checkpoint.recovery import finished
 from curator_exec_core.cli import main
 from curator_exec_core.testing.conformance import canonical, reference_run
 from curator_exec_core.testing.stages import FailOn, resume_stages
 
 
 def block(records: list) -> bytes:
-    body = pickle.dumps(records)
-    return _HEADER.pack(_MAGIC, len(body), zlib.crc32(body)) + body
+    return frame(pickle.dumps(records))
+
+
+def o(task_id: str, lineage: tuple, data: object) -> tuple:
+    """An output record as a journal writes it (format 1: outputs by column)."""
+    return ("c", [task_id], [lineage], [data], {})
 
 
 def write(folder, name: str, *blocks: bytes) -> None:
@@ -36,65 +42,68 @@ HALF = Fraction(1, 2)
 
 def test_a_source_is_done_only_when_its_shares_add_up_to_one(tmp_path):
     # source "a" fanned out in two halves; only one half is recorded: not done. "b" was dropped: done.
-    write(tmp_path, "1-h-1.journal", block([("o", "a.0", (("a", HALF),), 10), ("d", "0:b", (), "b")]))
-    done, outputs, torn = _finished(str(tmp_path), {"a", "b"})
+    write(tmp_path, "1-h-1.journal", block([o("a.0", (("a", HALF),), 10), ("d", "0:b", (), "b")]))
+    done, outputs, torn = finished(str(tmp_path), {"a", "b"})
     assert done == {"b"} and outputs == [] and torn == 0
-    write(tmp_path, "1-h-2.journal", block([("o", "a.1", (("a", HALF),), 11)]))  # another worker process
-    done, outputs, _ = _finished(str(tmp_path), {"a", "b"})
+    write(tmp_path, "1-h-2.journal", block([o("a.1", (("a", HALF),), 11)]))  # another worker process
+    done, outputs, _ = finished(str(tmp_path), {"a", "b"})
     assert done == {"a", "b"}
     assert sorted((t.task_id, t.data) for t in outputs) == [("a.0", 10), ("a.1", 11)]
 
 
 def test_repeated_records_of_a_rerun_chunk_count_once(tmp_path):
-    rec = block([("o", "a.0", (("a", HALF),), 10)])
+    rec = block([o("a.0", (("a", HALF),), 10)])
     write(tmp_path, "1-h-1.journal", rec, rec)  # the engine ran the chunk twice
-    assert _finished(str(tmp_path), {"a"})[0] == set()  # 1/2, not 1
-    write(tmp_path, "1-h-1.journal", block([("o", "a.1", (("a", HALF),), 11)]))
-    done, outputs, _ = _finished(str(tmp_path), {"a"})
+    assert finished(str(tmp_path), {"a"})[0] == set()  # 1/2, not 1
+    write(tmp_path, "1-h-1.journal", block([o("a.1", (("a", HALF),), 11)]))
+    done, outputs, _ = finished(str(tmp_path), {"a"})
     assert done == {"a"} and len(outputs) == 2
 
 
 def test_columns_blocks_and_a_torn_tail(tmp_path):
     cols = ("c", ["x", "y"], None, [1, 2], {})
     good = block([cols]) + block([("d", "1:z", (), "z")])
-    last = block([("o", "w", (), 5)])
-    for cut in (3, _HEADER.size + 2, len(last) - 1):  # inside a header, a body, the last byte
+    last = block([o("w", (), 5)])
+    for cut in (3, HEADER_SIZE + 2, len(last) - 1):  # inside a header, a body, the last byte
         path = tmp_path / f"cut{cut}.journal"
         path.write_bytes(good + last[:cut])
         records, torn = read_journal(str(path))
-        assert torn and [r[:2] for r in records] == [("o", "x"), ("o", "y"), ("d", "1:z")]
+        assert torn and [(type(r).__name__, r[0]) for r in records] == [("Output", "x"), ("Output", "y"),
+                                                                         ("Dropped", "1:z")]
     damaged = bytearray(good)
     damaged[-1] ^= 0xFF  # a flipped byte in the last block: its checksum fails
     (tmp_path / "bad.journal").write_bytes(bytes(damaged))
     records, torn = read_journal(str(tmp_path / "bad.journal"))
-    assert torn and [r[1] for r in records] == ["x", "y"]
+    assert torn and [r[0] for r in records] == ["x", "y"]
 
 
 def test_a_source_finished_in_two_attempts_is_taken_from_one(tmp_path):
-    write(tmp_path, "1-h-1.journal", block([("o", "a", (), 1)]))
-    write(tmp_path, "2-h-1.journal", block([("o", "a", (), 1), ("o", "b", (), 2)]))
-    done, outputs, _ = _finished(str(tmp_path), {"a", "b"})
+    write(tmp_path, "1-h-1.journal", block([o("a", (), 1)]))
+    write(tmp_path, "2-h-1.journal", block([o("a", (), 1), o("b", (), 2)]))
+    done, outputs, _ = finished(str(tmp_path), {"a", "b"})
     assert done == {"a", "b"} and sorted(t.task_id for t in outputs) == ["a", "b"]
 
 
-def test_an_output_of_several_sources_counts_only_if_all_finished(tmp_path):
+def test_an_output_of_several_sources_counts_only_if_allfinished(tmp_path):
     # a batch stage merged a and b into one output; b also has a second branch never recorded
-    write(tmp_path, "1-h-1.journal", block([("o", "m", (("a", 1), ("b", HALF)), 7)]))
-    done, outputs, _ = _finished(str(tmp_path), {"a", "b"})
+    write(tmp_path, "1-h-1.journal", block([o("m", (("a", 1), ("b", HALF)), 7)]))
+    done, outputs, _ = finished(str(tmp_path), {"a", "b"})
     assert done == set() and outputs == []  # a alone would lose its output
 
 
 def test_journal_copies_in_one_process_are_all_written(tmp_path):
     import copy
 
-    j = Journal(str(tmp_path), "7")
+    from types import SimpleNamespace
+
+    j = Journal(str(tmp_path), "7", end=0)
     copies = [copy.deepcopy(j) for _ in range(3)]
     for i, c in enumerate(copies):
-        c.after_call([Task(data=i, task_id=str(i))])
+        c.call_done(SimpleNamespace(index=0), [Task(data=i, task_id=str(i))])
     del copies  # a backend may drop its worker copies before the part ends
     j.flush_all()
     (path,) = tmp_path.glob("*.journal")
-    assert sorted(r[1] for r in read_journal(str(path))[0]) == ["0", "1", "2"]
+    assert sorted(r.task_id for r in read_journal(str(path))[0]) == ["0", "1", "2"]
 
 
 class Scale(ProcessingStage):

@@ -29,6 +29,8 @@ class Strict(BaseExecutor):
     seen: list[tuple[list, list]] = []
 
     def execute(self, stages, initial_tasks):
+        if not self.is_prepared(stages):  # the documented rule for a direct call with plain stages
+            return self.execute_unprepared(stages, initial_tasks)
         type(self).seen.append((list(stages), list(initial_tasks)))
         assert all(isinstance(s, ManagedStage) and s.plan is not None for s in stages)
         assert initial_tasks and all(t.task_id for t in initial_tasks)

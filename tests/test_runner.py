@@ -75,11 +75,14 @@ def test_stage_error_pickles_with_its_fields():
     assert str(again) == str(err)
 
 
-def test_managed_stage_pickles_without_driver_callback():
+def test_managed_stage_pickles_without_the_run():
+    from curator_exec_core.stats import RunStats
+
     managed = ManagedStage(AddOne())
-    managed.progress = lambda *a: None
+    managed.stats = RunStats(["add_one"])
+    managed.run = object()  # the driver's Run: never travels to a worker
     clone = pickle.loads(pickle.dumps(managed))
-    assert clone.progress is None and clone.name == "add_one"
+    assert clone.stats is None and clone.run is None and clone.name == "add_one"
 
 
 def test_setup_on_node_once_per_node_across_copies(tmp_path):
@@ -110,7 +113,7 @@ def test_teardown_without_setup_does_nothing(tmp_path):
 
 def test_find_stage_error_prefers_the_plain_error_inside_an_engine_wrapper():
     """Ray raises a class that is both its wrapper and the cause's type; users get the plain error."""
-    from curator_exec_core.executor import find_stage_error
+    from curator_exec_core.errors import find_stage_error
 
     plain = StageFailedError("s", "3", "ValueError('x')")
 

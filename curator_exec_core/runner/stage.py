@@ -10,53 +10,45 @@ semantics without doing anything:
   (a single output keeps its parent's id; output ``i`` of a list gets
   ``"<parent>.<i>"``),
 * per-stage timing (:class:`StagePerf` on every output task),
-* failures: ``max_retries`` retries, then either :class:`StageFailedError` naming
-  the stage and task with the original exception chained (default), or, with
-  ``ignore_failures``, a :class:`FailedTask` record that flows through the rest of
-  the pipeline untouched and is reported on the result,
-* ``setup_on_node`` exactly once per node per stage per run (a file lock on the
-  node, so it holds across worker processes), called by ``setup``,
-* ``teardown`` once per worker that ran ``setup``.
+* failures (:mod:`curator_exec_core.runner.retry`): ``max_retries`` retries, then either
+  :class:`StageFailedError` naming the stage and task with the original exception chained
+  (default), or, with ``ignore_failures``, a :class:`FailedTask` record that flows through the
+  rest of the pipeline untouched and is reported on the result,
+* ``setup_on_node`` exactly once per node per stage per run, called by ``setup``,
+* ``teardown`` once per worker that ran ``setup``,
+* counts: every call ends with :class:`~curator_exec_core.stats.Counts` for the stage
+  (``last_counts``, and :meth:`process_counted` returns them with the outputs). In the driver
+  process they go straight to the run's stats (``stats``); a worker process hands them back
+  with its outputs.
+
+This module holds what every stage kind shares (the *host*: identity, plan, lifecycle, failure
+policy, counts) and the map kind's batch path. Shuffle and gang stages
+(:mod:`curator_exec_core.shuffle`, :mod:`curator_exec_core.gang`) are hosts with a work path of
+their own.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import re
 import socket
-import tempfile
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import attrs
-
-from curator_exec_core.checkpoint import merge_lineage, split_lineage
 from curator_exec_core.errors import StageFailedError
+from curator_exec_core.runner.node import once_per_node
+from curator_exec_core.runner.retry import FailurePolicy, retry
 from curator_exec_core.stages import NodeInfo, ProcessingStage, Resources, WorkerMetadata, has_lifecycle
+from curator_exec_core.stats import Counts
 from curator_exec_core.tasks import FailedTask, StagePerf, Task
 
-__all__ = ["FailurePolicy", "ManagedStage", "run_dir"]
+if TYPE_CHECKING:  # pragma: no cover
+    from curator_exec_core.planning import StagePlan
+    from curator_exec_core.run import Run
+    from curator_exec_core.runner.observer import RunnerObserver
+    from curator_exec_core.stats import RunStats
 
-try:  # POSIX file locks make setup_on_node once-per-node across processes
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
-
-
-@attrs.frozen
-class FailurePolicy:
-    ignore_failures: bool = False
-    max_retries: int = 0
-
-
-def run_dir(run_id: str) -> str:
-    """The per-run scratch folder on this node (holds the setup_on_node locks)."""
-    return os.path.join(tempfile.gettempdir(), f"curator-exec-{os.getuid() if hasattr(os, 'getuid') else 0}", run_id)
-
-
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)[:80]
+__all__ = ["ManagedStage"]
 
 
 def _inherit(child: Task, parent: Task, task_id: str) -> None:
@@ -64,7 +56,6 @@ def _inherit(child: Task, parent: Task, task_id: str) -> None:
     (stage history, metadata, dataset name) from its parent."""
     child.task_id = task_id
     if child is not parent:
-        child.lineage = parent.lineage
         if not child.stage_perf and parent.stage_perf:
             child.stage_perf = list(parent.stage_perf)
         if not child.metadata and parent.metadata:
@@ -74,21 +65,19 @@ def _inherit(child: Task, parent: Task, task_id: str) -> None:
 
 
 class ManagedStage(ProcessingStage):
-    """A user stage as the core runs it. Backends receive these from ``BaseExecutor.run``.
+    """A user stage as the core runs it. Backends receive these from the run driver.
 
     ``name``, ``batch_size`` and ``backend_options`` are the user's; ``resources``
-    and ``num_workers()`` are the planned values; ``stage`` is the user's stage.
+    and ``num_workers()`` are the planned values; ``stage`` is the user's stage;
+    ``index`` its position in the pipeline; ``kind`` its stage kind
+    (:mod:`curator_exec_core.runner.kinds`).
     """
 
-    def __init__(
-        self,
-        stage: ProcessingStage,
-        *,
-        index: int = 0,
-        plan: Any = None,
-        policy: FailurePolicy | None = None,
-        run_id: str = "",
-    ) -> None:
+    #: the stage kind (``"map"``; ``"shuffle"``, ``"gang"`` for their managed classes)
+    kind: ClassVar[str] = "map"
+
+    def __init__(self, stage: ProcessingStage, *, index: int = 0, plan: StagePlan | None = None,
+                 policy: FailurePolicy | None = None, run_id: str = "") -> None:
         if isinstance(stage, ManagedStage):
             raise TypeError("stage is already managed")
         self.stage = stage
@@ -105,23 +94,19 @@ class ManagedStage(ProcessingStage):
         self._set_up = False
         self._torn_down = False
         self._node_done: set[str] = set()
-        self.progress: Callable[[ManagedStage, int, int, int], None] | None = None  # driver-side only
-        #: (tasks in, outputs, new failure records) of the last process_batch call
-        self.last_counts: tuple[int, int, int] = (0, 0, 0)
+        #: the run this stage belongs to, and its stats: in the driver process only (never pickled: a
+        #: worker process returns its counts with its outputs)
+        self.run: Run | None = None
+        self.stats: RunStats | None = None
+        #: set by a checkpointed run: told what this stage makes and drops (see runner.observer)
+        self.observer: RunnerObserver | None = None
+        #: the counts of the last call
+        self.last_counts: Counts = Counts()
 
-    #: set by a checkpointed run (``curator_exec_core.checkpoint``): where this stage records the
-    #: tasks it drops and, if it ends its part of the pipeline (``journal_end``), its outputs
-    journal: Any = None
-    journal_end: bool = False
-
-    # -- pickling: the progress callback is the driver's and never travels --
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["progress"] = None
+        state["stats"] = state["run"] = None
         return state
-
-    #: the barrier kind of this stage ("shuffle", "gang"), or "" for a map stage
-    barrier: str = ""
 
     @property
     def requested(self) -> Resources:
@@ -139,28 +124,14 @@ class ManagedStage(ProcessingStage):
     def num_workers(self) -> int | None:
         return self.plan.workers if self.plan is not None else self.stage.num_workers()
 
-    # -- lifecycle ---------------------------------------------------------
+    # -- lifecycle (every kind) --------------------------------------------
     def setup_on_node(self, node_info: NodeInfo | None = None, worker_metadata: Any = None) -> None:
         """Run the user's ``setup_on_node`` unless it already ran on this node in this run."""
         node_id = node_info.node_id if isinstance(node_info, NodeInfo) else socket.gethostname()
         if node_id in self._node_done:
             return
-        if fcntl is None:
-            self.stage.setup_on_node(NodeInfo(node_id), worker_metadata)
-            self._node_done.add(node_id)
-            return
-        folder = run_dir(self.run_id)
-        os.makedirs(folder, exist_ok=True)
-        base = os.path.join(folder, f"{self.index}-{_safe(self.name)}-{_safe(node_id)}")
-        with open(base + ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                if not os.path.exists(base + ".done"):
-                    self.stage.setup_on_node(NodeInfo(node_id), worker_metadata)
-                    with open(base + ".done", "w"):
-                        pass
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        call = functools.partial(self.stage.setup_on_node, NodeInfo(node_id), worker_metadata)
+        once_per_node(self.run_id, f"{self.index}-{self.name}", node_id, call)
         self._node_done.add(node_id)
 
     def setup(self, worker_metadata: Any = None) -> None:
@@ -179,13 +150,49 @@ class ManagedStage(ProcessingStage):
             self._torn_down = True
             self.stage.teardown()
 
-    # -- work --------------------------------------------------------------
+    # -- failures and counts (every kind) -------------------------------------
+    def _fail(self, task: Task, exc: BaseException, attempts: int, what: str = "") -> FailedTask:
+        """Retries are spent: abort with :class:`StageFailedError`, or (``ignore_failures``) the
+        failure record. ``what`` prefixes the error (``"keys()"``: which call of the stage failed)."""
+        failed = FailedTask.from_exception(task, self.name, exc, attempts)
+        if what:
+            failed.error = f"{what}: {failed.error}"
+        if not self.policy.ignore_failures:
+            raise StageFailedError(self.name, task.task_id, failed.error, attempts, failed.traceback) from exc
+        return failed
+
+    def _counted(self, counts: Counts) -> Counts:
+        """The end of a call: remember its counts and, in the driver process, add them to the run's."""
+        self.last_counts = counts
+        if self.stats is not None:
+            self.stats.add(self.index, counts)
+        return counts
+
+    def _check(self, result: Any, call: str = "process()") -> None:
+        if not isinstance(result, Task):
+            raise TypeError(f"stage {self.name!r} returned {type(result).__name__}; {call} must return a Task, "
+                            "a list of Tasks, or None")
+
+    def _validated(self, result: Any) -> Any:
+        """``process()``'s result, checked (a wrong type fails the call like an exception would)."""
+        if isinstance(result, list):
+            for child in result:
+                self._check(child)
+        elif result is not None:
+            self._check(result)
+        return result
+
+    # -- the map kind's work ------------------------------------------------------
     def process(self, task: Task) -> list[Task]:  # type: ignore[override]
         """Process one task; always returns a list (possibly empty)."""
         return self.process_batch([task])
 
     def process_batch(self, tasks: list[Task]) -> list[Task]:
         """Process any number of tasks in ``batch_size`` chunks. FailedTasks pass through."""
+        return self.process_counted(tasks)[0]
+
+    def process_counted(self, tasks: list[Task]) -> tuple[list[Task], Counts]:
+        """:meth:`process_batch` and the call's counts (what a worker sends back with the outputs)."""
         out: list[Task] = []
         pending: list[Task] = []
         size = self.batch_size
@@ -197,118 +204,98 @@ class ManagedStage(ProcessingStage):
                 continue
             pending.append(task)
             if len(pending) >= size:
-                new_failed += self._run_into(pending, out)
+                new_failed += self._run_into(pending, out, self.policy.max_retries)
                 pending = []
         if pending:
-            new_failed += self._run_into(pending, out)
-        self.last_counts = counts = (len(tasks) - passed, len(out) - passed - new_failed, new_failed)
-        journal = self.journal
-        if journal is not None and (self.journal_end or journal.holds_records):
-            journal.after_call(out if self.journal_end else None)
-        if self.progress is not None:
-            self.progress(self, *counts)
+            new_failed += self._run_into(pending, out, self.policy.max_retries)
+        counts = self._counted(Counts(len(tasks) - passed, len(out) - passed - new_failed, new_failed))
+        if self.observer is not None:
+            self.observer.call_done(self, out)
+        return out, counts
+
+    def run_once(self, batch: list[Task]) -> list[Task]:
+        """``batch`` as one call of the user's stage, without retries (a gang rank's share)."""
+        out: list[Task] = []
+        failed = self._run_into(batch, out, 0) if batch else 0
+        self._counted(Counts(len(batch), len(out) - failed, failed))
+        if self.observer is not None:
+            self.observer.call_done(self, out)
         return out
 
-    def _run_into(self, batch: list[Task], out: list[Task]) -> int:
+    def _run_into(self, batch: list[Task], out: list[Task], retries: int) -> int:
         """Run ``batch``, append its outputs to ``out``; returns how many failure records it made."""
-        result = self._run_batch(batch)
-        out.extend(result)
-        return sum(1 for t in result if isinstance(t, FailedTask)) if self.policy.ignore_failures else 0
-
-    def _fail(self, task: Task, exc: BaseException, attempts: int, what: str = "") -> FailedTask:
-        """Retries are spent: abort with :class:`StageFailedError`, or (``ignore_failures``) the
-        failure record. ``what`` prefixes the error (``"keys()"``: which call of the stage failed)."""
-        failed = FailedTask.from_exception(task, self.name, exc, attempts)
-        if what:
-            failed.error = f"{what}: {failed.error}"
-        if not self.policy.ignore_failures:
-            raise StageFailedError(self.name, task.task_id, failed.error, attempts, failed.traceback) from exc
-        return failed
-
-    def _share(self, outputs: list[Task], inputs: list[Task]) -> None:
-        """Checkpointed runs: ``outputs`` made from ``inputs`` (not one to one) share their lineage;
-        no outputs means the inputs were dropped."""
-        if not outputs:
-            for task in inputs:
-                self.journal.dropped(self.index, task)
-            return
-        lineage = split_lineage(inputs[0], len(outputs)) if len(inputs) == 1 \
-            else merge_lineage(inputs, len(outputs))
-        for child in outputs:
-            child.lineage = lineage
-
-    def _check(self, result: Any) -> None:
-        if not isinstance(result, Task):
-            raise TypeError(
-                f"stage {self.name!r} returned {type(result).__name__}; process() must return a Task, "
-                "a list of Tasks, or None"
-            )
-
-    def _run_batch(self, batch: list[Task]) -> list[Task]:
         start = time.perf_counter()
-        out: list[Task] = []
-        if not self._custom_batch:
-            process = self.stage.process
-            for task in batch:
-                attempts = 0
-                while True:
-                    attempts += 1
-                    try:
-                        result = process(task)
-                        if result is None:
-                            if self.journal is not None:
-                                self.journal.dropped(self.index, task)
-                            break
-                        if isinstance(result, list):
-                            for i, child in enumerate(result):
-                                self._check(child)
-                                _inherit(child, task, f"{task.task_id}.{i}")
-                            if self.journal is not None:  # new ids: the lineage says whose they are
-                                self._share(result, [task])
-                            out.extend(result)
-                        else:
-                            self._check(result)
-                            _inherit(result, task, task.task_id)
-                            out.append(result)
-                        break
-                    except Exception as exc:
-                        if attempts <= self.policy.max_retries:
-                            continue
-                        out.append(self._fail(task, exc, attempts))
-                        break
+        n = len(out)
+        if self._custom_batch:
+            self._batch_path(batch, out, retries)
         else:
-            attempts = 0
-            while True:
-                attempts += 1
-                try:
-                    result = self.stage.process_batch(list(batch))
-                    if result is None:
-                        result = []
-                    for child in result:
-                        self._check(child)
-                    if len(result) == len(batch):
-                        for child, parent in zip(result, batch, strict=True):
-                            _inherit(child, parent, parent.task_id)
-                    else:
-                        for i, child in enumerate(result):
-                            _inherit(child, batch[0], f"{batch[0].task_id}.{i}")
-                        if self.journal is not None:
-                            self._share(result, batch)
-                    out.extend(result)
-                    break
-                except Exception as exc:
-                    if attempts <= self.policy.max_retries:
-                        continue
-                    if not self.policy.ignore_failures:
-                        self._fail(batch[0], exc, attempts)
-                    out.extend(FailedTask.from_exception(t, self.name, exc, attempts) for t in batch)
-                    break
-        if out:
+            self._task_path(batch, out, retries)
+        if len(out) > n:
             perf = StagePerf(self.name, time.perf_counter() - start, len(batch), self.worker_id)
-            for task in out:
+            for task in out[n:]:
                 if not isinstance(task, FailedTask):
                     task.stage_perf.append(perf)
-        return out
+        if not self.policy.ignore_failures:
+            return 0
+        return sum(1 for t in out[n:] if isinstance(t, FailedTask))
+
+    def _task_path(self, batch: list[Task], out: list[Task], retries: int) -> None:
+        """The user's ``process`` on every task (fast path: one call, retries only after an error)."""
+        process, observer = self.stage.process, self.observer
+        for task in batch:
+            try:
+                result = process(task)
+                if type(result) is not Task:
+                    self._validated(result)
+            except Exception as exc:
+                attempt = retry(lambda t=task: self._validated(process(t)), retries, exc)
+                if attempt.error is not None:
+                    out.append(self._fail(task, attempt.error, attempt.attempts))
+                    continue
+                result = attempt.value
+            if result is None:
+                if observer is not None:
+                    observer.derived(self, [task], [])
+            elif isinstance(result, list):
+                for i, child in enumerate(result):
+                    _inherit(child, task, f"{task.task_id}.{i}")
+                if observer is not None:
+                    observer.derived(self, [task], result)
+                out.extend(result)
+            else:
+                _inherit(result, task, task.task_id)
+                if observer is not None:
+                    observer.derived(self, [task], [result])
+                out.append(result)
+
+    def _batch_path(self, batch: list[Task], out: list[Task], retries: int) -> None:
+        """The user's ``process_batch`` on the whole batch (a failure fails every task of it)."""
+        def call() -> list[Task]:
+            result = self.stage.process_batch(list(batch)) or []
+            for child in result:
+                self._check(child, "process_batch()")
+            return result
+
+        attempt = retry(call, retries)
+        if attempt.error is not None:
+            if not self.policy.ignore_failures:
+                self._fail(batch[0], attempt.error, attempt.attempts)
+            out.extend(FailedTask.from_exception(t, self.name, attempt.error, attempt.attempts) for t in batch)
+            return
+        result = attempt.value or []
+        observer = self.observer
+        if len(result) == len(batch):
+            for child, parent in zip(result, batch, strict=True):
+                _inherit(child, parent, parent.task_id)
+                if observer is not None:
+                    observer.derived(self, [parent], [child])
+        else:
+            for i, child in enumerate(result):
+                _inherit(child, batch[0], f"{batch[0].task_id}.{i}")
+            if observer is not None:
+                observer.derived(self, batch, result)
+        out.extend(result)
 
     def __repr__(self) -> str:
-        return f"<ManagedStage {self.index}:{self.name!r} {self.resources.describe()} batch_size={self.batch_size}>"
+        return f"<{type(self).__name__} {self.index}:{self.name!r} {self.resources.describe()} " \
+               f"batch_size={self.batch_size}>"

@@ -2,8 +2,8 @@
 
 Stages are chained as generators, so a task goes through every stage before the
 next one is pulled in: memory holds one batch per stage plus the final outputs,
-not every intermediate. Everything else (ids, failures, retries, setup on node)
-comes from the core's managed stages.
+not every intermediate. Everything else (ids, failures, retries, setup on node,
+counts) comes from the core's managed stages.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ class LocalExecutor(BaseExecutor):
         return {"max_workers_per_stage": 1}
 
     def execute(self, stages: list[ManagedStage], initial_tasks: list[Task]) -> list[Task]:
+        if not self.is_prepared(stages):  # called directly with plain stages: the whole lifecycle
+            return self.execute_unprepared(stages, initial_tasks)
         node = socket.gethostname()
         try:
             for stage in stages:

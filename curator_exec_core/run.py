@@ -1,0 +1,228 @@
+"""One run as an object, and its driver.
+
+A :class:`Run` holds everything one run of a pipeline has: its id, the executor and the hook relay,
+the plan and the schedule, the managed stages, the stats (the one place counts go) and the progress
+reporter that watches them, the checkpoint, and what must be released at its end. The executor
+holds settings only; code that needs the run (the Ray layer, a plugin's ``execute``) gets it with
+:meth:`Run.of` from the managed stages it was handed.
+
+:meth:`Run.drive` is the lifecycle::
+
+    capacity -> plan -> (checkpoint) -> schedule -> execute -> teardown (always)
+
+The execute phase is one ``execute`` call, or, when the pipeline has barrier stages the executor
+does not run itself (or a checkpoint), the pipeline's segments through the one segment loop
+(:func:`curator_exec_core.runner.segments.run_segments`): map segments through ``execute``, barriers
+through ``executor.run_barrier``; with a checkpoint, finished work is taken from it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from curator_exec_core.checkpoint import Checkpoint
+from curator_exec_core.errors import find_stage_error
+from curator_exec_core.executor import prepare_initial_tasks
+from curator_exec_core.lifecycle import capacity_and_plan
+from curator_exec_core.progress import ProgressEvent, ProgressReporter
+from curator_exec_core.registry import get_plugin_manager
+from curator_exec_core.runner import ManagedStage, remove_run_dir
+from curator_exec_core.runner.segments import BarrierSegment, MapSegment, needs_split, run_segments, split_segments
+from curator_exec_core.scheduling import Schedule
+from curator_exec_core.stages import ProcessingStage
+from curator_exec_core.stats import RunStats
+from curator_exec_core.tasks import FailedTask, PipelineResult, Task
+
+if TYPE_CHECKING:  # pragma: no cover
+    from curator_exec_core.executor import BaseExecutor
+    from curator_exec_core.planning import ExecutionPlan
+
+__all__ = ["Run"]
+
+logger = logging.getLogger("curator_exec")
+
+#: failed tasks logged one by one at the end of a run (the rest are counted)
+LOGGED_FAILURES = 20
+
+
+class Run:
+    """One run of ``stages`` on ``executor``. Create it and call :meth:`drive` (``executor.run``
+    does); during the run, every managed stage's ``run`` is this object."""
+
+    def __init__(self, executor: BaseExecutor, stages: Sequence[ProcessingStage],
+                 initial_tasks: Iterable[Task] | None = None, *,
+                 checkpoint_path: str | os.PathLike[str] | None = None, overwrite: bool = False) -> None:
+        self.executor = executor
+        self.stages: list[ProcessingStage] = list(stages)
+        if not self.stages:
+            raise ValueError("a pipeline needs at least one stage")
+        self.initial_tasks = initial_tasks
+        self.id: str = uuid.uuid4().hex[:12]
+        self.hook: Any = get_plugin_manager().hook
+        self.stats = RunStats([s.name for s in self.stages])
+        self.reporter = ProgressReporter(executor, self.id, self.stats,
+                                         lambda e: self.hook.curator_exec_progress(event=e))
+        self.checkpoint = Checkpoint(checkpoint_path, overwrite) if checkpoint_path is not None else None
+        self.plan: ExecutionPlan | None = None
+        self.schedule: Schedule | None = None
+        self.managed: list[ManagedStage] = []
+        #: what the engine reports about this run (chunk sizes, versions): ``result.metrics["engine"]``
+        self.info: dict[str, Any] = {}
+        self._cleanups: list[Callable[[BaseException | None], None]] = []
+        self._started = time.perf_counter()
+
+    @classmethod
+    def of(cls, stages: Sequence[ProcessingStage]) -> Run:
+        """The run the managed ``stages`` belong to (on the driver)."""
+        run = getattr(stages[0], "run", None) if stages else None
+        if not isinstance(run, Run):
+            raise RuntimeError("these stages do not belong to a run: run a pipeline with executor.run(stages, "
+                               "tasks) or pipeline.run(executor), which prepare them")
+        return run
+
+    def report(self, index: int, counts: Sequence[int]) -> None:
+        """Stage ``index`` did ``counts`` (tasks in, outputs, new failure records) somewhere."""
+        self.stats.add(index, counts)
+
+    def defer(self, cleanup: Callable[[BaseException | None], None]) -> None:
+        """Call ``cleanup(error)`` when the run ends, whatever happened (last deferred, first called)."""
+        self._cleanups.append(cleanup)
+
+    # -- the lifecycle ----------------------------------------------------------------------
+    def drive(self) -> PipelineResult:
+        tasks = prepare_initial_tasks(self.initial_tasks)
+        if not tasks:
+            return PipelineResult([], executor=self.executor.executor_name)
+        error: BaseException | None = None
+        try:
+            self._prepare(tasks)
+            outputs = self._execute(tasks)
+        except BaseException as exc:
+            error = exc
+            stage_error = find_stage_error(exc)
+            if stage_error is not None and stage_error is not exc:
+                error = stage_error
+                raise stage_error from exc
+            raise
+        finally:
+            self._finish(error)
+        return self._result(tasks, outputs)
+
+    def _prepare(self, tasks: list[Task]) -> None:
+        """Capacity, plan, checkpoint, managed stages, schedule; then ``run_started``."""
+        executor, hook = self.executor, self.hook
+        _, self.plan = capacity_and_plan(hook, executor, self.stages)
+        if self.checkpoint is not None:
+            self.checkpoint.open(self.stages, tasks, executor.options.ignore_failures)
+            executor.check_shared_path(self.checkpoint.path)
+        self.managed = executor.managed_stages(self.stages, self.plan, self.id)
+        for stage in self.managed:
+            stage.run, stage.stats = self, self.stats
+        schedule = hook.curator_exec_schedule(executor=executor, plan=self.plan)
+        self.schedule = schedule if isinstance(schedule, Schedule) else Schedule.unpinned(self.plan)
+        hook.curator_exec_progress(event=ProgressEvent(kind="run_started", executor=executor, run_id=self.id,
+                                                       stages=tuple(s.name for s in self.stages), total=len(tasks)))
+
+    def _execute(self, tasks: list[Task]) -> list[Task]:
+        """One ``execute`` call, or the segments (see the module docstring)."""
+        native = self.executor.native_stage_kinds
+        if self.checkpoint is None and not needs_split(self.managed, native):
+            return self.call_execute(self.managed, tasks)
+        segments = split_segments(self.managed)
+        checkpoint = self.checkpoint
+        if checkpoint is not None and (found := checkpoint.last_barrier(segments)) is not None:
+            checkpoint.resumed = len(tasks)  # every source task's work up to that barrier is done
+            position, tasks = found
+            self.stats.resume(segments[position].first.index, len(tasks))
+            segments = segments[position + 1:]
+        return run_segments(segments, tasks, run_map=self._run_map, run_barrier=self._run_barrier,
+                            after=checkpoint.save_barrier if checkpoint is not None else None)
+
+    def _run_map(self, segment: MapSegment, tasks: list[Task], last: bool) -> list[Task]:
+        stages = list(segment.stages)
+        if self.checkpoint is None:
+            return self.call_execute(stages, tasks)
+        return self.checkpoint.run_map(segment, tasks, functools.partial(self.call_execute, stages),
+                                       functools.partial(self.stats.resume, segment.first.index))
+
+    def _run_barrier(self, segment: BarrierSegment, tasks: list[Task], last: bool) -> list[Task]:
+        return self.executor.run_barrier(segment.stage, tasks)
+
+    def call_execute(self, stages: list[ManagedStage], tasks: list[Task]) -> list[Task]:
+        """The execute phase (its hook) on ``stages``."""
+        outputs = self.hook.curator_exec_execute(executor=self.executor, stages=stages, initial_tasks=tasks)
+        if outputs is None:
+            raise TypeError(f"executor {self.executor.executor_name!r}: execute() returned None, expected a list "
+                            "of tasks")
+        return list(outputs)
+
+    def _finish(self, error: BaseException | None) -> None:
+        """Teardown, whatever happened: in-process workers, the executor's hook, what was deferred."""
+        if self.checkpoint is not None:
+            self.checkpoint.close()
+        for stage in self.managed:  # workers that live in this process and ran setup
+            if stage.is_set_up:
+                try:
+                    stage.teardown()
+                except Exception:
+                    logger.exception("teardown of stage %r failed", stage.name)
+        try:
+            self.hook.curator_exec_teardown(executor=self.executor, error=error)
+        except Exception:
+            if error is None:
+                raise
+            logger.exception("executor teardown failed after an error")
+        finally:
+            self._release(error)
+
+    def _release(self, error: BaseException | None) -> None:
+        while self._cleanups:
+            try:
+                self._cleanups.pop()(error)
+            except Exception:
+                logger.exception("releasing what run %s acquired failed", self.id)
+        self.reporter.flush()
+        self.hook.curator_exec_progress(event=ProgressEvent(
+            kind="run_finished", executor=self.executor, run_id=self.id,
+            seconds=time.perf_counter() - self._started, error=error))
+        remove_run_dir(self.id)
+        for stage in self.managed:
+            stage.run = None
+
+    def _result(self, tasks: list[Task], outputs: list[Task]) -> PipelineResult:
+        results: list[Task] = []
+        failed: list[FailedTask] = []
+        for task in outputs:
+            (failed if isinstance(task, FailedTask) else results).append(task)
+        for f in failed[:LOGGED_FAILURES]:
+            logger.warning("task %s failed in stage %r after %d attempt(s): %s", f.task_id, f.stage, f.attempts,
+                           f.error)
+        if len(failed) > LOGGED_FAILURES:
+            logger.warning("... and %d more failed tasks (see result.failed_tasks)", len(failed) - LOGGED_FAILURES)
+        metrics = self.metrics(tasks)
+        name = self.executor.executor_name
+        logger.info("%s: %d tasks out, %d failed in %.2fs", name, len(results), len(failed), metrics["seconds"])
+        for key, counts in metrics["stages"].items():
+            logger.info("  stage %-24s in=%d out=%d failed=%d", key, counts["tasks_in"], counts["tasks_out"],
+                        counts["tasks_failed"])
+        return PipelineResult(results, failed_tasks=failed, metrics=metrics, plan=self.plan, executor=name)
+
+    def metrics(self, tasks: list[Task]) -> dict[str, Any]:
+        """``result.metrics``: seconds, per-stage counts, and the checkpoint's and engine's figures."""
+        metrics: dict[str, Any] = {"seconds": time.perf_counter() - self._started, "stages": self.stats.metrics()}
+        if self.checkpoint is not None:
+            cp = self.checkpoint
+            metrics["checkpoint"] = {"path": cp.path, "source_tasks": len(tasks), "resumed_tasks": cp.resumed,
+                                     "resumed_after": cp.resumed_after}
+        if self.info:
+            metrics["engine"] = dict(self.info)
+        return metrics
+
+    def __repr__(self) -> str:
+        return f"<Run {self.id} of {len(self.stages)} stages on {self.executor!r}>"

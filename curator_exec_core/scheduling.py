@@ -1,0 +1,85 @@
+"""The schedule phase: where the plan's workers go.
+
+``plan`` says how many workers of what each stage gets; ``schedule`` says where: for every planned
+worker of every stage, the node it must run on, or ``None`` to let the engine place it. The core's
+default leaves every worker to the engine (``Schedule.unpinned``); the Ray executors pin workers off
+the head node when ``ignore_head_node`` is set. A plugin that wraps ``curator_exec_schedule`` can pin a
+stage to some nodes (:meth:`Schedule.pin`), and every executor that places workers obeys it (or
+refuses, with :class:`~curator_exec_core.errors.PlanError`, a schedule it cannot follow).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+from curator_exec_core.planning import ExecutionPlan
+
+__all__ = ["StagePlacement", "Schedule"]
+
+
+@attrs.frozen
+class StagePlacement:
+    """Where the workers of one stage go: ``nodes[k]`` for worker ``k`` (``None``: the engine decides)."""
+
+    index: int
+    name: str
+    nodes: tuple[str | None, ...] = attrs.field(converter=tuple)
+
+    @property
+    def pinned(self) -> bool:
+        """Whether any worker of the stage must run on a given node."""
+        return any(n is not None for n in self.nodes)
+
+    @property
+    def node_set(self) -> frozenset[str]:
+        """The nodes this stage's pinned workers may run on."""
+        return frozenset(n for n in self.nodes if n is not None)
+
+
+@attrs.frozen
+class Schedule:
+    """Per stage (by index) where its planned workers run."""
+
+    stages: tuple[StagePlacement, ...] = attrs.field(converter=tuple)
+
+    @classmethod
+    def unpinned(cls, plan: ExecutionPlan) -> Schedule:
+        """Every worker placed by the engine."""
+        return cls(StagePlacement(sp.index, sp.name, (None,) * sp.workers) for sp in plan.stages)
+
+    @classmethod
+    def from_nodes(cls, plan: ExecutionPlan, nodes: Sequence[Sequence[str | None]]) -> Schedule:
+        """``nodes[i][k]``: the node of worker ``k`` of stage ``i``."""
+        return cls(StagePlacement(sp.index, sp.name, tuple(n)) for sp, n in zip(plan.stages, nodes, strict=True))
+
+    def stage(self, index: int) -> StagePlacement:
+        for sp in self.stages:
+            if sp.index == index:
+                return sp
+        raise KeyError(index)
+
+    def nodes(self, index: int) -> list[str | None] | None:
+        """The node of each worker of stage ``index``, or None if the engine places them all."""
+        placement = self.stage(index)
+        return list(placement.nodes) if placement.pinned else None
+
+    @property
+    def pinned(self) -> bool:
+        return any(sp.pinned for sp in self.stages)
+
+    def pin(self, index: int, nodes: Sequence[str]) -> Schedule:
+        """A copy with every worker of stage ``index`` on ``nodes`` (round robin)."""
+        if not nodes:
+            raise ValueError("pin() needs at least one node")
+        placed = [attrs.evolve(sp, nodes=tuple(nodes[k % len(nodes)] for k in range(max(1, len(sp.nodes)))))
+                  if sp.index == index else sp for sp in self.stages]
+        return attrs.evolve(self, stages=tuple(placed))
+
+    def describe(self) -> str:
+        lines = ["Schedule:"]
+        for sp in self.stages:
+            where = ", ".join(n[:12] if n else "any" for n in sp.nodes) if sp.pinned else "placed by the engine"
+            lines.append(f"  {sp.index:>2}  {sp.name[:28]:<28} {where}")
+        return "\n".join(lines)
