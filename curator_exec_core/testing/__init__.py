@@ -10,6 +10,10 @@ Subclass :class:`ExecutorConformance` in your plugin's tests and provide a
         def make_executor(self):
             return lambda **options: MyExecutor(config=options)
 
+:class:`ExecutorConformance` is the union of one mixin class per capability (outputs,
+lifecycle, failures, shuffle, gang, resume, config); to run only some of them, compose
+the mixins of :mod:`curator_exec_core.testing.kit` instead (its docstring lists them).
+
 Requires pytest. The suite assumes all workers share this machine's filesystem
 (a local engine, or a ``ray.cluster_utils.Cluster`` of raylets on one host):
 lifecycle calls are counted in files.
