@@ -36,7 +36,7 @@ from curator_exec_core.config import ExecutorOptions, build_options
 from curator_exec_core.errors import PlanError
 from curator_exec_core.planning import ExecutionPlan, plan_stages
 from curator_exec_core.runner import FailurePolicy, ManagedStage
-from curator_exec_core.runner.kinds import kind_of, kind_named, manage
+from curator_exec_core.runner.kinds import kind_named, kind_of, manage
 from curator_exec_core.scheduling import Schedule
 from curator_exec_core.stages import ProcessingStage
 from curator_exec_core.stats import stage_metrics_keys

@@ -21,15 +21,15 @@ Observers get :class:`~curator_exec_core.progress.ProgressEvent` objects through
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover
     from curator_exec_core.capacity import Capacity
-    from curator_exec_core.progress import ProgressEvent
     from curator_exec_core.executor import BaseExecutor
     from curator_exec_core.planning import ExecutionPlan
+    from curator_exec_core.progress import ProgressEvent
     from curator_exec_core.registry import ExecutorSpec
     from curator_exec_core.runner import ManagedStage
     from curator_exec_core.scheduling import Schedule

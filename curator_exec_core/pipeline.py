@@ -6,8 +6,8 @@ import os
 from collections.abc import Sequence
 
 from curator_exec_core.executor import BaseExecutor
-from curator_exec_core.planning import ExecutionPlan
 from curator_exec_core.lifecycle import capacity_and_plan
+from curator_exec_core.planning import ExecutionPlan
 from curator_exec_core.registry import get_executor, get_plugin_manager
 from curator_exec_core.stages import ProcessingStage
 from curator_exec_core.tasks import PipelineResult, Task

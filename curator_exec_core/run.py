@@ -75,6 +75,7 @@ class Run:
         #: what the engine reports about this run (chunk sizes, versions): ``result.metrics["engine"]``
         self.info: dict[str, Any] = {}
         self._cleanups: list[Callable[[BaseException | None], None]] = []
+        self._deferred_keys: set[str] = set()
         self._started = time.perf_counter()
 
     @classmethod
@@ -90,8 +91,13 @@ class Run:
         """Stage ``index`` did ``counts`` (tasks in, outputs, new failure records) somewhere."""
         self.stats.add(index, counts)
 
-    def defer(self, cleanup: Callable[[BaseException | None], None]) -> None:
-        """Call ``cleanup(error)`` when the run ends, whatever happened (last deferred, first called)."""
+    def defer(self, cleanup: Callable[[BaseException | None], None], key: str | None = None) -> None:
+        """Call ``cleanup(error)`` when the run ends, whatever happened (last deferred, first called).
+        With ``key``, only the first cleanup deferred under that key is kept."""
+        if key is not None:
+            if key in self._deferred_keys:
+                return
+            self._deferred_keys.add(key)
         self._cleanups.append(cleanup)
 
     # -- the lifecycle ----------------------------------------------------------------------

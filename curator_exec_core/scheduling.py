@@ -40,19 +40,23 @@ class StagePlacement:
 
 @attrs.frozen
 class Schedule:
-    """Per stage (by index) where its planned workers run."""
+    """Per stage (by index) where its planned workers run; ``excluded``: nodes no worker may use
+    (the head node with ``ignore_head_node``), for engines that place workers themselves."""
 
     stages: tuple[StagePlacement, ...] = attrs.field(converter=tuple)
+    excluded: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
 
     @classmethod
-    def unpinned(cls, plan: ExecutionPlan) -> Schedule:
-        """Every worker placed by the engine."""
-        return cls(StagePlacement(sp.index, sp.name, (None,) * sp.workers) for sp in plan.stages)
+    def unpinned(cls, plan: ExecutionPlan, excluded: Sequence[str] = ()) -> Schedule:
+        """Every worker placed by the engine (never on ``excluded`` nodes)."""
+        return cls((StagePlacement(sp.index, sp.name, (None,) * sp.workers) for sp in plan.stages), excluded)
 
     @classmethod
-    def from_nodes(cls, plan: ExecutionPlan, nodes: Sequence[Sequence[str | None]]) -> Schedule:
+    def from_nodes(cls, plan: ExecutionPlan, nodes: Sequence[Sequence[str | None]],
+                   excluded: Sequence[str] = ()) -> Schedule:
         """``nodes[i][k]``: the node of worker ``k`` of stage ``i``."""
-        return cls(StagePlacement(sp.index, sp.name, tuple(n)) for sp, n in zip(plan.stages, nodes, strict=True))
+        return cls((StagePlacement(sp.index, sp.name, tuple(n)) for sp, n in zip(plan.stages, nodes, strict=True)),
+                   excluded)
 
     def stage(self, index: int) -> StagePlacement:
         for sp in self.stages:
@@ -78,7 +82,8 @@ class Schedule:
         return attrs.evolve(self, stages=tuple(placed))
 
     def describe(self) -> str:
-        lines = ["Schedule:"]
+        lines = ["Schedule:" + (f" (never on {', '.join(sorted(n[:12] for n in self.excluded))})"
+                                if self.excluded else "")]
         for sp in self.stages:
             where = ", ".join(n[:12] if n else "any" for n in sp.nodes) if sp.pinned else "placed by the engine"
             lines.append(f"  {sp.index:>2}  {sp.name[:28]:<28} {where}")

@@ -7,7 +7,6 @@ import os
 import pickle
 import subprocess
 import sys
-import zlib
 from fractions import Fraction
 
 import pytest
@@ -93,7 +92,6 @@ def test_an_output_of_several_sources_counts_only_if_allfinished(tmp_path):
 
 def test_journal_copies_in_one_process_are_all_written(tmp_path):
     import copy
-
     from types import SimpleNamespace
 
     j = Journal(str(tmp_path), "7", end=0)

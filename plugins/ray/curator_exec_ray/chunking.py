@@ -1,4 +1,4 @@
-"""One rule for how many tasks travel together, and one splitter.
+"""One rule for how many tasks travel together, one splitter, and the one chunk type.
 
 Every Ray engine pays a fixed cost per call or block (a scheduling round, a ``ray.put``), so tasks
 travel in chunks. :func:`auto_chunk_size` sizes the first chunks from the input size and the widest
@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from typing import Any, TypeVar
+
+from curator_exec_core.stats import StageCounts, add_counts
 
 __all__ = ["TARGET_CHUNK_SECONDS", "MAX_CHUNK", "auto_chunk_size", "split", "put_chunks", "ChunkSizer", "TaskChunk",
            "chunks"]
@@ -48,11 +50,11 @@ def split(items: Sequence[T], size: int, max_parts: int | None = None) -> list[l
     return out
 
 
-def put_chunks(tasks: Sequence[Any], widest: int) -> list[tuple[Any, int]]:
-    """``tasks`` in the object store, in chunks of :func:`auto_chunk_size`: ``(object ref, count)``."""
+def put_chunks(tasks: Sequence[Any], widest: int) -> list[TaskChunk]:
+    """``tasks`` in the object store, in chunks of :func:`auto_chunk_size`."""
     import ray
 
-    return [(ray.put(part), len(part)) for part in split(tasks, auto_chunk_size(len(tasks), widest))]
+    return [TaskChunk(ref=ray.put(part), n=len(part)) for part in split(tasks, auto_chunk_size(len(tasks), widest))]
 
 
 class ChunkSizer:
@@ -80,14 +82,24 @@ class ChunkSizer:
 
 
 class TaskChunk:
-    """Tasks travelling as one engine item: the tasks themselves, or (``ref``) an object ref of them
-    left in the object store, with their count. Short repr: engines log their items."""
+    """Tasks travelling as one unit between the driver, the object store and the workers: the tasks
+    themselves, or (``ref``) an object ref of them left in the object store, with their count ``n``;
+    and ``counts``, the per-stage counts (stage index -> tasks in, out, failed) of the work that made
+    them, not yet reported to the driver's run stats (``None``: nothing to report). The one chunk type
+    of the ``execute_chunks`` contract, the shuffle and every plugin. Short repr: engines log items."""
 
-    __slots__ = ("tasks", "ref", "n")
+    __slots__ = ("tasks", "ref", "n", "counts")
 
-    def __init__(self, tasks: list[Any] | None = None, ref: Any = None, n: int | None = None) -> None:
+    def __init__(self, tasks: list[Any] | None = None, ref: Any = None, n: int | None = None,
+                 counts: StageCounts | None = None) -> None:
         self.tasks, self.ref = tasks, ref
         self.n = len(tasks) if n is None and tasks is not None else (n or 0)
+        self.counts = counts
+
+    @property
+    def in_store(self) -> bool:
+        """Whether the tasks are in the object store (``ref``) rather than here."""
+        return self.tasks is None
 
     def resolve(self) -> list[Any]:
         """The tasks (fetched from the object store if they are there)."""
@@ -97,14 +109,17 @@ class TaskChunk:
             return ray.get(self.ref)
         return self.tasks
 
+    def add_counts(self, index: int, counts: Sequence[int]) -> None:
+        self.counts = add_counts(self.counts if self.counts is not None else {}, index, counts)
+
     def __len__(self) -> int:
         return self.n
 
     def __getstate__(self) -> tuple:
-        return self.tasks, self.ref, self.n
+        return self.tasks, self.ref, self.n, self.counts
 
     def __setstate__(self, state: tuple) -> None:
-        self.tasks, self.ref, self.n = state
+        self.tasks, self.ref, self.n, self.counts = state if len(state) == 4 else (*state, None)
 
     def __repr__(self) -> str:
         return f"<Chunk of {self.n} tasks{' in the object store' if self.tasks is None else ''}>"

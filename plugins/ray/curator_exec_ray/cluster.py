@@ -20,7 +20,7 @@ from curator_exec_ray import _compat as ray_compat
 from curator_exec_ray.session import current_session
 
 __all__ = ["HEAD_RESOURCE", "NVML_MODULE_ENV", "CAPACITY_TTL", "alive_nodes", "head_node_ids",
-           "nodes_signature", "cluster_capacity", "check_shared_path"]
+           "nodes_signature", "cluster_capacity", "check_shared_path", "on_nodes", "remove_run_dirs"]
 
 HEAD_RESOURCE = "node:__internal_head__"
 #: set in the driver to make the per-node capacity probe import this module instead of ``pynvml`` (tests only)
@@ -81,11 +81,31 @@ def _probe_on_node(node_id: str, is_head: bool, nvml_module: str | None) -> Node
     return probe_local(node_id=node_id, is_head=is_head, nvml=nvml, visible=visible)
 
 
-def _probe(nodes: list[dict[str, Any]], timeout: float) -> Capacity:
+def on_nodes(fn: Any, nodes: list[dict[str, Any]], args_of: Any, timeout: float,
+             **options: Any) -> dict[str, Any]:
+    """``fn(*args_of(node))`` in a ``num_cpus=0`` task pinned to each of ``nodes``, at most ``timeout``
+    seconds: node id -> its answer, for the nodes that answered in time (a task that raised answers
+    with its exception)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    probe = ray.remote(num_cpus=0)(_probe_on_node)
+    task = ray.remote(num_cpus=0, max_retries=0)(fn)
+    refs = {n["NodeID"]: task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        node_id=n["NodeID"], soft=False), **options).remote(*args_of(n)) for n in nodes}
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout) if refs else ([], [])
+    answers: dict[str, Any] = {}
+    for nid, ref in refs.items():
+        if ref in ready:
+            try:
+                answers[nid] = ray.get(ref)
+            except Exception as exc:
+                answers[nid] = exc
+    return answers
+
+
+def _probe(nodes: list[dict[str, Any]], timeout: float) -> Capacity:
+    import ray
+
     nvml_module = os.environ.get(NVML_MODULE_ENV)
     opts: dict[str, Any] = {}
     if nvml_module:
@@ -95,10 +115,14 @@ def _probe(nodes: list[dict[str, Any]], timeout: float) -> Capacity:
     session = current_session()
     here = ray.get_runtime_context().get_node_id() if session is not None and session.how == "started" else None
     heads = set(head_node_ids(nodes))
-    refs = {n["NodeID"]: probe.options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=n["NodeID"], soft=False), **opts
-    ).remote(n["NodeID"], n["NodeID"] in heads, nvml_module) for n in nodes if n["NodeID"] != here}
-    remote = dict(zip(refs, ray.get(list(refs.values()), timeout=timeout), strict=True))
+    others = [n for n in nodes if n["NodeID"] != here]
+    remote = on_nodes(_probe_on_node, others, lambda n: (n["NodeID"], n["NodeID"] in heads, nvml_module),
+                      timeout, **opts)
+    for n in others:
+        answer = remote.get(n["NodeID"])
+        if not isinstance(answer, NodeCapacity):
+            raise RuntimeError(f"capacity probe of node {n['NodeID'][:12]} failed: "
+                               f"{answer if answer is not None else f'no answer within {timeout:g} s'}")
     result: list[NodeCapacity] = []
     for n in nodes:
         nid = n["NodeID"]
@@ -159,7 +183,6 @@ def check_shared_path(path: str, timeout: float | None = None) -> None:
     import uuid
 
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from curator_exec_core.errors import CheckpointError
 
@@ -176,17 +199,13 @@ def check_shared_path(path: str, timeout: float | None = None) -> None:
     try:
         with open(os.path.join(folder, "driver"), "w") as f:
             f.write(token)
-        mark = ray.remote(num_cpus=0, max_retries=0)(_mark_on_node)
-        refs = {n["NodeID"]: mark.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-            node_id=n["NodeID"], soft=False)).remote(folder, token, n["NodeID"]) for n in others}
-        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
-        answers = {nid: ray.get(ref) if ref in ready else None for nid, ref in refs.items()}
+        answers = on_nodes(_mark_on_node, others, lambda n: (folder, token, n["NodeID"]), timeout)
         bad = []
         for n in others:
             nid, host = n["NodeID"], n.get("NodeManagerAddress", "?")
-            if answers[nid] is None:
+            if nid not in answers:
                 bad.append(f"node {nid[:12]} ({host}) did not answer within {timeout:.0f} s")
-            elif not answers[nid] or not os.path.exists(os.path.join(folder, nid)):
+            elif answers[nid] is not True or not os.path.exists(os.path.join(folder, nid)):
                 bad.append(f"node {nid[:12]} ({host}) does not see it")
         if bad:
             raise CheckpointError(
@@ -195,3 +214,19 @@ def check_shared_path(path: str, timeout: float | None = None) -> None:
         _visible.add(key)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_run_dirs(run_id: str, timeout: float = 10.0) -> None:
+    """Remove ``run_id``'s scratch folder (``setup_on_node`` locks) on every alive node but the
+    driver's (the run driver removes its own)."""
+    import ray
+
+    from curator_exec_core.runner import remove_run_dir
+
+    try:
+        here = ray.get_runtime_context().get_node_id()
+        others = [n for n in alive_nodes() if n["NodeID"] != here]
+        if others:
+            on_nodes(remove_run_dir, others, lambda n: (run_id,), timeout)
+    except Exception:  # the cluster is gone: nothing left to clean
+        pass

@@ -2,8 +2,8 @@
 named actor per driver process through which those workers register (so the driver can tear them
 down) and report their per-stage counts (so the driver's progress bars move).
 
-Driver: ``coord = RunCoordinator.for_this_process()``; hand ``coord.name`` to the workers;
-:class:`ProgressPoller` feeds ``executor.progress``; ``coord.close(run_id)`` returns the handles
+Driver: ``coord = Coordinator.for_this_process()``; hand ``coord.name`` to the workers;
+:class:`ProgressPoller` feeds the run's stats (:class:`~curator_exec_ray.context.RayRun`); ``coord.close(run_id)`` returns the handles
 of the workers that registered. Worker: ``WorkerLink(name, run_id, index)``; its ``keep(value)``
 puts a value in the object store that outlives the worker (owned by the coordinator).
 """
@@ -15,7 +15,10 @@ import os
 import threading
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from curator_exec_ray.context import RayRun
 
 __all__ = ["RunCoordinator", "Coordinator", "WorkerLink", "ProgressPoller", "NAMESPACE"]
 
@@ -160,19 +163,20 @@ class WorkerLink:
 
 
 class ProgressPoller:
-    """Feeds ``executor.progress`` from the coordinator's counts, every ``progress_interval`` (0.5-2 s)."""
+    """Feeds the run's stats from the coordinator's counts: every ``progress_interval`` (0.5-2 s) while
+    progress is shown, and once more at the end (so the counts are exact either way)."""
 
-    def __init__(self, executor: Any, coordinator: Coordinator, run_id: str, indices: list[int]) -> None:
-        self.executor = executor
+    def __init__(self, ray_run: RayRun, coordinator: Coordinator, token: str, indices: list[int]) -> None:
+        self.ray_run = ray_run
         self.coordinator = coordinator
-        self.run_id = run_id
+        self.token = token
         self.seen = {i: [0, 0, 0] for i in indices}  # stage index -> counts reported so far
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.interval = min(max(executor.options.progress_interval, 0.5), 2.0)
+        self.interval = min(max(ray_run.progress_interval, 0.5), 2.0)
 
     def __enter__(self) -> ProgressPoller:
-        if self.executor.options.show_progress:
+        if self.ray_run.show_progress:
             self._thread = threading.Thread(target=self._loop, name="curator-exec-progress", daemon=True)
             self._thread.start()
         return self
@@ -185,18 +189,16 @@ class ProgressPoller:
         import ray
 
         try:
-            counts = ray.get(self.coordinator.handle.counts.remote(self.run_id), timeout=timeout)
+            counts = ray.get(self.coordinator.handle.counts.remote(self.token), timeout=timeout)
         except Exception:
             return
-        progress = self.executor.progress
         for i, now in enumerate(counts):
             if i not in self.seen:
                 continue
             delta = [a - b for a, b in zip(now, self.seen[i], strict=True)]
             if any(delta):
                 self.seen[i] = now
-                if progress is not None:
-                    progress.add(i, *delta)
+                self.ray_run.report(i, delta)
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()

@@ -1,4 +1,5 @@
-"""The base of every Ray executor: one options class, one session, one capacity, one plan check."""
+"""The base of every Ray executor: one options class, one session, one capacity, one schedule,
+one plan check, and the segment loop with the data in the object store between segments."""
 
 from __future__ import annotations
 
@@ -12,15 +13,19 @@ from curator_exec_core.capacity import Capacity
 from curator_exec_core.config import ExecutorOptions, option
 from curator_exec_core.errors import ConfigError
 from curator_exec_core.executor import BaseExecutor
-from curator_exec_core.gang import ManagedGang
+from curator_exec_core.planning import ExecutionPlan
+from curator_exec_core.run import Run
 from curator_exec_core.runner import ManagedStage
-from curator_exec_core.shuffle import ManagedShuffle, split_at_barriers
+from curator_exec_core.runner.segments import BarrierSegment, MapSegment, run_segments, split_segments
+from curator_exec_core.scheduling import Schedule
 from curator_exec_core.tasks import Task
-from curator_exec_ray.cluster import cluster_capacity
+from curator_exec_ray.chunking import TaskChunk, put_chunks
+from curator_exec_ray.cluster import cluster_capacity, head_node_ids
+from curator_exec_ray.context import RayRun
 from curator_exec_ray.placement import assign_nodes
 from curator_exec_ray.session import RaySession, ensure_ray
 
-__all__ = ["RayExecutorOptions", "RayTaskOptions", "RayExecutorBase"]
+__all__ = ["RayExecutorOptions", "RayTaskOptions", "RayExecutorBase", "RAY_BARRIERS"]
 
 
 @attrs.define(kw_only=True)
@@ -39,6 +44,9 @@ class RayExecutorOptions(ExecutorOptions):
     reserved_gpus: float = option(0.0, float, "GPUs of the cluster the plan leaves free.", minimum=0)
     max_workers_per_stage: int | None = option(
         None, int, "The most workers of any stage (None: as many as the plan gives it).", minimum=1, allow_none=True)
+    actor_start_timeout: float = option(
+        300.0, float, "Seconds a stage's workers (actors, a gang's placement group, reduce workers) may take to "
+        "start before the run fails, instead of hanging when Ray cannot place them.", minimum=0)
     teardown_timeout: float = option(
         60.0, float, "Seconds to wait for the workers' teardown at the end of a run before they are killed anyway.",
         minimum=0)
@@ -55,17 +63,42 @@ class RayTaskOptions(RayExecutorOptions):
         "False: every stage gets actors.")
 
 
+def _run_shuffle(ray_run: RayRun, stage: ManagedStage, tasks: list[Task]) -> list[Task]:
+    from curator_exec_ray.shuffle import run_shuffle
+
+    return run_shuffle(ray_run, stage, tasks)  # type: ignore[arg-type]
+
+
+def _run_gang(ray_run: RayRun, stage: ManagedStage, tasks: list[Task]) -> list[Task]:
+    from curator_exec_ray.gang import run_gang
+
+    return run_gang(ray_run, stage, tasks)  # type: ignore[arg-type]
+
+
+#: how the Ray layer runs a barrier stage of each kind (a kind not here runs the core's default)
+RAY_BARRIERS: dict[str, Callable[[RayRun, ManagedStage, list[Task]], list[Task]]] = {
+    "shuffle": _run_shuffle, "gang": _run_gang}
+
+
 class RayExecutorBase(BaseExecutor):
     """What the Ray executors share: attaching to Ray, per-node capacity, the planner's options,
-    head-node placement, and stages checked picklable at plan time (Ray ships them)."""
+    the schedule (workers off the head node), stages checked picklable at plan time (Ray ships
+    them), barrier stages on Ray, and the run's :class:`RayRun`.
+
+    A plugin implements :meth:`execute_chunks`: the map stages of one segment on chunks of tasks."""
 
     Options: ClassVar[type[ExecutorOptions]] = RayExecutorOptions
-    #: shuffles run through the Ray layer with the data in the object store (gangs: the core's split)
+    #: shuffles run through the Ray layer with the data in the object store (gangs: the core's split,
+    #: then :data:`RAY_BARRIERS`)
     native_stage_kinds = frozenset({"shuffle"})
     #: the engine cannot work without Ray's dashboard (state API)
     needs_dashboard: ClassVar[bool] = False
     #: environment the Ray processes need when this executor starts Ray (set only around ``ray.init``)
     start_env: ClassVar[Mapping[str, str]] = {}
+    #: the engine starts each planned worker where the driver says (actors pinned to nodes); if not
+    #: (Ray Data, Xenna place their workers themselves), the default schedule only excludes nodes and a
+    #: stage pinned by a schedule wrapper is kept on the set of nodes it was pinned to
+    pins_workers: ClassVar[bool] = True
 
     def __init__(self, config: dict[str, Any] | None = None, ignore_head_node: bool = False, **options: Any) -> None:
         super().__init__(config, ignore_head_node, **options)
@@ -94,36 +127,65 @@ class RayExecutorBase(BaseExecutor):
 
         return ray.cloudpickle.dumps
 
+    def schedule(self, plan: ExecutionPlan) -> Schedule:
+        """With ``ignore_head_node``, a node off the head for every planned worker (spread, GPU nodes
+        kept for GPU stages; an engine that places its workers itself gets the head excluded instead);
+        else Ray places them."""
+        if not self.ignore_head_node:
+            return Schedule.unpinned(plan)
+        heads = head_node_ids()
+        if not self.pins_workers:
+            return Schedule.unpinned(plan, excluded=heads)
+        return Schedule.from_nodes(plan, assign_nodes(plan.stages, plan.capacity), excluded=heads)
+
+    def ray_run(self, stages: Sequence[ManagedStage]) -> RayRun:
+        """The Ray layer's view of the run ``stages`` belong to."""
+        o = self.options
+        run = Run.of(stages)
+        run.defer(lambda error: _remove_run_dirs(run.id), key="curator_exec_ray.run_dirs")
+        return RayRun(run=run, runtime_env=o.runtime_env, start_timeout=o.actor_start_timeout,
+                      teardown_timeout=o.teardown_timeout, show_progress=o.show_progress,
+                      progress_interval=o.progress_interval, ensure_ray=self.ensure_ray)
+
     def execute(self, stages: list[ManagedStage], initial_tasks: list[Task]) -> list[Task]:
-        """The plugin's ``execute_chunks`` on the tasks; with shuffle stages, :meth:`execute_parts`."""
-        if any(isinstance(s, ManagedShuffle) for s in stages):
-            return self.execute_parts(stages, initial_tasks)
-        return self.execute_chunks(stages, [(initial_tasks, len(initial_tasks))], False)
+        """The plugin's :meth:`execute_chunks` on the tasks; with shuffle stages, the segments with
+        their data in the object store from segment to segment (only the last one's outputs reach
+        the driver)."""
+        if not self.is_prepared(stages):  # called directly with plain stages: the whole lifecycle
+            return self.execute_unprepared(stages, initial_tasks)
+        ray_run = self.ray_run(stages)
+        segments = split_segments(stages)
+        if len(segments) == 1 and isinstance(segments[0], MapSegment):
+            return self.execute_chunks(stages, [TaskChunk(initial_tasks)], False)
+        self.ensure_ray()
+        data = put_chunks(initial_tasks, max(s.num_workers() or 1 for s in stages))
+
+        def run_map(segment: MapSegment, chunks: list[TaskChunk], last: bool) -> Any:
+            return self.execute_chunks(list(segment.stages), chunks, not last)
+
+        def run_barrier(segment: BarrierSegment, chunks: list[TaskChunk], last: bool) -> Any:
+            from curator_exec_ray.shuffle import shuffle_chunks
+
+            return shuffle_chunks(ray_run, segment.stage, chunks, last)  # type: ignore[arg-type]
+
+        out = run_segments(segments, data, run_map=run_map, run_barrier=run_barrier)
+        return out if out and isinstance(out[0], Task) else [t for c in out for t in c.resolve()]
 
     @abstractmethod
-    def execute_chunks(self, stages: list[ManagedStage], chunks: list[tuple[Any, int]], to_chunks: bool) -> Any:
-        """The map ``stages`` on ``chunks`` (``(tasks, count)``, the tasks a list in the driver or an
-        object ref of one): the last stage's outputs as a list in the driver, or (``to_chunks``) as
-        such chunks left in the object store."""
+    def execute_chunks(self, stages: list[ManagedStage], chunks: list[TaskChunk], to_chunks: bool) -> Any:
+        """The map ``stages`` (one segment) on ``chunks``: the last stage's outputs as a list of tasks
+        in the driver, or (``to_chunks``) as :class:`TaskChunk` objects left in the object store.
+        Every stage's counts must reach the run's stats (``self.ray_run(stages).report_all``): workers
+        return them with their outputs (``ManagedStage.process_counted``)."""
 
-    def execute_parts(self, stages: list[ManagedStage], tasks: list[Task]) -> list[Task]:
-        """Run a pipeline that holds shuffle stages with its data in the object store from part to
-        part: the map parts through :meth:`execute_chunks`, the shuffles through
-        :mod:`curator_exec_ray.shuffle`. Only the last part's outputs reach the driver."""
-        from curator_exec_ray.chunking import put_chunks
-        from curator_exec_ray.shuffle import shuffle_chunks
-
-        data: Any = put_chunks(tasks, max(s.num_workers() or 1 for s in stages))
-        parts = split_at_barriers(stages)
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            if not data:
-                return []
-            if isinstance(part, ManagedShuffle):
-                data = shuffle_chunks(self, part, data, last)
-            else:
-                data = self.execute_chunks(part, data, not last)
-        return data
+    def run_barrier(self, stage: ManagedStage, tasks: list[Task]) -> list[Task]:
+        """A barrier stage on Ray (:data:`RAY_BARRIERS`: shuffles keyed in the object store, gangs as
+        actors of one placement group); another kind: the core's default."""
+        runner = RAY_BARRIERS.get(stage.kind)
+        if runner is None:
+            return super().run_barrier(stage, tasks)
+        ray_run = self.ray_run([stage])
+        return runner(ray_run, stage, tasks)
 
     def check_shared_path(self, path: str) -> None:
         """Every node writes a marker in the checkpoint directory that the driver reads (bounded, see
@@ -133,22 +195,12 @@ class RayExecutorBase(BaseExecutor):
         self.ensure_ray()
         check_shared_path(path)
 
-    def run_shuffle(self, stage: ManagedShuffle, tasks: list[Task]) -> list[Task]:
-        """A shuffle stage on Ray: keyed pieces in the object store, reduced on the stage's workers
-        (see :mod:`curator_exec_ray.shuffle`)."""
-        from curator_exec_ray.shuffle import run_shuffle
-
-        return run_shuffle(self, stage, tasks)
-
-    def run_gang(self, stage: ManagedGang, tasks: list[Task]) -> list[Task]:
-        """A gang stage on Ray: its ranks as actors in one placement group (:mod:`curator_exec_ray.gang`)."""
-        from curator_exec_ray.gang import run_gang
-
-        return run_gang(self, stage, tasks)
-
     def placement(self, stages: Sequence[ManagedStage]) -> list[list[str | None]] | None:
-        """A node for each planned worker when workers must be pinned (``ignore_head_node``), else None."""
-        if not self.ignore_head_node:
-            return None
-        plan = self.current_plan
-        return assign_nodes(stages, plan.capacity if plan is not None else self.capacity())
+        """The schedule's node for every worker of ``stages``, or None where Ray places them all."""
+        return self.ray_run(stages).placement(stages)
+
+
+def _remove_run_dirs(run_id: str) -> None:
+    from curator_exec_ray.cluster import remove_run_dirs
+
+    remove_run_dirs(run_id)

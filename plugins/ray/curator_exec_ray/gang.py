@@ -1,9 +1,10 @@
 """A gang stage on Ray, written once for every Ray executor.
 
-The ranks are :class:`~curator_exec_ray.workers.StageActor` actors in one placement group
+The ranks are :class:`~curator_exec_ray.actors.StageActor` actors in one placement group
 (``placement_strategy``), so they start together or not at all; a group Ray cannot place within
-the start timeout fails the run instead of hanging. Rank 0's ``gang_root()`` runs first, in a task
-on rank 0's bundle; then every rank's ``setup`` at once, then every rank's share at once. A rank
+the start timeout fails the run instead of hanging. Rank 0's ``gang_root()`` runs first, in rank 0's
+actor on the stage instance that rank 0 then sets up and runs (so it may keep what it made); then
+every rank's ``setup`` at once, then every rank's share at once. Counts come back with each share. A rank
 whose process dies takes the gang down: the whole gang is started again (``MAX_GANG_RESTARTS``
 times at most) and the stage reruns from its inputs, which the driver keeps until it finished.
 """
@@ -14,8 +15,11 @@ import logging
 from typing import Any
 
 from curator_exec_core.gang import FAILURE_GRACE, ManagedGang
+from curator_exec_core.stats import Counts
 from curator_exec_core.tasks import FailedTask, Task
-from curator_exec_ray import workers
+from curator_exec_ray.actors import StageActor, remote
+from curator_exec_ray.context import RayRun
+from curator_exec_ray.teardown import stop_workers
 
 __all__ = ["run_gang", "MAX_GANG_RESTARTS"]
 
@@ -25,29 +29,25 @@ logger = logging.getLogger("curator_exec.ray")
 MAX_GANG_RESTARTS = 2
 
 
-def _root(stage: ManagedGang) -> Any:
-    return stage.root()
-
-
-def _run_share(stage: ManagedGang, share: list[Task]) -> tuple[list[Task], tuple[int, int, int]]:
+def _run_share(stage: ManagedGang, share: list[Task]) -> tuple[list[Task], Counts]:
     out = stage.run_share(share)
     return out, stage.last_counts
 
 
-def run_gang(executor: Any, stage: ManagedGang, tasks: list[Task]) -> list[Task]:
+def run_gang(ray_run: RayRun, stage: ManagedGang, tasks: list[Task]) -> list[Task]:
     """All of ``stage`` on Ray for ``tasks`` (its whole input); returns the failure records that came
-    in, then the ranks' outputs. ``executor`` is a ``RayExecutorBase``."""
+    in, then the ranks' outputs."""
     import ray
     from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
 
-    executor.ensure_ray()
+    ray_run.ensure_ray()
     lost = (RayActorError, WorkerCrashedError, NodeDiedError)
     records = [t for t in tasks if isinstance(t, FailedTask)]
     shares = [ray.put(share) for share in stage.shares(tasks)]
     box = ray.put(stage)
     for attempt in range(MAX_GANG_RESTARTS + 1):
         try:
-            outputs = _one_gang(executor, stage, box, shares, attempt)
+            outputs = _one_gang(ray_run, stage, box, shares, attempt)
         except lost as err:
             if attempt == MAX_GANG_RESTARTS:
                 raise RuntimeError(f"gang stage {stage.name!r}: a rank died in each of {attempt + 1} attempts "
@@ -55,14 +55,13 @@ def run_gang(executor: Any, stage: ManagedGang, tasks: list[Task]) -> list[Task]
             logger.warning("gang stage %r: a rank died (%s); starting the whole gang again", stage.name,
                            type(err).__name__)
             continue
-        if executor.progress is not None:
-            for _, counts in outputs:
-                executor.progress.add(stage.index, *counts)
+        for _, counts in outputs:
+            ray_run.report(stage.index, counts)
         return records + [t for out, _ in outputs for t in out]
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _one_gang(executor: Any, stage: ManagedGang, box: Any, shares: list[Any], attempt: int) -> list[Any]:
+def _one_gang(ray_run: RayRun, stage: ManagedGang, box: Any, shares: list[Any], attempt: int) -> list[Any]:
     import ray
     from ray.exceptions import GetTimeoutError
     from ray.util.placement_group import placement_group, remove_placement_group
@@ -70,29 +69,25 @@ def _one_gang(executor: Any, stage: ManagedGang, box: Any, shares: list[Any], at
 
     size, res = stage.size, stage.resources
     bundle = {"CPU": res.cpus, **({"GPU": res.gpus} if res.gpus else {})}
-    timeout = workers.start_timeout(executor.options)
     pg = placement_group([dict(bundle) for _ in range(size)], strategy=stage.stage.placement_strategy)
     actors: list[Any] = []
     try:
         try:
-            ray.get(pg.ready(), timeout=timeout)
+            ray.get(pg.ready(), timeout=ray_run.start_timeout)
         except GetTimeoutError:
-            raise workers.start_timeout_error(stage, timeout) from None
-
-        def in_bundle(r: int) -> dict[str, Any]:
-            return {"scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=r),
-                    **({"runtime_env": dict(executor.options.runtime_env)} if executor.options.runtime_env else {})}
-
-        root = ray.get(workers.remote(_root).options(num_cpus=0, **in_bundle(0)).remote(box))
-        actor_cls = workers.remote(workers.StageActor)
-        actors = [actor_cls.options(num_cpus=res.cpus, num_gpus=res.gpus, max_restarts=0, **in_bundle(r)).remote()
-                  for r in range(size)]
+            raise ray_run.start_timeout_error(stage) from None
+        actors = [remote(StageActor).options(
+            num_cpus=res.cpus, num_gpus=res.gpus, max_restarts=0, **ray_run.remote_env(),
+            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=r)).remote()
+            for r in range(size)]
+        actors[0].load.remote(box)  # rank 0's own instance: gang_root() on it, then its setup
+        root = ray.get(actors[0].root.remote())
         prefix = f"{stage.run_id}/{stage.index}:{stage.name}/gang{attempt}"
-        _together(stage, [a.setup.remote(box, f"{prefix}/rank{r}", (r, root)) for r, a in enumerate(actors)])
+        _together(stage, [a.setup.remote(None if r == 0 else box, f"{prefix}/rank{r}", (r, root))
+                          for r, a in enumerate(actors)])
         return _together(stage, [a.run.remote(_run_share, shares[r]) for r, a in enumerate(actors)])
     finally:
-        workers.stop_workers(actors, stage.run_id, executor.options.teardown_timeout, log=logger,
-                             indices=[stage.index])
+        stop_workers(actors, stage.run_id, ray_run.teardown_timeout, log=logger, indices=[stage.index])
         remove_placement_group(pg)
 
 

@@ -6,20 +6,22 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from curator_exec_core.capacity import Capacity
+from curator_exec_core.planning import StagePlan
 from curator_exec_core.runner import ManagedStage
 from curator_exec_ray import _compat as ray_compat
 from curator_exec_ray.cluster import alive_nodes, head_node_ids
 
-__all__ = ["assign_nodes", "replacement_node", "remote_options", "exclude_head_selector"]
+__all__ = ["assign_nodes", "replacement_node", "remote_options", "exclude_head_selector", "node_selector"]
 
 
-def assign_nodes(stages: Sequence[ManagedStage], capacity: Capacity) -> list[list[str | None]]:
-    """A node of ``capacity`` for every planned worker of every stage: spread over the nodes, GPU
-    nodes kept for GPU stages; ``None`` where no node fits (Ray then places the worker)."""
+def assign_nodes(stages: Sequence[ManagedStage | StagePlan], capacity: Capacity) -> list[list[str | None]]:
+    """A node of ``capacity`` for every planned worker of every stage (managed stages, or the
+    plan's stages): spread over the nodes, GPU nodes kept for GPU stages; ``None`` where no node
+    fits (Ray then places the worker)."""
     free = {n.node_id: [n.cpus, float(n.num_gpus)] for n in capacity.nodes}
     nodes = {n.node_id: n for n in capacity.nodes}
     out: list[list[str | None]] = [[] for _ in stages]
-    counts = [s.num_workers() or 1 for s in stages]
+    counts = [s.workers if isinstance(s, StagePlan) else (s.num_workers() or 1) for s in stages]
     for k in range(max(counts, default=0)):  # interleaved: every stage gets its first worker early
         for i, stage in enumerate(stages):
             if k >= counts[i]:
@@ -71,3 +73,15 @@ def exclude_head_selector() -> dict[str, str]:
     if not heads:
         return {}
     return {ray_compat.node_id_label(): "!" + heads[0] if len(heads) == 1 else "!in(" + ", ".join(heads) + ")"}
+
+
+def node_selector(only: Sequence[str] = (), never: Sequence[str] = ()) -> dict[str, str]:
+    """A ``label_selector`` that keeps workers on the nodes ``only`` (if given), else off ``never``
+    ({} if neither)."""
+    if only:
+        ids = sorted(only)
+        return {ray_compat.node_id_label(): ids[0] if len(ids) == 1 else "in(" + ", ".join(ids) + ")"}
+    if never:
+        ids = sorted(never)
+        return {ray_compat.node_id_label(): "!" + ids[0] if len(ids) == 1 else "!in(" + ", ".join(ids) + ")"}
+    return {}

@@ -20,12 +20,21 @@ import attrs
 from curator_exec_core import Task, option
 from curator_exec_core.errors import CuratorExecError
 from curator_exec_core.runner import ManagedStage
-from curator_exec_ray import workers
-from curator_exec_ray.chunking import ChunkSizer
-from curator_exec_ray.executor import RayExecutorBase, RayTaskOptions
-from curator_exec_ray.placement import remote_options, replacement_node
-from curator_exec_ray.session import current_session
-from curator_exec_rayactorpool.worker import process_in_task, run_chunks
+from curator_exec_ray import (
+    ChunkSizer,
+    RayExecutorBase,
+    RayRun,
+    RayTaskOptions,
+    StageActor,
+    TaskChunk,
+    current_session,
+    kill,
+    remote,
+    remote_options,
+    replacement_node,
+    stop_workers,
+)
+from curator_exec_rayactorpool.worker import Meta, process_in_task, run_chunks
 
 __all__ = ["RayActorPoolExecutor", "RayActorPoolOptions", "ActorPoolError"]
 
@@ -53,8 +62,6 @@ class RayActorPoolOptions(RayTaskOptions):
                                     "still see their own batch_size.", minimum=1, allow_none=True)
     max_in_flight: int = option(2, int, "Calls queued or running per actor (how far a stage runs ahead).", minimum=1)
     max_actor_restarts: int = option(3, int, "Actors of a stage that may die (and be replaced) in a run.", minimum=0)
-    actor_start_timeout: float = option(300.0, float, "Seconds a stage waits for its first actor before the run "
-                                        "fails (instead of hanging when Ray cannot place it).", minimum=0)
     reuse_actors: bool = option(False, bool, "Keep the actors alive between this executor's runs (stages are still "
                                 "torn down after each); close(), a failed run or exit kills them.")
 
@@ -86,7 +93,7 @@ class _Actor:
 class _Call:
     stage: int
     actor: _Actor
-    inputs: list[tuple[Any, int]]  # (chunk or object ref, number of tasks)
+    inputs: list[TaskChunk]
     pieces: list[Any] | None  # object refs of the output pieces (None for the last stage)
 
 
@@ -107,64 +114,62 @@ class RayActorPoolExecutor(RayExecutorBase):
             options.setdefault("progress_interval", progress_interval)
         super().__init__(config, ignore_head_node, **options)
         self.options: RayActorPoolOptions
-        self.show_progress: bool = self.options.show_progress
-        self.progress_interval: float = self.options.progress_interval
-        self._run_state: _PoolRun | None = None
         #: idle actors kept between runs (``reuse_actors``): (key, actor)
         self._idle: list[tuple[tuple, _Actor]] = []
 
-    def execute_chunks(self, stages: list[ManagedStage], chunks: list[tuple[Any, int]], to_chunks: bool) -> Any:
-        """The map stages on ``chunks`` (lists of tasks or their object refs, with their sizes): the last
-        stage's outputs as a list, or (``to_chunks``) as chunks left in the object store."""
+    def execute_chunks(self, stages: list[ManagedStage], chunks: list[TaskChunk], to_chunks: bool) -> Any:
+        """The map stages on ``chunks``: the last stage's outputs as a list, or (``to_chunks``) as
+        chunks left in the object store."""
         self.ensure_ray()
-        run = self._run_state = _PoolRun(self, stages, chunks, self.placement(stages), to_chunks)
+        ray_run = self.ray_run(stages)
+        pool = _PoolRun(self, ray_run, stages, chunks, ray_run.placement(stages), to_chunks)
+        ray_run.run.defer(pool.close)  # whatever happens, the run's end closes the pool
         try:
-            return run.run()
+            return pool.run()
         except BaseException as exc:
-            run.close(exc)
+            pool.close(exc)
             raise
         finally:
-            run.close(None)  # (a no-op after close(exc))
-            self._run_state = None
-
-    def teardown(self) -> None:
-        """Kill whatever actors a run left (normally none: ``execute`` cleans up itself). Ray stays up."""
-        run, self._run_state = self._run_state, None
-        if run is not None:
-            run.close(None)
+            pool.close(None)  # (a no-op after close(exc))
 
     def close(self) -> None:
         """Kill the idle actors kept by ``reuse_actors`` (a no-op otherwise)."""
         idle, self._idle = self._idle, []
         if idle and current_session() is not None:
-            workers.kill([actor.handle for _key, actor in idle])
+            kill([actor.handle for _key, actor in idle])
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
 
-    def _take_idle(self, key: tuple) -> _Actor | None:
+    def take_idle(self, key: tuple) -> _Actor | None:
+        """An idle actor kept from an earlier run that matches ``key`` (``reuse_actors``), or None."""
         i = next((i for i, (k, _) in enumerate(self._idle) if k == key), None)
         return None if i is None else self._idle.pop(i)[1]
+
+    def keep_idle(self, actors: list[_Actor]) -> None:
+        """Keep ``actors`` (set-up stages torn down) for the next run (``reuse_actors``)."""
+        self._idle += [(a.key, a) for a in actors]
 
 
 class _PoolRun:
     """One run: the actors of every stage and the driver loop."""
 
-    def __init__(self, executor: RayActorPoolExecutor, stages: list[ManagedStage], chunks: list[tuple[Any, int]],
-                 placement: list[list[str | None]] | None, to_chunks: bool) -> None:
+    def __init__(self, executor: RayActorPoolExecutor, ray_run: RayRun, stages: list[ManagedStage],
+                 chunks: list[TaskChunk], placement: list[list[str | None]] | None, to_chunks: bool) -> None:
         import ray
 
         self.ray = ray
         self.executor = executor
+        self.ray_run = ray_run
         self.opts = executor.options
         self.stages = stages
         self.n = len(stages)
         self.run_id = stages[0].run_id
-        # lists of tasks are cut into calls as the stage's chunk size says; object refs go as they are
-        self.source, self.src_pos = [t for c, _ in chunks if isinstance(c, list) for t in c], 0
-        self.queues: list[deque[tuple[Any, int]]] = [deque() for _ in stages]
-        self.queues[0].extend(c for c in chunks if not isinstance(c[0], list))
+        # tasks in the driver are cut into calls as the stage's chunk size says; chunks in the store go as they are
+        self.source, self.src_pos = [t for c in chunks if not c.in_store for t in c.tasks or ()], 0
+        self.queues: list[deque[TaskChunk]] = [deque() for _ in stages]
+        self.queues[0].extend(c for c in chunks if c.in_store)
         self.to_chunks, self.out_chunks = to_chunks, []
         self.actors: list[list[_Actor]] = [[] for _ in stages]
         # per stage: calls in flight, actors that died, actors started
@@ -205,8 +210,8 @@ class _PoolRun:
             self.actors[s].append(slot)
             return slot
         key = self._key(stage, node)
-        reused = self.executor._take_idle(key) if self.opts.reuse_actors else None
-        handle = reused.handle if reused is not None else workers.remote(workers.StageActor).options(
+        reused = self.executor.take_idle(key) if self.opts.reuse_actors else None
+        handle = reused.handle if reused is not None else remote(StageActor).options(
             **self._options(stage, node)).remote()
         actor = _Actor(handle, s, worker_id, node, self.opts.max_in_flight, reused=reused is not None, key=key,
                        setup_ref=handle.setup.remote(self.stage_refs[s], worker_id))
@@ -250,8 +255,8 @@ class _PoolRun:
 
     def requeue(self, call: _Call) -> None:
         self.inflight[call.stage] -= 1
-        for item in reversed(call.inputs):
-            self.queues[call.stage].appendleft(item)
+        for chunk in reversed(call.inputs):
+            self.queues[call.stage].appendleft(chunk)
 
     # -- scheduling ----------------------------------------------------------------
     def slots(self, s: int) -> int:
@@ -267,21 +272,21 @@ class _PoolRun:
 
     def submit(self, s: int, actor: _Actor) -> None:
         want = self.sizer.size(s)
-        inputs: list[tuple[Any, int]] = []
+        inputs: list[TaskChunk] = []
         count = 0
         queue = self.queues[s]
         while queue and count < want and len(inputs) < MAX_MERGE:
-            item = queue.popleft()
-            inputs.append(item)
-            count += item[1]
+            chunk = queue.popleft()
+            inputs.append(chunk)
+            count += chunk.n
         if s == 0 and count < want and self.src_pos < len(self.source):
             remaining = len(self.source) - self.src_pos
             if not self.opts.chunk_size:  # spread the tail over the actors
                 want = min(want, max(1, math.ceil(remaining / self.slots(0))))
             take = min(max(1, want - count), remaining)
-            inputs.append((self.source[self.src_pos:self.src_pos + take], take))
+            inputs.append(TaskChunk(self.source[self.src_pos:self.src_pos + take]))
             self.src_pos += take
-        args = [payload for payload, _ in inputs]
+        args = [c.ref if c.in_store else c.tasks for c in inputs]
         if s == self.n - 1 and not self.to_chunks:
             ref, pieces = self.call(actor, 1, 0, 0, args), None
         else:  # the outputs stay in the object store, as pieces for the next stage (or the next part)
@@ -304,7 +309,7 @@ class _PoolRun:
         opts = self.task_options.get((s, actor.node))
         if opts is None:
             opts = self.task_options[(s, actor.node)] = self._options(self.stages[s], actor.node, task=True)
-        return workers.remote(process_in_task).options(num_returns=num_returns, **opts).remote(
+        return remote(process_in_task).options(num_returns=num_returns, **opts).remote(
             (self.run_id, self.stages[s].index), [self.stage_refs[s]], pieces, piece_size, *args)
 
     def dispatch(self) -> None:
@@ -346,17 +351,16 @@ class _PoolRun:
         s = call.stage
         self.inflight[s] -= 1
         last = s == self.n - 1 and not self.to_chunks
-        n_in, n_out, n_failed, seconds, sizes = value[0] if last else value
-        self.sizer.observe(s, n_in, seconds)
-        if self.executor.progress is not None:
-            self.executor.progress.add(self.stages[s].index, n_in, n_out, n_failed)
+        meta: Meta = value[0] if last else value
+        self.sizer.observe(s, meta.counts.tasks_in, meta.seconds)
+        self.ray_run.report(self.stages[s].index, meta.counts)
         if last:
             self.outputs.extend(value[1])
             return
         assert call.pieces is not None
-        for piece, size in zip(call.pieces, sizes, strict=True):
+        for piece, size in zip(call.pieces, meta.sizes, strict=True):
             if size:
-                (self.out_chunks if s == self.n - 1 else self.queues[s + 1]).append((piece, size))
+                (self.out_chunks if s == self.n - 1 else self.queues[s + 1]).append(TaskChunk(ref=piece, n=size))
 
     def done(self) -> bool:
         return self.src_pos >= len(self.source) and not self.calls and not any(self.queues)
@@ -366,8 +370,8 @@ class _PoolRun:
         for s, actors in enumerate(self.actors):
             if not actors or any(a.ready for a in actors):
                 continue
-            if now - min(a.requested_at for a in actors) > self.opts.actor_start_timeout:
-                raise workers.start_timeout_error(self.stages[s], self.opts.actor_start_timeout, ActorPoolError)
+            if now - min(a.requested_at for a in actors) > self.ray_run.start_timeout:
+                raise self.ray_run.start_timeout_error(self.stages[s], ActorPoolError)
 
     def run(self) -> list[Task]:
         ray = self.ray
@@ -404,12 +408,12 @@ class _PoolRun:
                     pass
         live = [a for actors in self.actors for a in actors if not a.dead and a.handle is not None]
         # after a failure, the stage's error is what matters (teardown problems are not logged) and nothing is kept
-        kept, _ = workers.stop_workers([a.handle for a in live], self.run_id, self.opts.teardown_timeout,
+        kept, _ = stop_workers([a.handle for a in live], self.run_id, self.opts.teardown_timeout,
                                        spare=self.opts.reuse_actors and error is None,
                                        log=logger if error is None else None, indices=[st.index for st in self.stages])
         if error is not None:
             self.executor.close()
-        self.executor._idle += [(a.key, a) for a in live if any(a.handle is h for h in kept)]
+        self.executor.keep_idle([a for a in live if any(a.handle is h for h in kept)])
         self.calls.clear()
         self.setups.clear()
         self.queues = [deque() for _ in self.stages]

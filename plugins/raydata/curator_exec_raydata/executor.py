@@ -23,12 +23,23 @@ from curator_exec_core.config import option
 from curator_exec_core.errors import ConfigError, did_you_mean
 from curator_exec_core.runner import ManagedStage
 from curator_exec_core.stages import WorkerMetadata
+from curator_exec_core.stats import StageCounts, add_counts
 from curator_exec_core.tasks import Task
-from curator_exec_ray import workers
-from curator_exec_ray.chunking import auto_chunk_size, split
-from curator_exec_ray.executor import RayExecutorBase, RayTaskOptions
-from curator_exec_ray.placement import exclude_head_selector
-from curator_exec_ray.session import RaySession
+from curator_exec_ray import (
+    RayExecutorBase,
+    RayRun,
+    RaySession,
+    RayTaskOptions,
+    TaskChunk,
+    auto_chunk_size,
+    register,
+    remote,
+    split,
+    stop_workers,
+    teardown_live,
+    warm_up,
+)
+from curator_exec_ray.placement import node_selector
 
 __all__ = ["RayDataExecutor", "RayDataOptions", "StageWorker"]
 
@@ -39,7 +50,8 @@ logger = logging.getLogger("curator_exec.ray_data")
 warnings.filterwarnings("ignore", message=r"The minimum number of concurrent actors for 'MapBatches\(StageWorker\)'",
                         category=UserWarning)
 
-#: the one column of every block: pickled ``(counts, [Task, ...])`` chunks
+#: the one column of every block: pickled ``(counts, [Task, ...])`` chunks (counts: the
+#: :data:`~curator_exec_core.stats.StageCounts` of the work that made them, or None)
 COLUMN = "tasks"
 #: auto block sizing: at least this many blocks per run, at most this many tasks per block
 MIN_BLOCKS = 16
@@ -84,101 +96,106 @@ class RayDataExecutor(RayExecutorBase):
 
     name = "ray_data"
     Options = RayDataOptions
+    pins_workers = False  # Ray Data places its pools' workers itself
 
     def __init__(self, config: dict[str, Any] | None = None, ignore_head_node: bool = False, **options: Any) -> None:
         super().__init__(config, ignore_head_node, **options)
         self.options: RayDataOptions
         if self.options.data_context:
             _check_data_context_keys(self.options.data_context)
-        self._lock = threading.Lock()
-        self._runs: list[_RunActors] = []
 
     def ensure_ray(self) -> RaySession:
         session = super().ensure_ray()
-        workers.warm_up(session, "ray.data", "curator_exec_raydata.executor")  # imports, off the first run
+        warm_up(session, "ray.data", "curator_exec_raydata.executor")  # imports, off the first run
         return session
 
-    def execute_chunks(self, stages: list[ManagedStage], chunks: list[tuple[Any, int]], to_chunks: bool) -> Any:
-        """The map stages on ``chunks`` (lists of tasks in the driver, or object refs of them): the
-        outputs in the driver, or (``to_chunks``) as chunks left in the object store."""
+    def execute_chunks(self, stages: list[ManagedStage], chunks: list[TaskChunk], to_chunks: bool) -> Any:
+        """The map stages on ``chunks`` (tasks in the driver, or in the object store): the outputs in
+        the driver, or (``to_chunks``) as chunks left in the object store."""
         self.ensure_ray()
-        import ray
-        from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
+        from ray.data import DataContext
 
         from curator_exec_raydata import _compat
 
         _compat.check()
-        o = self.options
+        o, ray_run = self.options, self.ray_run(stages)
         widest = max(st.num_workers() or 1 for st in stages)
-        n_tasks = sum(n for _, n in chunks)
-        per_block = o.tasks_per_block or auto_chunk_size(n_tasks, widest, max_size=MAX_AUTO_TASKS_PER_BLOCK)
-        auto = o.tasks_per_block is None
+        per_block = o.tasks_per_block or auto_chunk_size(sum(c.n for c in chunks), widest,
+                                                         max_size=MAX_AUTO_TASKS_PER_BLOCK)
         run = _RunActors(stages[0].run_id, [st.index for st in stages])
-        with self._lock:
-            self._runs.append(run)
-        remote_args = self._remote_args()
-        outputs: list[Any] = []
-        local = [t for c, _ in chunks if isinstance(c, list) for t in c]
-        refs = [c for c, _ in chunks if not isinstance(c, list)]
-        payloads = list(_chunks(local, None, per_block, o.max_block_bytes)) + [None] * len(refs)
+        ray_run.run.defer(lambda error: run.finish(o.teardown_timeout))
+        local = [t for c in chunks if not c.in_store for t in c.tasks or ()]
+        payloads = list(_chunks(local, None, per_block, o.max_block_bytes)) + [None] * sum(c.in_store for c in chunks)
         may_fuse = o.fuse_stages and len(payloads) >= max(MIN_BLOCKS, 2 * widest)
         shapes = [self._task_map_shape(st, may_fuse) for st in stages]
         one_map = len(set(shapes)) == 1 and shapes[0] is not None  # every stage fuses into one task map
         ctx = self._data_context(run, o.backpressure if o.backpressure is not None else not one_map)
         try:
             with DataContext.current(ctx):
-                # from_items builds the blocks here (from_arrow would run a metadata task on a worker);
-                # chunks in the object store become blocks where they are
-                ds = ray.data.from_items([{COLUMN: p} for p in payloads if p], override_num_blocks=len(payloads)) \
-                    if local else ray.data.from_arrow_refs([_one_cpu(_block_of).remote(r, per_block, o.max_block_bytes)
-                                                            for r in refs])
+                ds = self._source(chunks, payloads, per_block)
                 for pos, stage in enumerate(stages):
-                    workers_ = stage.num_workers() or 1
-                    if pos == 0:  # more workers than initial blocks would idle
-                        workers_ = min(workers_, len(payloads))
-                    common = {"batch_size": max(1, math.ceil(stage.batch_size / per_block)),
-                              "batch_format": "pyarrow", "zero_copy_batch": True, "num_cpus": stage.resources.cpus,
-                              "num_gpus": stage.resources.gpus or None, **remote_args}
-                    args = (stage, pos, len(stages), per_block, auto, o.max_block_bytes)
-                    if o.stateless_as_tasks and not stage.has_lifecycle:
-                        size = workers_ if self.explicit_size(stage) else workers_ * o.max_tasks_in_flight_per_actor
-                        if pos == 0:
-                            size = min(size, len(payloads))  # more would idle (and Ray Data warns)
-                        if shapes[pos] is None:
-                            # distinct remote args keep Ray Data from fusing this map with its neighbours:
-                            # fused, a fan-out's whole output would run through the next stage in one task
-                            common["ray_remote_args_fn"] = _no_extra_remote_args
-                        with warnings.catch_warnings():  # ray_remote_args_fn: deprecated, kept until Ray 2.64
-                            warnings.simplefilter("ignore")
-                            ds = ds.map_batches(process_block_task, fn_args=args,
-                                                compute=TaskPoolStrategy(size=size), **common)
-                    else:
-                        ds = ds.map_batches(StageWorker, fn_constructor_args=args, compute=ActorPoolStrategy(
-                            size=workers_, max_tasks_in_flight_per_actor=o.max_tasks_in_flight_per_actor), **common)
-                if to_chunks:  # the blocks stay in the object store; their counts come to the driver
-                    done = [_one_cpu(_tasks_of, num_returns=3).remote(b) for b in ds.to_arrow_refs()]
-                    items = [(ray.get(c), (t, ray.get(n))) for c, t, n in done]
-                else:
-                    items = [pickle.loads(p) for b in ds.iter_batches(batch_size=None, batch_format="pyarrow",
-                                                                      prefetch_batches=1) for p in b.column(COLUMN).to_pylist()]
-                for counts, chunk in items:
-                    for i, stage in enumerate(stages):
-                        if counts and any(counts[3 * i:3 * i + 3]) and self.progress is not None:
-                            self.progress.add(stage.index, *counts[3 * i:3 * i + 3])
-                    if to_chunks and chunk[1]:
-                        outputs.append(chunk)
-                    elif not to_chunks:
-                        outputs.extend(chunk)
+                    ds = self._map(ds, ray_run, stage, pos, len(stages), per_block, len(payloads), shapes[pos])
+                return self._collect(ds, ray_run, to_chunks)
         finally:
-            self._finish_run(run)
-        return outputs
+            run.finish(o.teardown_timeout)
 
-    def teardown(self) -> None:
-        """Tear down and kill what a run left behind (normally nothing: execute() cleans up itself)."""
-        with self._lock:
-            runs = list(self._runs)
-        for run in runs:
-            self._finish_run(run)
+    def _source(self, chunks: list[TaskChunk], payloads: list[bytes | None], per_block: int) -> Any:
+        """The dataset the run starts from: blocks built here (``from_items``: ``from_arrow`` would run
+        a metadata task on a worker), or chunks in the object store turned into blocks where they are."""
+        import ray
+
+        if any(not c.in_store for c in chunks):
+            return ray.data.from_items([{COLUMN: p} for p in payloads if p], override_num_blocks=len(payloads))
+        return ray.data.from_arrow_refs([_one_cpu(_block_of).remote(c.ref, per_block, self.options.max_block_bytes)
+                                         for c in chunks])
+
+    def _map(self, ds: Any, ray_run: RayRun, stage: ManagedStage, pos: int, n_stages: int, per_block: int,
+             n_blocks: int, shape: tuple | None) -> Any:
+        """``ds`` through one stage: a task map (no lifecycle methods) or an actor pool."""
+        from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+        o = self.options
+        workers_ = stage.num_workers() or 1
+        if pos == 0:  # more workers than initial blocks would idle
+            workers_ = min(workers_, n_blocks)
+        common = {"batch_size": max(1, math.ceil(stage.batch_size / per_block)),
+                  "batch_format": "pyarrow", "zero_copy_batch": True, "num_cpus": stage.resources.cpus,
+                  "num_gpus": stage.resources.gpus or None, **self._remote_args(ray_run, stage)}
+        args = (stage, pos, n_stages, per_block, o.tasks_per_block is None, o.max_block_bytes)
+        if not (o.stateless_as_tasks and not stage.has_lifecycle):
+            return ds.map_batches(StageWorker, fn_constructor_args=args, compute=ActorPoolStrategy(
+                size=workers_, max_tasks_in_flight_per_actor=o.max_tasks_in_flight_per_actor), **common)
+        size = workers_ if self.explicit_size(stage) else workers_ * o.max_tasks_in_flight_per_actor
+        if pos == 0:
+            size = min(size, n_blocks)  # more would idle (and Ray Data warns)
+        if shape is None:
+            # distinct remote args keep Ray Data from fusing this map with its neighbours:
+            # fused, a fan-out's whole output would run through the next stage in one task
+            common["ray_remote_args_fn"] = _no_extra_remote_args
+        with warnings.catch_warnings():  # ray_remote_args_fn: deprecated, kept until Ray 2.64
+            warnings.simplefilter("ignore")
+            return ds.map_batches(process_block_task, fn_args=args, compute=TaskPoolStrategy(size=size), **common)
+
+    def _collect(self, ds: Any, ray_run: RayRun, to_chunks: bool) -> list[Any]:
+        """The outputs in the driver, or (``to_chunks``) left in the object store as chunks; the counts
+        every block carries go to the run's stats."""
+        import ray
+
+        outputs: list[Any] = []
+        if to_chunks:  # the blocks stay in the object store; their counts come to the driver
+            done = [_one_cpu(_tasks_of, num_returns=3).remote(b) for b in ds.to_arrow_refs()]
+            for c, ref, n in done:
+                ray_run.report_all(ray.get(c))
+                count = ray.get(n)
+                if count:
+                    outputs.append(TaskChunk(ref=ref, n=count))
+            return outputs
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
+            for payload in batch.column(COLUMN).to_pylist():
+                counts, chunk = pickle.loads(payload)
+                ray_run.report_all(counts)
+                outputs.extend(chunk)
+        return outputs
 
     def _task_map_shape(self, stage: ManagedStage, may_fuse: bool) -> tuple | None:
         """What Ray Data compares before fusing two task maps; None if this stage must stay its own operator."""
@@ -187,11 +204,11 @@ class RayDataExecutor(RayExecutorBase):
         workers_ = stage.num_workers() or 1
         return (stage.resources.cpus, stage.resources.gpus, workers_ * self.options.max_tasks_in_flight_per_actor)
 
-    def _remote_args(self) -> dict[str, Any]:
-        args: dict[str, Any] = {}
-        if self.options.runtime_env:
-            args["runtime_env"] = dict(self.options.runtime_env)
-        if self.ignore_head_node and (selector := exclude_head_selector()):
+    def _remote_args(self, ray_run: RayRun, stage: ManagedStage) -> dict[str, Any]:
+        """runtime_env, and where the schedule lets the stage's workers run (Ray Data places them)."""
+        args: dict[str, Any] = ray_run.remote_env()
+        only, never = ray_run.allowed_nodes(stage)
+        if selector := node_selector(only, never):
             args["label_selector"] = selector
         return args
 
@@ -220,15 +237,6 @@ class RayDataExecutor(RayExecutorBase):
             setattr(ctx, key, value)
         return ctx
 
-    def _finish_run(self, run: _RunActors) -> None:
-        with self._lock:
-            if run not in self._runs:
-                return
-            self._runs.remove(run)
-        run.finish(self.options.teardown_timeout)
-
-
-#: sessions (started by this process) whose worker pool was warmed
 def _check_data_context_keys(values: dict) -> None:
     import dataclasses
 
@@ -250,7 +258,7 @@ def _table(payloads: list[bytes]) -> Any:
     return pa.Table.from_arrays([pa.array(payloads, type=pa.large_binary())], names=[COLUMN])
 
 
-def _fit(counts: list[int] | None, part: list[Task], max_bytes: int) -> Iterator[bytes]:
+def _fit(counts: StageCounts | None, part: list[Task], max_bytes: int) -> Iterator[bytes]:
     """``(counts, part)`` pickled, split in halves until every piece is at most ``max_bytes``."""
     data = pickle.dumps((counts, part), protocol=_PROTOCOL)
     if len(data) <= max_bytes or len(part) <= 1:
@@ -260,10 +268,10 @@ def _fit(counts: list[int] | None, part: list[Task], max_bytes: int) -> Iterator
         yield from _fit(counts if j == 0 else None, piece, max_bytes)
 
 
-def _chunks(tasks: list[Task], counts: list[int] | None, per_block: int, max_bytes: int) -> Iterator[bytes]:
+def _chunks(tasks: list[Task], counts: StageCounts | None, per_block: int, max_bytes: int) -> Iterator[bytes]:
     """Pickled ``(counts, tasks)`` chunks; ``counts`` travel with the first chunk only."""
     if not tasks:
-        if counts and any(counts):
+        if counts:
             yield pickle.dumps((counts, []), protocol=_PROTOCOL)
         return
     for j, part in enumerate(split(tasks, per_block)):
@@ -277,17 +285,17 @@ def process_block(stage: ManagedStage, pos: int, n_stages: int, per_block: int, 
                   batch: Any) -> Iterator[Any]:
     """One Ray Data batch (rows of pickled chunks) through ``stage`` (at ``pos`` of ``n_stages``); yields
     the output as one-chunk blocks."""
-    counts = [0] * (3 * n_stages)  # (in, out, failed) per stage, of this chunk's lineage
+    counts: StageCounts = {}  # the counts of this chunk's history not reported yet, per stage index
     tasks: list[Task] = []
     for payload in batch.column(COLUMN).to_pylist():
         c, chunk = pickle.loads(payload)
-        if c:
-            counts = [a + b for a, b in zip(counts, c, strict=True)]
+        for index, n in (c or {}).items():
+            add_counts(counts, index, n)
         tasks.extend(chunk)
-    out = stage.process_batch(tasks) if tasks else []
+    out: list[Task] = []
     if tasks:
-        for k, n in enumerate(stage.last_counts):
-            counts[3 * pos + k] += n
+        out, done = stage.process_counted(tasks)
+        add_counts(counts, stage.index, done)
     size = per_block
     if auto:  # a large output (fan-out from one small chunk) still spreads over enough blocks
         size = max(size, min(MAX_AUTO_TASKS_PER_BLOCK, math.ceil(len(out) / MIN_BLOCKS)))
@@ -311,7 +319,7 @@ def _no_extra_remote_args() -> dict[str, Any]:
 
 def _one_cpu(fn: Any, **options: Any) -> Any:
     """``fn`` as a task of one CPU: with none, Ray would start a worker process for every block at once."""
-    return workers.remote(fn).options(num_cpus=1, **options)
+    return remote(fn).options(num_cpus=1, **options)
 
 
 def _block_of(tasks: list[Task], per_block: int, max_bytes: int) -> Any:
@@ -319,13 +327,14 @@ def _block_of(tasks: list[Task], per_block: int, max_bytes: int) -> Any:
     return _table(list(_chunks(tasks, None, per_block, max_bytes)))
 
 
-def _tasks_of(block: Any) -> tuple[list[int] | None, list[Task], int]:
+def _tasks_of(block: Any) -> tuple[StageCounts, list[Task], int]:
     """An output block back as (summed counts, its tasks, how many)."""
-    counts: list[int] | None = None
+    counts: StageCounts = {}
     tasks: list[Task] = []
     for payload in block.column(COLUMN).to_pylist():
         c, chunk = pickle.loads(payload)
-        counts = c if counts is None else [a + b for a, b in zip(counts, c or [0] * len(counts), strict=True)]
+        for index, n in (c or {}).items():
+            add_counts(counts, index, n)
         tasks.extend(chunk)
     return counts, tasks, len(tasks)
 
@@ -340,7 +349,7 @@ class StageWorker:
         rc = ray.get_runtime_context()
         self.stage = stage
         self.args = (pos, n_stages, per_block, auto, max_bytes)
-        workers.register(stage)
+        register(stage)
         stage.setup(WorkerMetadata(worker_id=f"{stage.name}:{rc.get_actor_id() or uuid.uuid4().hex}",
                                    node_id=rc.get_node_id()))
 
@@ -350,7 +359,7 @@ class StageWorker:
         return process_block(self.stage, *self.args, batch)
 
     def __del__(self) -> None:  # Ray Data's graceful actor exit drops the UDF: last-resort teardown
-        for problem in workers.teardown_live(None, self.stage.run_id, [self.stage.index]):
+        for problem in teardown_live(None, self.stage.run_id, [self.stage.index]):
             logger.error("ray_data: %s", problem)
 
 
@@ -380,4 +389,4 @@ class _RunActors:
         with self.lock:
             self.finished = True
             handles, self.keep = list(self.keep.values()), {}
-        workers.stop_workers(handles, self.run_id, timeout, log=logger, indices=self.indices)
+        stop_workers(handles, self.run_id, timeout, log=logger, indices=self.indices)

@@ -16,9 +16,7 @@ from cosmos_xenna.pipelines import v1 as xenna
 
 from curator_exec_core.runner import ManagedStage
 from curator_exec_core.stages import WorkerMetadata
-from curator_exec_ray import workers
-from curator_exec_ray.chunking import TaskChunk, chunks
-from curator_exec_ray.coordinator import WorkerLink
+from curator_exec_ray import TaskChunk, WorkerLink, chunks, register, unregister
 
 __all__ = ["Chunk", "CuratorStage", "chunks"]
 
@@ -75,7 +73,7 @@ class CuratorStage(xenna.Stage):
         # still setting the worker up, right before it kills it) waits for it.
         self._lock = threading.Lock()
         with self._lock:
-            if accepted and workers.register(self):
+            if accepted and register(self):
                 self.managed.setup(WorkerMetadata(worker_id=worker_id, node_id=node_id,
                                                   allocation=getattr(worker_metadata, "allocation", None)))
 
@@ -84,8 +82,8 @@ class CuratorStage(xenna.Stage):
             raise RuntimeError(f"stage {self.managed.name!r}: worker was not set up (its run had ended)")
         tasks = [t for chunk in in_data for t in chunk.resolve()]
         with self._lock or threading.Lock():
-            out = self.managed.process_batch(tasks)
-        self.link.count(self.managed.last_counts)
+            out, counts = self.managed.process_counted(tasks)
+        self.link.count(counts)
         if self.sink:  # owned by the driver's coordinator actor, so it outlives this worker
             return [TaskChunk(ref=self.link.keep(out), n=len(out))] if out else []
         return chunks(out, self.chunk_size)
@@ -99,7 +97,7 @@ class CuratorStage(xenna.Stage):
         finally:
             if held and lock is not None:
                 lock.release()
-            workers.unregister(self)
+            unregister(self)
 
     def destroy(self) -> None:  # Xenna >= 0.5 calls it before it kills a worker
         self.teardown()

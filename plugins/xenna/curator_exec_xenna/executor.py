@@ -24,12 +24,22 @@ from curator_exec_core.errors import ConfigError, PlanError
 from curator_exec_core.planning import ExecutionPlan
 from curator_exec_core.runner import ManagedStage
 from curator_exec_core.stages import ProcessingStage
-from curator_exec_ray import reaper, workers
-from curator_exec_ray.chunking import auto_chunk_size
-from curator_exec_ray.cluster import head_node_ids
-from curator_exec_ray.coordinator import Coordinator, ProgressPoller
-from curator_exec_ray.executor import RayExecutorBase, RayExecutorOptions
-from curator_exec_ray.session import RaySession, preserved_env
+from curator_exec_ray import (
+    Coordinator,
+    ProgressPoller,
+    RayExecutorBase,
+    RayExecutorOptions,
+    RayRun,
+    RaySession,
+    TaskChunk,
+    alive_nodes,
+    auto_chunk_size,
+    cluster_capacity,
+    preserved_env,
+    reaper,
+    stop_workers,
+    teardown_workers,
+)
 
 __all__ = ["XennaExecutor", "XennaOptions", "XennaStageOptions", "XENNA_START_ENV"]
 
@@ -126,14 +136,13 @@ class XennaExecutor(RayExecutorBase):
     Options = XennaOptions
     needs_dashboard = True
     start_env = XENNA_START_ENV
+    pins_workers = False  # Xenna creates and places its workers itself
 
     def __init__(self, config: dict[str, Any] | None = None, ignore_head_node: bool = False, **options: Any) -> None:
         super().__init__(config, ignore_head_node, **options)
         self.options: XennaOptions
         # streaming: stages share the cluster; batch: each stage may use all of it in turn
         self.concurrent_stages = self.options.execution_mode == "streaming"
-        self._ray_capacity: Capacity | None = None
-        self.last_run_info: dict[str, Any] = {}  # chunk size, Xenna version, ... of the last run
 
     def ensure_ray(self) -> RaySession:
         session = super().ensure_ray()
@@ -146,13 +155,13 @@ class XennaExecutor(RayExecutorBase):
     def capacity(self) -> Capacity:
         """Per node, what Xenna will allocate: ``floor(Ray CPUs x cpu_allocation_percentage)`` and NVML GPUs."""
         raw, pct = super().capacity(), self.options.cpu_allocation_percentage
-        self._ray_capacity = raw
         return Capacity(nodes=[attrs.evolve(n, cpus=float(math.floor(n.cpus * pct + 1e-9))) for n in raw.nodes])
 
     def plan(self, stages: Sequence[ProcessingStage], capacity: Capacity) -> ExecutionPlan:
         for stage in stages:  # per-stage Xenna options are checked before anything starts
             XennaStageOptions.from_stage(stage)
-        pct, raw = self.options.cpu_allocation_percentage, self._ray_capacity
+        # what Ray has per node, to explain Xenna's flooring (cached: the capacity phase just probed it)
+        pct, raw = self.options.cpu_allocation_percentage, cluster_capacity(ignore_head_node=self.ignore_head_node)
         note = ""
         if raw is not None and len(raw.nodes) == len(capacity.nodes) and raw.total_cpus > capacity.total_cpus:
             note = (" Xenna allocates floor(Ray CPUs x cpu_allocation_percentage) per node: "
@@ -182,7 +191,7 @@ class XennaExecutor(RayExecutorBase):
         widest = max((m.num_workers() or 1) for m in managed)
         return self.options.chunk_size or auto_chunk_size(n_tasks, widest, min_size=16)
 
-    def build_pipeline_spec(self, managed: Sequence[ManagedStage], tasks: list[Any], chunk: int,
+    def build_pipeline_spec(self, managed: Sequence[ManagedStage], chunks: Sequence[TaskChunk], chunk: int,
                             coordinator: str = "", sink: bool = False) -> Any:
         """The ``PipelineSpec`` this executor hands to ``cosmos_xenna.pipelines.v1.run_pipeline``."""
         xenna, xs = _import_xenna()
@@ -204,51 +213,68 @@ class XennaExecutor(RayExecutorBase):
             # failures are the core's (FailedTask records or StageFailedError): Xenna neither retries nor drops
             ignore_failures=False, num_run_attempts_python=1, return_last_stage_outputs=True,
             mode_specific=xenna.StreamingSpecificSpec(autoscale_interval_s=opts.autoscale_interval_s))
-        items = [t for t in tasks if isinstance(t, xs.Chunk)]  # chunks left in the object store, or tasks
-        return xenna.PipelineSpec(input_data=items or xs.chunks(tasks, chunk), stages=specs, config=config)
+        # chunks in the object store are Xenna items as they are; tasks in the driver are cut to ``chunk``
+        items = [c for c in chunks if c.in_store] + xs.chunks([t for c in chunks if not c.in_store
+                                                              for t in c.tasks or ()], chunk)
+        return xenna.PipelineSpec(input_data=items, stages=specs, config=config)
 
-    def execute_chunks(self, stages: list[ManagedStage], chunks: list[tuple[Any, int]], to_chunks: bool) -> Any:
+    def execute_chunks(self, stages: list[ManagedStage], chunks: list[TaskChunk], to_chunks: bool) -> Any:
         """The stages on Xenna, from tasks or chunks in the object store; the outputs in the driver, or
-        (``to_chunks``) left in the object store, owned by the coordinator actor (Xenna kills its workers)."""
+        (``to_chunks``) left in the object store, owned by the coordinator actor (Xenna kills its workers).
+        Xenna creates the workers, so their counts come through the coordinator (:class:`ProgressPoller`)."""
         session = self.ensure_ray()
         xenna, xs = _import_xenna()
         from curator_exec_xenna import _compat
 
         _compat.check()
-        run_id = stages[0].run_id
-        items = [t for c, n in chunks for t in (c if isinstance(c, list) else [xs.Chunk(ref=c, n=n)])]
-        chunk = self._chunk_size(sum(n for _, n in chunks), stages)
+        ray_run = self.ray_run(stages)
+        run_id = ray_run.id
+        chunk = self._chunk_size(sum(c.n for c in chunks), stages)
         coordinator = Coordinator.for_this_process()
-        spec = self.build_pipeline_spec(stages, items, chunk, coordinator.name, sink=to_chunks)
+        spec = self.build_pipeline_spec(stages, chunks, chunk, coordinator.name, sink=to_chunks)
         limit = _compat.accepted_state_limit(session.address, lambda n: reaper.list_job_actors(
             limit=n, filters=[("class_name", "=", "__curator_exec_probe__")]))
-        self.last_run_info = {"chunk_size": chunk, "xenna_version": version("cosmos-xenna"), "state_limit": limit,
-                              "ray_address": session.address, "pinned_workers": [s.num_workers for s in spec.stages]}
+        ray_run.run.info.update({"chunk_size": chunk, "xenna_version": version("cosmos-xenna"), "state_limit": limit,
+                                 "ray_address": session.address,
+                                 "pinned_workers": [s.num_workers for s in spec.stages]})
         before = {a.actor_id for a in reaper.list_job_actors()}
         started, timeout = time.time(), self.options.teardown_timeout
-        hidden = set(head_node_ids()) if self.ignore_head_node else set()
-
         token, indices = f"{run_id}:{stages[0].index}", [s.index for s in stages]  # this segment of the run
 
         def before_kill(actor: Any) -> None:
-            workers.teardown_workers([actor], run_id, timeout, log=logger, indices=indices)
+            teardown_workers([actor], run_id, timeout, log=logger, indices=indices)
 
-        outputs: list[Any] = []
         try:
-            with _RUN_LOCK, preserved_env(_XENNA_TOUCHED_ENV), _compat.patched(limit, before_kill, hidden):
+            with _RUN_LOCK, preserved_env(_XENNA_TOUCHED_ENV), \
+                    _compat.patched(limit, before_kill, self._hidden_nodes(ray_run, stages)):
                 os.environ["RAY_ADDRESS"] = session.address  # Xenna's ray.init must attach to our cluster
                 try:
-                    with ProgressPoller(self, coordinator, token, indices):
+                    with ProgressPoller(ray_run, coordinator, token, indices):
                         result = xenna.run_pipeline(spec)
                 finally:  # after a failure Xenna leaves its workers running: tear down and kill them
-                    workers.stop_workers(coordinator.close(token, timeout), run_id, timeout, log=logger,
-                                         indices=indices)
-            for item in result or []:
-                if to_chunks:
-                    outputs.append((item.ref, item.n))
-                else:
-                    outputs.extend(item.resolve())
+                    stop_workers(coordinator.close(token, timeout), run_id, timeout, log=logger, indices=indices)
+            if to_chunks:
+                return [TaskChunk(ref=item.ref, n=item.n) for item in result or []]
+            return [t for item in result or [] for t in item.resolve()]
         finally:
             coordinator.forget(token)
-            self.last_run_info["reaped"] = reaper.reap_run_actors(before, started, _XENNA_ACTOR_CLASSES, timeout)
-        return outputs
+            ray_run.run.info["reaped"] = reaper.reap_run_actors(before, started, _XENNA_ACTOR_CLASSES, timeout)
+
+    def _hidden_nodes(self, ray_run: RayRun, stages: Sequence[ManagedStage]) -> set[str]:
+        """The nodes Xenna must not see: those the schedule excludes and, for stages pinned to some
+        nodes, all others. Xenna places every stage on one set of nodes, so stages pinned to different
+        sets are refused."""
+        hidden: set[str] = set()
+        pinned: set[frozenset[str]] = set()
+        for stage in stages:
+            only, never = ray_run.allowed_nodes(stage)
+            hidden |= never
+            if only:
+                pinned.add(only)
+        if len(pinned) > 1:
+            raise PlanError("executor 'xenna' places every stage of a pipeline on one set of nodes, but the schedule "
+                            f"pins stages to different ones ({sorted(sorted(p) for p in pinned)}); pin them alike")
+        if pinned:
+            (only,) = pinned
+            hidden |= {n["NodeID"] for n in alive_nodes()} - only
+        return hidden

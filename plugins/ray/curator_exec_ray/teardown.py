@@ -1,4 +1,4 @@
-"""Stage workers: the in-worker registry of live stages, and the driver's "teardown, then kill".
+"""Stage workers' teardown: the in-worker registry of live stages, and the driver's "teardown, then kill".
 
 Inside a worker process (an actor of ours, of Ray Data or of Xenna), whatever ran a stage's
 ``setup`` calls :func:`register`; :func:`teardown_live` (called through the actor, or at exit) runs
@@ -9,21 +9,16 @@ actor to do that, waits at most ``timeout`` seconds, then kills the actors.
 from __future__ import annotations
 
 import atexit
-import functools
 import logging
-import os
 import threading
 import traceback
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
-from curator_exec_core.runner import ManagedStage
-from curator_exec_core.stages import WorkerMetadata
 from curator_exec_ray import _compat as ray_compat
 
-__all__ = ["LiveStage", "StageActor", "stage_in_process", "register", "unregister", "closing", "teardown_live",
-           "teardown_workers", "stop_workers", "kill", "remote", "start_timeout", "start_timeout_error", "warm_up"]
+__all__ = ["LiveStage", "register", "unregister", "closing", "teardown_live", "teardown_workers", "stop_workers",
+           "kill"]
 
 logger = logging.getLogger("curator_exec.ray")
 
@@ -90,114 +85,6 @@ def teardown_live(_actor: Any = None, run_id: str | None = None, indices: Sequen
         finally:
             unregister(stage)
     return problems
-
-
-class StageActor:
-    """The body of an actor that hosts one managed stage (wrap it with ``ray.remote``): ``setup``
-    runs the stage's setup (``setup_on_node`` once per node) with this actor's metadata and
-    registers it for teardown; ``run(fn, *args)`` calls ``fn(stage, *args)`` in the actor."""
-
-    def __init__(self) -> None:
-        self.stage: ManagedStage | None = None
-
-    def setup(self, stage: ManagedStage, worker_id: str, gang: tuple[int, Any] | None = None) -> dict[str, Any]:
-        """``stage.setup``; for a gang rank (``gang``: its rank and rank 0's root), ``setup_rank``."""
-        import ray
-
-        ctx = ray.get_runtime_context()
-        self.stage = stage
-        register(stage)
-        if gang is not None:
-            stage.setup_rank(gang[0], gang[1], worker_id, ctx.get_node_id(), ctx.get_assigned_resources())
-        else:
-            stage.setup(WorkerMetadata(worker_id=worker_id, node_id=ctx.get_node_id(),
-                                       allocation=ctx.get_assigned_resources()))
-        return {"worker_id": worker_id, "node_id": ctx.get_node_id(), "pid": os.getpid()}
-
-    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        assert self.stage is not None, "run() before setup()"
-        return fn(self.stage, *args)
-
-
-#: stages of the most recent runs in this (pooled, reused) worker process: run id -> {key: stage}
-_task_stages: OrderedDict[str, dict[Any, ManagedStage]] = OrderedDict()
-#: runs whose stages a worker process keeps (older runs' are dropped, so they do not pin memory)
-TASK_STAGE_RUNS = 2
-
-
-def stage_in_process(run_id: str, key: Any, stage_box: list[Any]) -> ManagedStage:
-    """In a Ray task: the stage of ``stage_box`` (its object ref, boxed so that Ray does not fetch it
-    for every call), fetched once per worker process and run. For stages without lifecycle
-    methods, which any pooled worker process may run."""
-    stages = _task_stages.get(run_id)
-    if stages is None:
-        stages = _task_stages[run_id] = {}
-        while len(_task_stages) > TASK_STAGE_RUNS:
-            _task_stages.popitem(last=False)
-    stage = stages.get(key)
-    if stage is None:
-        import ray
-
-        stage = ray.get(stage_box[0])
-        stage.worker_id = f"{ray.get_runtime_context().get_node_id()[:12]}:{os.getpid()}"
-        stages[key] = stage
-    return stage
-
-
-#: seconds a worker of a stage may take to start, for executors without an ``actor_start_timeout`` option
-DEFAULT_START_TIMEOUT = 300.0
-
-
-def start_timeout(options: Any) -> float:
-    """The executor's ``actor_start_timeout``, else :data:`DEFAULT_START_TIMEOUT`."""
-    return float(getattr(options, "actor_start_timeout", DEFAULT_START_TIMEOUT))
-
-
-@functools.cache
-def remote(obj: Any) -> Any:
-    """``ray.remote(obj)`` (a function or an actor class), made once per process: every ``ray.remote``
-    call exports the function to the cluster again. Give resources with ``.options(...)``."""
-    import ray
-
-    return ray.remote(obj)
-
-
-def start_timeout_error(stage: ManagedStage, timeout: float, cls: type[Exception] | None = None) -> Exception:
-    """The error (``cls``, default ``CuratorExecError``) for a stage whose workers Ray could not start
-    within ``timeout`` seconds (the ``actor_start_timeout`` option where the executor has it)."""
-    import ray
-
-    from curator_exec_core.errors import CuratorExecError
-
-    return (cls or CuratorExecError)(
-        f"stage {stage.name!r}: no actor started within actor_start_timeout={timeout:g}s (each asks Ray for "
-        f"{stage.resources.describe()}; Ray has {ray.available_resources()} free). Is the cluster busy, or a node gone?")
-
-
-_warmed: set[Any] = set()
-
-
-def _import(*modules: str) -> None:
-    import importlib
-
-    for module in modules:
-        importlib.import_module(module)
-
-
-def warm_up(session: Any, *modules: str) -> None:
-    """On a Ray this process just started (once per session): let its idle worker processes import
-    ``modules`` now (fire and forget, one task per CPU), instead of in the first run's first tasks."""
-    import ray
-
-    if session.how != "started" or (session.token, modules) in _warmed:
-        return
-    _warmed.add((session.token, modules))
-    try:
-        fn = ray.remote(num_cpus=1, max_retries=0)(_import)
-        for _ in range(max(1, int(ray.cluster_resources().get("CPU", 1)))):
-            fn.remote(*modules)
-    except Exception as exc:  # only a speed-up
-        logger.debug("warming the workers failed: %r", exc)
 
 
 def kill(handles: Sequence[Any]) -> None:

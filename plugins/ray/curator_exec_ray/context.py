@@ -1,0 +1,89 @@
+"""The Ray layer's view of one run: :class:`RayRun`, built by :class:`RayExecutorBase` for each run.
+
+Everything the layer's shuffle, gang, coordinator and the plugins need from a run and from the
+executor's Ray options, typed, in one object; the layer never reaches into an executor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from curator_exec_core.errors import CuratorExecError
+from curator_exec_core.run import Run
+from curator_exec_core.runner import ManagedStage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from curator_exec_ray.session import RaySession
+
+__all__ = ["RayRun"]
+
+
+@attrs.frozen
+class RayRun:
+    """One run, as the Ray layer sees it."""
+
+    #: the core's run: id, plan, schedule, stats
+    run: Run
+    #: the executor's ``runtime_env`` for the workers it creates (None: none)
+    runtime_env: Mapping[str, Any] | None
+    #: seconds a stage's workers may take to start (the ``actor_start_timeout`` option)
+    start_timeout: float
+    #: seconds the workers' teardown may take at the end (the ``teardown_timeout`` option)
+    teardown_timeout: float
+    show_progress: bool
+    progress_interval: float
+    #: attach to Ray (start a local one if none runs); returns the session
+    ensure_ray: Callable[[], RaySession]
+
+    @property
+    def id(self) -> str:
+        return self.run.id
+
+    def report(self, index: int, counts: Sequence[int]) -> None:
+        """Stage ``index`` did ``counts`` (tasks in, outputs, new failure records) on a worker."""
+        self.run.report(index, counts)
+
+    def report_all(self, counts: Mapping[int, Sequence[int]] | None) -> None:
+        """Counts of several stages (what a chunk carries back)."""
+        if counts:
+            self.run.stats.add_all(counts)
+
+    def nodes(self, stage: ManagedStage) -> list[str | None] | None:
+        """The schedule's node for each worker of ``stage``, or None if Ray places them."""
+        schedule = self.run.schedule
+        return None if schedule is None else schedule.nodes(stage.index)
+
+    def worker_nodes(self, stage: ManagedStage) -> list[str | None]:
+        """Like :meth:`nodes`, with ``[None]`` (one worker, anywhere) when nothing is pinned."""
+        return [n for n in (self.nodes(stage) or []) if n] or [None]
+
+    def placement(self, stages: Sequence[ManagedStage]) -> list[list[str | None]] | None:
+        """The nodes of every worker of every stage, or None if Ray places them all."""
+        nodes = [self.nodes(s) for s in stages]
+        if all(n is None for n in nodes):
+            return None
+        return [n if n is not None else [None] * (s.num_workers() or 1) for s, n in zip(stages, nodes, strict=True)]
+
+    def allowed_nodes(self, stage: ManagedStage) -> tuple[frozenset[str], frozenset[str]]:
+        """For an engine that places workers itself: (the nodes ``stage`` must run on, empty for any;
+        the nodes it must not run on)."""
+        schedule = self.run.schedule
+        if schedule is None:
+            return frozenset(), frozenset()
+        return schedule.stage(stage.index).node_set, schedule.excluded
+
+    def remote_env(self) -> dict[str, Any]:
+        """``runtime_env=`` for a worker this run creates ({} if none)."""
+        return {"runtime_env": dict(self.runtime_env)} if self.runtime_env else {}
+
+    def start_timeout_error(self, stage: ManagedStage, cls: type[Exception] | None = None) -> Exception:
+        """The error for a stage whose workers Ray could not start within ``start_timeout``."""
+        import ray
+
+        return (cls or CuratorExecError)(
+            f"stage {stage.name!r}: no worker started within actor_start_timeout={self.start_timeout:g}s (each asks "
+            f"Ray for {stage.resources.describe()}; Ray has {ray.available_resources()} free). Is the cluster busy, "
+            "or a node gone? Raise the executor's actor_start_timeout option to wait longer.")
