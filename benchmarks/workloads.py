@@ -1,7 +1,9 @@
-"""Benchmark workloads: the stages, their inputs and the non-framework baselines.
+"""Benchmark workloads: their records, stages, inputs and the non-framework baselines.
 
 The stages live in this importable module (not in ``run.py``'s ``__main__``) so that
 they pickle by reference for process-based engines (Ray, multiprocessing).
+:data:`WORKLOADS` holds one :class:`Workload` record per workload (title, what the table
+shows, the baselines measured beside it); the harness reads them.
 
 Workloads (full size; ``--quick`` divides the task counts by 10):
 
@@ -13,13 +15,20 @@ Workloads (full size; ``--quick`` divides the task counts by 10):
   ``W3_BLOB_BYTES`` bytes to each task, :class:`DropBytes` drops them again and
   records how many bytes it dropped.
 * **W4 import**: a fresh interpreter doing ``import curator_exec_core; list_executors()``
-  (implemented in ``run.py``; nothing to define here).
+  (measured in ``child.py``; nothing to define here).
+* **W5 exact dedup**: ``W5_TASKS`` documents through :class:`Normalize` and :class:`KeepFirst`
+  (a shuffle keyed by the normalised text's hash).
+* **W6 shuffle 2 GB**: ``W6_TASKS`` tasks of ``W3_BLOB_BYTES`` (:class:`AttachBytes`) shuffled
+  into ``W6_KEYS`` keys (:class:`Bucket`).
+* **W7 checkpoint overhead**: W1's stages, warm runs without and with a checkpoint
+  (measured in ``child.py``).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from curator_exec_core import ProcessingStage, Resources, ShuffleStage, Task
@@ -35,6 +44,38 @@ W6_TASKS = 20_000
 W6_KEYS = 100
 STAGES_PER_WORKLOAD = 2
 QUICK_DIVISOR = 10
+
+# -- workload records -----------------------------------------------------------------------
+
+PLAIN = "plain_loop"  # baseline: a Python loop calling each stage's process() (W1, W2, W3)
+POOL = "mp_pool2"  # baseline: multiprocessing.Pool(2) (W2)
+STARTUP = "python_startup"  # baseline: `python -c pass` (W4)
+DICT = "dict_group"  # baseline: a plain Python dict grouping in one process (W5, W6)
+RAYDATA_GROUPBY = "raydata_groupby"  # baseline: a hand-written Ray Data groupby().map_groups() (W5)
+BASELINES = (PLAIN, POOL, STARTUP, DICT, RAYDATA_GROUPBY)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One workload as the harness sees it."""
+
+    id: str
+    title: str
+    metric: str  # what the table's cold/warm metric columns show
+    baselines: tuple[str, ...]  # measured next to the executors, in this order
+    default: bool = False  # in the default ``--workloads``
+    sample_rss: bool = False  # the driver's RSS is sampled during each run
+
+
+WORKLOADS: dict[str, Workload] = {w.id: w for w in (
+    Workload("W1", "overhead", "µs/task-stage", (PLAIN,), default=True),
+    Workload("W2", "cpu", "efficiency", (PLAIN, POOL), default=True),
+    Workload("W3", "streaming memory", "peak RSS MB", (PLAIN,), default=True, sample_rss=True),
+    Workload("W4", "import", "ray imported?", (STARTUP,), default=True),
+    Workload("W5", "exact dedup", "docs/s", (DICT, RAYDATA_GROUPBY)),
+    Workload("W6", "shuffle 2 GB", "peak RSS MB", (DICT,), sample_rss=True),
+    Workload("W7", "checkpoint overhead", "checkpoint overhead", ()),
+)}
 
 
 # -- W1: per-task framework overhead ------------------------------------------------------

@@ -1,6 +1,6 @@
 """Smoke test for the benchmark harness: it runs and its JSON lines have the documented fields.
 
-No timing assertions here: speed targets live in ``benchmarks/run.py`` (``TARGETS``), not in tests.
+No timing assertions here: speed targets live in ``benchmarks/targets.py`` (``TARGETS``), not in tests.
 """
 
 from __future__ import annotations
