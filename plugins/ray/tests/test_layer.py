@@ -13,7 +13,8 @@ import psutil
 import pytest
 
 from curator_exec_core.errors import EngineCompatibilityError, check_engine
-from curator_exec_ray import _compat, workers
+from curator_exec_ray import _compat
+from curator_exec_ray import teardown as workers
 from curator_exec_ray.chunking import ChunkSizer, auto_chunk_size, split
 from curator_exec_ray.reaper import reap
 

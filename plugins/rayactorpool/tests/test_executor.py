@@ -120,7 +120,7 @@ def test_chunks_amortise_calls_but_stage_sees_its_batch_size(ray_attached, monke
     def recording_submit(self, s, actor):
         original(self, s, actor)
         call = list(self.calls.values())[-1]
-        sizes.append((s, sum(n for _, n in call.inputs)))
+        sizes.append((s, sum(c.n for c in call.inputs)))
 
     monkeypatch.setattr(pool_module._PoolRun, "submit", recording_submit)
     ex = RayActorPoolExecutor(config={"chunk_size": 20, "show_progress": False})
@@ -205,15 +205,29 @@ def test_an_unpicklable_stage_fails_at_plan_time_naming_it(ray_attached):
 # -- fault tolerance --------------------------------------------------------------------
 
 
-def _kill_when(stage: Logged, after_tasks: int, how: str, ex: RayActorPoolExecutor, killed: list) -> None:
+@pytest.fixture
+def pools(monkeypatch) -> list:
+    """The actor pools (``_PoolRun``) of the runs started while the test runs, newest last."""
+    started: list = []
+    original = pool_module._PoolRun.run
+
+    def run(self):
+        started.append(self)
+        return original(self)
+
+    monkeypatch.setattr(pool_module._PoolRun, "run", run)
+    return started
+
+
+def _kill_when(stage: Logged, after_tasks: int, how: str, pools: list, killed: list) -> None:
     import ray
 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         events = read(stage.log)
         if sum(e["event"] == "task" for e in events) >= after_tasks:
-            run = ex._run_state
-            if run is None:
+            run = pools[-1] if pools else None
+            if run is None or run.closed:
                 return
             actors = [a for a in run.actors[[s.name for s in run.stages].index(stage.name)] if a.ready]
             if not actors:
@@ -230,12 +244,12 @@ def _kill_when(stage: Logged, after_tasks: int, how: str, ex: RayActorPoolExecut
 
 
 @pytest.mark.parametrize("how", ["os.kill", "ray.kill"])
-def test_killed_actor_is_replaced_and_nothing_is_lost_or_duplicated(ray_attached, tmp_path, how):
+def test_killed_actor_is_replaced_and_nothing_is_lost_or_duplicated(ray_attached, tmp_path, how, pools):
     a, b = Logged(tmp_path, "a", seconds=0.01), Logged(tmp_path, "b", seconds=0.01)
     ex = RayActorPoolExecutor(config={"pool_size": 2, "show_progress": False})
     killed: list[int] = []
-    killers = [threading.Thread(target=_kill_when, args=(a, 30, how, ex, killed)),
-               threading.Thread(target=_kill_when, args=(b, 60, how, ex, killed))]
+    killers = [threading.Thread(target=_kill_when, args=(a, 30, how, pools, killed)),
+               threading.Thread(target=_kill_when, args=(b, 60, how, pools, killed))]
     for t in killers:
         t.start()
     try:
@@ -321,11 +335,11 @@ def test_killed_task_worker_is_retried_and_nothing_is_lost_or_duplicated(ray_att
     assert sorted(t.data for t in result) == list(range(2, 302))
 
 
-def test_actors_dying_too_often_fail_the_run(ray_attached, tmp_path):
+def test_actors_dying_too_often_fail_the_run(ray_attached, tmp_path, pools):
     a = Logged(tmp_path, "a", seconds=0.01)
     ex = RayActorPoolExecutor(config={"pool_size": 1, "max_actor_restarts": 0, "show_progress": False})
     killed: list[int] = []
-    killer = threading.Thread(target=_kill_when, args=(a, 10, "os.kill", ex, killed))
+    killer = threading.Thread(target=_kill_when, args=(a, 10, "os.kill", pools, killed))
     killer.start()
     try:
         with pytest.raises(ActorPoolError, match="max_actor_restarts=0"):
