@@ -405,6 +405,48 @@ class AllReduceSum(GangStage):
         LifecycleLog(self.folder).record("teardown", self.name, f"rank{self.rank}:{os.getpid()}")
 
 
+class RootHeldGang(GangStage):
+    """A gang whose root keeps what it made: ``gang_root()`` opens a listening socket on rank 0's
+    instance and keeps it; rank 0's ``setup`` accepts every other rank on it (no race: the socket
+    listens before any rank starts). Works only if ``gang_root`` runs on the very instance that then
+    runs rank 0's ``setup``. Rank 0's outputs carry the ranks that reached it (``peers``)."""
+
+    resources = Resources(cpus=0.5)
+
+    def __init__(self, name: str = "root_held", gang_size: int = 2) -> None:
+        self.name = name
+        self.gang_size = gang_size
+        self.rank = -1
+        self.peers: list[int] = []
+
+    def gang_root(self) -> tuple[str, int]:
+        import socket
+
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(self.gang_size)
+        return self._listener.getsockname()
+
+    def setup(self, worker_metadata: Any = None) -> None:
+        import socket
+
+        gang = worker_metadata.gang
+        self.rank = gang.rank
+        if self.rank == 0:
+            self._listener.settimeout(60)
+            for _ in range(gang.size - 1):
+                conn, _ = self._listener.accept()
+                with conn:
+                    self.peers.append(int(conn.recv(16).decode()))
+            self._listener.close()
+            return
+        with socket.create_connection(tuple(gang.root), timeout=60) as conn:
+            conn.sendall(str(self.rank).encode())
+
+    def process_batch(self, tasks: list[Task]) -> list[Task]:
+        return [Task(data={"value": t.data, "rank": self.rank, "peers": sorted(self.peers)}) for t in tasks]
+
+
 # -- resumable runs ---------------------------------------------------------------------------
 
 

@@ -5,13 +5,14 @@ See :mod:`curator_exec_core.testing.kit`.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 
 from curator_exec_core.errors import StageFailedError
-from curator_exec_core.testing.kit.base import ConformanceBase, MakeExecutor, _ints
-from curator_exec_core.testing.stages import AddOne, LifecycleLog, Recorded
+from curator_exec_core.testing.kit.base import ConformanceBase, MakeExecutor, _ints, canonical, reference_run
+from curator_exec_core.testing.stages import AddOne, FanOut, KeepEven, LifecycleLog, Recorded
 
 
 class LifecycleTests(ConformanceBase):
@@ -40,3 +41,28 @@ class LifecycleTests(ConformanceBase):
             make_executor(show_progress=False).run(stages, _ints(self.n))
         for name in ("ok", "bad"):
             assert log.per_who("setup", name) == log.per_who("teardown", name), name
+
+    def test_two_runs_on_one_executor_at_once(self, make_executor: MakeExecutor) -> None:
+        """An executor holds settings, a run holds its state: two threads running two pipelines on one
+        instance both get their own right answer and counts (the runs are serialized)."""
+        executor = make_executor(show_progress=False)
+        pipelines = {"a": [AddOne(), KeepEven()], "b": [FanOut(3), AddOne()]}
+        results: dict[str, Any] = {}
+        errors: list[BaseException] = []
+
+        def run(key: str) -> None:
+            try:
+                results[key] = executor.run(pipelines[key], _ints(self.n))
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(key,)) for key in pipelines]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        for key, stages in pipelines.items():
+            expected = reference_run(stages, _ints(self.n))
+            assert canonical(results[key]) == canonical(expected)
+            assert results[key].metrics["stages"] == expected.metrics["stages"]

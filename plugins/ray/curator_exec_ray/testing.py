@@ -41,6 +41,7 @@ from typing import Any
 import attrs
 import pytest
 
+from curator_exec_core.hookspecs import hookimpl
 from curator_exec_core.testing import fake_nvml
 from curator_exec_ray import _compat as ray_compat
 from curator_exec_ray import session as rs
@@ -247,3 +248,62 @@ def ray_two_node_cluster() -> Iterator[RayTestCluster]:
     """Head node (1 CPU, no GPU) + worker node (2 CPUs, 2 fake GPUs of 16 GiB), for one test module."""
     with ray_cluster(head={"num_cpus": 1}, workers=[{"num_cpus": 2, "num_gpus": 2}]) as handle:
         yield handle
+
+
+# -- two-node placement checks every Ray executor plugin runs ----------------------------------
+
+
+class PinStage:
+    """A hook plugin that wraps the schedule phase and pins stage ``index`` to ``nodes``: what a
+    site policy ("the GPU stage on those nodes") looks like. Register it with
+    :func:`curator_exec_core.register_plugin`."""
+
+    def __init__(self, index: int, nodes: Sequence[str]) -> None:
+        self.index, self.nodes = index, list(nodes)
+
+    @hookimpl(wrapper=True)
+    def curator_exec_schedule(self, executor: Any, plan: Any) -> Any:
+        schedule = yield
+        return schedule.pin(self.index, self.nodes)
+
+
+class RayPlacementTests:
+    """Placement every Ray executor must obey, on the module's ``ray_two_node_cluster`` (head: 1
+    CPU; worker: 2 CPUs): ``ignore_head_node`` keeps every worker off the head, and a schedule that
+    pins a stage to a node keeps that stage's work there. Subclass it in the plugin's multi-node
+    test module with a ``make_executor(**options)`` fixture, as for the conformance kit."""
+
+    @pytest.fixture
+    def make_executor(self) -> Any:
+        raise NotImplementedError("define a make_executor fixture returning (**options) -> executor")
+
+    def test_ignore_head_node_keeps_every_worker_off_the_head(self, ray_two_node_cluster: RayTestCluster,
+                                                              make_executor: Any, tmp_path: Any) -> None:
+        from curator_exec_core import Task
+        from curator_exec_core.testing.stages import Traced, read_trace
+
+        c = ray_two_node_cluster
+        stages = [Traced(str(tmp_path), "first", cpus=0.25), Traced(str(tmp_path), "second", cpus=0.25)]
+        got = make_executor(ignore_head_node=True, show_progress=False).run(stages, [Task(data=i) for i in range(30)])
+        assert sorted(t.data for t in got) == list(range(2, 32))
+        nodes = {e["node"] for name in ("first", "second") for e in read_trace(tmp_path, name)}
+        assert nodes == {c.worker_node_ids[0]}
+
+    def test_a_schedule_wrapper_pins_a_stage_to_a_node(self, ray_two_node_cluster: RayTestCluster,
+                                                       make_executor: Any, tmp_path: Any) -> None:
+        from curator_exec_core import Task, register_plugin, unregister_plugin
+        from curator_exec_core.testing.stages import Traced, read_trace
+
+        c = ray_two_node_cluster
+        for target in (c.head_node_id, c.worker_node_ids[0]):
+            folder = tmp_path / target[:8]
+            folder.mkdir()
+            stages = [Traced(str(folder), "free", cpus=0.25), Traced(str(folder), "pinned", cpus=0.25)]
+            pin = PinStage(1, [target])
+            register_plugin(pin, name="test-pin-stage")
+            try:
+                result = make_executor(show_progress=False).run(stages, [Task(data=i) for i in range(30)])
+            finally:
+                unregister_plugin(pin)
+            assert sorted(t.data for t in result) == list(range(2, 32))
+            assert {e["node"] for e in read_trace(folder, "pinned")} == {target}

@@ -17,6 +17,7 @@ from curator_exec_core import CheckpointError, PlanError, Task
 from curator_exec_core.testing.stages import Traced, read_trace
 from curator_exec_ray.cluster import cluster_capacity
 from curator_exec_ray.session import current_session
+from curator_exec_ray.testing import RayPlacementTests
 from curator_exec_rayactorpool import RayActorPoolExecutor
 
 pytestmark = pytest.mark.timeout(900)
@@ -167,3 +168,11 @@ def test_checkpoint_on_a_cluster_every_node_confirms_it_sees_the_directory(ray_t
         os.kill(raylet.pid, signal.SIGCONT)
         c.cluster.remove_node(node)
     assert ray.is_initialized()
+
+
+class TestPlacement(RayPlacementTests):
+    """The Ray layer's two-node placement checks (ignore_head_node, a pinned stage) on this executor."""
+
+    @pytest.fixture
+    def make_executor(self):
+        return lambda **options: RayActorPoolExecutor(**options)

@@ -11,6 +11,7 @@ from rd_stages import WhoAmI, read_rows
 
 from curator_exec_core import PlanError, Resources, Task
 from curator_exec_core.testing.stages import LifecycleLog, Recorded
+from curator_exec_ray.testing import RayPlacementTests
 from curator_exec_raydata import RayDataExecutor
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -69,3 +70,11 @@ def test_more_gpu_workers_than_gpus_is_refused_before_starting(ray_two_node_clus
     with pytest.raises(PlanError, match="gpu"):
         RayDataExecutor(show_progress=False).run([stage], _ints(5))
     assert read_rows(str(tmp_path), "gpu", "setup") == []
+
+
+class TestPlacement(RayPlacementTests):
+    """The Ray layer's two-node placement checks (ignore_head_node, a pinned stage) on this executor."""
+
+    @pytest.fixture
+    def make_executor(self):
+        return lambda **options: RayDataExecutor(**options)

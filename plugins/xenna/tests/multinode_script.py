@@ -62,6 +62,23 @@ try:
                    "setup_on_node": dict(log.per_who("setup_on_node", "both")),
                    "setups": len(log.per_who("setup", "both")),
                    "teardowns": dict(log.per_who("teardown", "both")) == dict(log.per_who("setup", "both"))}
+
+    # a schedule wrapper pins stage 1 to the head: Xenna keeps that stage's workers there (it hides the
+    # other nodes from Xenna for the run), and refuses stages pinned to different nodes
+    from curator_exec_core import register_plugin, unregister_plugin
+    from curator_exec_core.testing.stages import Traced, read_trace
+    from curator_exec_ray.testing import PinStage
+
+    folder = tempfile.mkdtemp()
+    pin = PinStage(1, [head_id])
+    register_plugin(pin, name="test-pin-stage")
+    try:
+        ex = get_executor("xenna", cpu_allocation_percentage=1.0, show_progress=False)
+        got = ex.run([Traced(folder, "free", cpus=0.25), Traced(folder, "pinned", cpus=0.25)],
+                     [Task(data=i) for i in range(20)])
+    finally:
+        unregister_plugin(pin)
+    out["pinned"] = {"n": len(got), "nodes": sorted({e["node"] for e in read_trace(folder, "pinned")})}
     print("RESULT " + json.dumps(out), flush=True)
 finally:
     ray.shutdown()

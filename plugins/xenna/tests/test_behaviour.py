@@ -160,7 +160,7 @@ def test_starting_ray_ourselves_sets_variables_only_for_the_start(tmp_path: Any)
 
         "after = {k: os.environ.get(k) for k in %r}\n"
         "print('RESULT ' + json.dumps({'n': len(got), 'how': current_session().how, 'same_env': before == after,\n"
-        "      'limit': ex.last_run_info['state_limit']}))\n"
+        "      'limit': got.metrics['engine']['state_limit']}))\n"
     ).replace("%r", repr(TOUCHED))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,

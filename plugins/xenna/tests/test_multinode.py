@@ -36,3 +36,5 @@ def test_two_nodes_capacity_placement_and_setup_on_node() -> None:
     assert both["n"] == 40 and both["setups"] == 3 and both["teardowns"] is True
     assert both["setup_nodes"] == {head: 1, worker: 2}
     assert both["setup_on_node"] == {head: 1, worker: 1}
+    # a stage pinned to a node by a schedule wrapper runs only there
+    assert out["pinned"] == {"n": 20, "nodes": [head]}
