@@ -145,6 +145,17 @@ def _scaled(cpus: float, scale: float) -> float:
     return max(1e-4, math.floor(cpus * scale * 1e4 + 1e-9) / 1e4)
 
 
+@attrs.frozen
+class _Budget:
+    """What the plan may hand out: CPUs and GPUs after the reservations."""
+
+    capacity: Capacity
+    cpus: float
+    gpus: float
+    reserved_gpus: float
+    executor: str
+
+
 def plan_stages(
     stages: Sequence[ProcessingStage],
     capacity: Capacity,
@@ -167,130 +178,162 @@ def plan_stages(
       (three 1-CPU stages on 2 cores), scale the CPU requests down to fractions so
       every stage gets a worker, and say so in the plan notes. Without it such a
       plan is refused.
+
+    The phases: :func:`_validate_stage` (each request against the nodes), :func:`_cpu_scale` (concurrent
+    stages that cannot all get a worker), :func:`_size_stages` (how many workers), :func:`_fit_gpus`
+    (workers given back until the GPU workers pack GPU by GPU).
     """
+    budget = _budget(capacity, executor, reserved_cpus, reserved_gpus)
+    notes: list[str] = []
+    gpu_need = [_validate_stage(stage, budget) for stage in stages]
+    scale = _cpu_scale(stages, gpu_need, budget, scale_cpus_to_fit, notes) if concurrent else 1.0
+    plans = _size_stages(stages, gpu_need, budget, scale, concurrent, max_workers_per_stage)
+    if concurrent:
+        plans = _fit_gpus(plans, [s.num_workers() is None for s in stages], capacity)
+    return ExecutionPlan(executor=executor, stages=plans, capacity=capacity, concurrent=concurrent, notes=notes)
+
+
+def _budget(capacity: Capacity, executor: str, reserved_cpus: float, reserved_gpus: float) -> _Budget:
     if not capacity.nodes:
         raise PlanError(
             f"executor {executor!r} has no node to run on (is ignore_head_node=True on a one-node cluster?). "
             "Add worker nodes or set ignore_head_node=False."
         )
     avail_cpus = capacity.total_cpus - reserved_cpus
-    avail_gpus = capacity.total_gpus - reserved_gpus
     if avail_cpus <= 0:
         raise PlanError(
             f"reserved_cpus={reserved_cpus:g} leaves no CPU of the {capacity.total_cpus:g} available; lower reserved_cpus."
         )
-    notes: list[str] = []
-    gpu_need: list[float] = []
-    for stage in stages:
-        req = stage.resources
-        gpus = _resolve_gpus(stage, req, capacity)
-        gpu_need.append(gpus)
-        if not _fits_on_a_node(req.cpus, gpus, capacity):
-            raise PlanError(
-                f"stage {stage.name!r} asks for {req.describe()} per worker, which no node can give "
-                f"(nodes: {_fmt_nodes(capacity)}). Lower the stage's Resources or add a node that has them."
-            )
-        fixed = stage.num_workers()
-        if fixed is not None and (not isinstance(fixed, int) or fixed < 1):
-            raise PlanError(f"stage {stage.name!r}: num_workers() must return a positive int or None, got {fixed!r}")
-        if gpus and gpus > avail_gpus + 1e-9:
-            raise PlanError(
-                f"stage {stage.name!r} asks for gpus={gpus:g} per worker but only {avail_gpus:g} GPU(s) are "
-                f"available after reserved_gpus={reserved_gpus:g} ({_fmt_nodes(capacity)})."
-            )
-        if gpus and fixed is not None and _gpu_limit(gpus, capacity, avail_gpus) < fixed:
-            raise PlanError(
-                f"stage {stage.name!r} wants {fixed} workers with gpus={gpus:g} each, but only "
-                f"{_gpu_limit(gpus, capacity, avail_gpus)} fit on the GPUs ({_fmt_nodes(capacity)}"
-                + (f"; reserved_gpus={reserved_gpus:g}" if reserved_gpus else "") + ")."
-            )
+    return _Budget(capacity, avail_cpus, capacity.total_gpus - reserved_gpus, reserved_gpus, executor)
 
-    # CPU scaling for concurrent stages that cannot all get one worker.
+
+def _validate_stage(stage: ProcessingStage, budget: _Budget) -> float:
+    """Check one stage's request against the nodes and the budget; returns its GPUs per worker."""
+    capacity, req = budget.capacity, stage.resources
+    gpus = _resolve_gpus(stage, req, capacity)
+    if not _fits_on_a_node(req.cpus, gpus, capacity):
+        raise PlanError(
+            f"stage {stage.name!r} asks for {req.describe()} per worker, which no node can give "
+            f"(nodes: {_fmt_nodes(capacity)}). Lower the stage's Resources or add a node that has them."
+        )
+    fixed = stage.num_workers()
+    if fixed is not None and (not isinstance(fixed, int) or fixed < 1):
+        raise PlanError(f"stage {stage.name!r}: num_workers() must return a positive int or None, got {fixed!r}")
+    if gpus and gpus > budget.gpus + 1e-9:
+        raise PlanError(
+            f"stage {stage.name!r} asks for gpus={gpus:g} per worker but only {budget.gpus:g} GPU(s) are "
+            f"available after reserved_gpus={budget.reserved_gpus:g} ({_fmt_nodes(capacity)})."
+        )
+    if gpus and fixed is not None and _gpu_limit(gpus, capacity, budget.gpus) < fixed:
+        raise PlanError(
+            f"stage {stage.name!r} wants {fixed} workers with gpus={gpus:g} each, but only "
+            f"{_gpu_limit(gpus, capacity, budget.gpus)} fit on the GPUs ({_fmt_nodes(capacity)}"
+            + (f"; reserved_gpus={budget.reserved_gpus:g}" if budget.reserved_gpus else "") + ")."
+        )
+    if stage.batch_size < 1:
+        raise PlanError(f"stage {stage.name!r}: batch_size must be >= 1, got {stage.batch_size!r}")
+    return gpus
+
+
+def _cpu_scale(stages: Sequence[ProcessingStage], gpu_need: list[float], budget: _Budget, scale_to_fit: bool,
+               notes: list[str]) -> float:
+    """Concurrent stages: the factor their CPU requests are scaled by so that each gets a worker
+    (1.0 if they fit); refuses GPU minimums that cannot be met."""
+    capacity, avail_cpus, avail_gpus = budget.capacity, budget.cpus, budget.gpus
     scale = 1.0
-    if concurrent:
-        min_cpus = sum((s.num_workers() or 1) * s.resources.cpus for s in stages)
-        if min_cpus > avail_cpus + 1e-9:
-            if not scale_cpus_to_fit:
-                raise PlanError(
-                    f"the {len(stages)} stages run at once and need {min_cpus:g} CPUs for one worker each, "
-                    f"but {avail_cpus:g} are available. Lower the stages' Resources(cpus=...), "
-                    "or run stage after stage."
-                )
-            scale = avail_cpus / min_cpus
-            notes.append(
-                f"stages need {min_cpus:g} CPUs for one worker each but {avail_cpus:g} are available; "
-                f"CPU requests scaled by {scale:.3g} so that all run at once"
-            )
-        total_gpu_min = sum((s.num_workers() or 1) * g for s, g in zip(stages, gpu_need, strict=True))
-        if total_gpu_min > avail_gpus + 1e-9:
+    min_cpus = sum((s.num_workers() or 1) * s.resources.cpus for s in stages)
+    if min_cpus > avail_cpus + 1e-9:
+        if not scale_to_fit:
             raise PlanError(
-                f"the stages run at once and need {total_gpu_min:g} GPUs for one worker each, but "
-                f"{avail_gpus:g} are available ({_fmt_nodes(capacity)}). Lower the GPU requests or pin fewer workers."
+                f"the {len(stages)} stages run at once and need {min_cpus:g} CPUs for one worker each, "
+                f"but {avail_cpus:g} are available. Lower the stages' Resources(cpus=...), "
+                "or run stage after stage."
             )
-        if not _gpus_pack([(g, s.num_workers() or 1) for s, g in zip(stages, gpu_need, strict=True)], capacity):
-            raise PlanError(
-                f"the stages run at once and their GPU workers ({total_gpu_min:g} GPUs for one worker each) do not "
-                f"fit on the GPUs: a fraction of a GPU cannot span two GPUs and whole GPUs must be on one node "
-                f"({_fmt_nodes(capacity)}). Lower the GPU requests or pin fewer workers."
-            )
+        scale = avail_cpus / min_cpus
+        notes.append(
+            f"stages need {min_cpus:g} CPUs for one worker each but {avail_cpus:g} are available; "
+            f"CPU requests scaled by {scale:.3g} so that all run at once"
+        )
+    total_gpu_min = sum((s.num_workers() or 1) * g for s, g in zip(stages, gpu_need, strict=True))
+    if total_gpu_min > avail_gpus + 1e-9:
+        raise PlanError(
+            f"the stages run at once and need {total_gpu_min:g} GPUs for one worker each, but "
+            f"{avail_gpus:g} are available ({_fmt_nodes(capacity)}). Lower the GPU requests or pin fewer workers."
+        )
+    if not _gpus_pack([(g, s.num_workers() or 1) for s, g in zip(stages, gpu_need, strict=True)], capacity):
+        raise PlanError(
+            f"the stages run at once and their GPU workers ({total_gpu_min:g} GPUs for one worker each) do not "
+            f"fit on the GPUs: a fraction of a GPU cannot span two GPUs and whole GPUs must be on one node "
+            f"({_fmt_nodes(capacity)}). Lower the GPU requests or pin fewer workers."
+        )
+    return scale
 
-    # Every stage first gets its minimum (its fixed count, or one worker); automatically
-    # sized stages then share what is left equally. Concurrent plans thus never ask for
-    # more CPUs or GPUs than exist, even when stages differ in size.
+
+def _size_stages(stages: Sequence[ProcessingStage], gpu_need: list[float], budget: _Budget, scale: float,
+                 concurrent: bool, max_workers: int | None) -> list[StagePlan]:
+    """Every stage first gets its minimum (its fixed count, or one worker); automatically sized stages
+    then share what is left equally. Concurrent plans thus never ask for more CPUs or GPUs than
+    exist, even when stages differ in size."""
     cpus_of = [_scaled(s.resources.cpus, scale) for s in stages]
     auto = [s.num_workers() is None for s in stages]
-    n_auto = max(1, sum(auto))
-    n_auto_gpu = max(1, sum(1 for a, g in zip(auto, gpu_need, strict=True) if a and g))
-    cpu_left = avail_cpus - sum((s.num_workers() or 1) * c for s, c in zip(stages, cpus_of, strict=True))
-    gpu_left = avail_gpus - sum((s.num_workers() or 1) * g for s, g in zip(stages, gpu_need, strict=True))
+    shares = _Shares(
+        n_auto=max(1, sum(auto)),
+        n_auto_gpu=max(1, sum(1 for a, g in zip(auto, gpu_need, strict=True) if a and g)),
+        cpu_left=budget.cpus - sum((s.num_workers() or 1) * c for s, c in zip(stages, cpus_of, strict=True)),
+        gpu_left=budget.gpus - sum((s.num_workers() or 1) * g for s, g in zip(stages, gpu_need, strict=True)))
     plans: list[StagePlan] = []
     for i, (stage, gpus) in enumerate(zip(stages, gpu_need, strict=True)):
-        req = stage.resources
-        cpus = cpus_of[i]
-        stage_notes: list[str] = []
-        fixed = stage.num_workers()
-        if fixed is not None:
-            workers = fixed
-        else:
-            if cpus <= 0:
-                workers = max(1, math.ceil(avail_cpus))
-            elif concurrent:
-                workers = 1 + math.floor(max(0.0, cpu_left) / n_auto / cpus + 1e-9)
-            else:
-                workers = max(1, math.floor(avail_cpus / cpus + 1e-9))
-            if gpus:
-                gpu_budget = _gpu_limit(gpus, capacity, avail_gpus)
-                if concurrent:
-                    gpu_budget = min(gpu_budget, 1 + math.floor(max(0.0, gpu_left) / n_auto_gpu / gpus + 1e-9))
-                workers = min(workers, max(1, gpu_budget))
-            if max_workers_per_stage is not None and workers > max_workers_per_stage:
-                workers = max_workers_per_stage
-                if max_workers_per_stage > 1:
-                    stage_notes.append(f"capped at max workers per stage = {max_workers_per_stage}")
-        if stage.batch_size < 1:
-            raise PlanError(f"stage {stage.name!r}: batch_size must be >= 1, got {stage.batch_size!r}")
+        req, stage_notes = stage.resources, []
+        workers = stage.num_workers()
+        if workers is None:
+            workers = _auto_workers(cpus_of[i], gpus, budget, shares, concurrent)
+            if max_workers is not None and workers > max_workers:
+                workers = max_workers
+                if max_workers > 1:
+                    stage_notes.append(f"capped at max workers per stage = {max_workers}")
         if req.gpu_memory_gb:
             stage_notes.append(f"gpu_memory_gb={req.gpu_memory_gb:g} -> gpus={gpus:g} of the smallest GPU")
-        plans.append(
-            StagePlan(
-                index=i,
-                name=stage.name,
-                workers=workers,
-                resources=Resources(cpus=cpus, gpus=gpus),
-                requested=req,
-                batch_size=stage.batch_size,
-                notes=tuple(stage_notes),
-            )
-        )
-    if concurrent:
-        # Shares are computed in GPU totals; give back workers until they also fit GPU by GPU.
-        while not _gpus_pack([(sp.resources.gpus, sp.workers) for sp in plans], capacity):
-            shrinkable = [k for k, sp in enumerate(plans) if auto[k] and sp.resources.gpus and sp.workers > 1]
-            if not shrinkable:  # pragma: no cover - the minimum was checked above
-                break
-            k = max(shrinkable, key=lambda k: plans[k].workers * plans[k].resources.gpus)
-            plans[k] = attrs.evolve(plans[k], workers=plans[k].workers - 1)
-    return ExecutionPlan(executor=executor, stages=plans, capacity=capacity, concurrent=concurrent, notes=notes)
+        plans.append(StagePlan(index=i, name=stage.name, workers=workers, resources=Resources(cpus=cpus_of[i], gpus=gpus),
+                               requested=req, batch_size=stage.batch_size, notes=tuple(stage_notes)))
+    return plans
+
+
+@attrs.frozen
+class _Shares:
+    """What automatically sized stages share: how many of them (with GPUs), and the CPUs and GPUs
+    left once every stage has its minimum."""
+
+    n_auto: int
+    n_auto_gpu: int
+    cpu_left: float
+    gpu_left: float
+
+
+def _auto_workers(cpus: float, gpus: float, budget: _Budget, shares: _Shares, concurrent: bool) -> int:
+    """How many workers an automatically sized stage gets."""
+    if cpus <= 0:
+        workers = max(1, math.ceil(budget.cpus))
+    elif concurrent:
+        workers = 1 + math.floor(max(0.0, shares.cpu_left) / shares.n_auto / cpus + 1e-9)
+    else:
+        workers = max(1, math.floor(budget.cpus / cpus + 1e-9))
+    if gpus:
+        gpu_budget = _gpu_limit(gpus, budget.capacity, budget.gpus)
+        if concurrent:
+            gpu_budget = min(gpu_budget, 1 + math.floor(max(0.0, shares.gpu_left) / shares.n_auto_gpu / gpus + 1e-9))
+        workers = min(workers, max(1, gpu_budget))
+    return workers
+
+
+def _fit_gpus(plans: list[StagePlan], auto: list[bool], capacity: Capacity) -> list[StagePlan]:
+    """Shares are computed in GPU totals; give back workers until they also fit GPU by GPU."""
+    while not _gpus_pack([(sp.resources.gpus, sp.workers) for sp in plans], capacity):
+        shrinkable = [k for k, sp in enumerate(plans) if auto[k] and sp.resources.gpus and sp.workers > 1]
+        if not shrinkable:  # pragma: no cover - the minimum was checked above
+            break
+        k = max(shrinkable, key=lambda k: plans[k].workers * plans[k].resources.gpus)
+        plans[k] = attrs.evolve(plans[k], workers=plans[k].workers - 1)
+    return plans
 
 
 def check_gang(name: str, size: int, strategy: str, per_rank: Resources, capacity: Capacity, executor: str = "") -> None:
