@@ -9,13 +9,14 @@ from measured per-task time, aiming at :data:`TARGET_CHUNK_SECONDS` of work per 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import pickle
+from collections.abc import Iterator, Sequence
 from typing import Any, TypeVar
 
 from curator_exec_core.stats import StageCounts, add_counts
 
 __all__ = ["TARGET_CHUNK_SECONDS", "MAX_CHUNK", "auto_chunk_size", "split", "put_chunks", "ChunkSizer", "TaskChunk",
-           "chunks"]
+           "chunks", "ARROW_COLUMN", "encode_chunks", "arrow_table", "chunks_of_table"]
 
 T = TypeVar("T")
 
@@ -128,3 +129,46 @@ class TaskChunk:
 def chunks(tasks: list[Any], size: int) -> list[TaskChunk]:
     """``tasks`` as chunks of at most ``size`` (no empty chunk)."""
     return [TaskChunk(part) for part in split(tasks, size)]
+
+
+# -- the Arrow form of chunks (engines that move Arrow blocks, such as Ray Data) ----------------
+
+#: the one column of a chunk table: each row one chunk, pickled as ``(counts, [Task, ...])``
+ARROW_COLUMN = "tasks"
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def _fit(counts: StageCounts | None, part: list[Any], max_bytes: int) -> Iterator[bytes]:
+    """``(counts, part)`` pickled, split in halves until every piece is at most ``max_bytes``."""
+    data = pickle.dumps((counts, part), protocol=_PROTOCOL)
+    if len(data) <= max_bytes or len(part) <= 1:
+        yield data
+        return
+    for j, piece in enumerate(split(part, math.ceil(len(part) / math.ceil(len(data) / max_bytes)))):
+        yield from _fit(counts if j == 0 else None, piece, max_bytes)
+
+
+def encode_chunks(tasks: list[Any], counts: StageCounts | None, per_chunk: int, max_bytes: int) -> Iterator[bytes]:
+    """``tasks`` as rows of a chunk table: chunks of at most ``per_chunk`` tasks and (unless one task
+    alone is larger) ``max_bytes``; ``counts`` travel with the first row only (a row of no tasks when
+    there are only counts to send)."""
+    if not tasks:
+        if counts:
+            yield pickle.dumps((counts, []), protocol=_PROTOCOL)
+        return
+    for j, part in enumerate(split(tasks, per_chunk)):
+        yield from _fit(counts if j == 0 else None, part, max_bytes)
+
+
+def arrow_table(rows: list[bytes]) -> Any:
+    """A chunk table of encoded rows (:func:`encode_chunks`)."""
+    import pyarrow as pa
+
+    return pa.Table.from_arrays([pa.array(rows, type=pa.large_binary())], names=[ARROW_COLUMN])
+
+
+def chunks_of_table(table: Any) -> Iterator[TaskChunk]:
+    """The chunks of a chunk table, with their counts."""
+    for row in table.column(ARROW_COLUMN).to_pylist():
+        counts, tasks = pickle.loads(row)
+        yield TaskChunk(tasks, counts=counts or None)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pickle
 import threading
 import uuid
 import warnings
@@ -34,11 +33,11 @@ from curator_exec_ray import (
     auto_chunk_size,
     register,
     remote,
-    split,
     stop_workers,
     teardown_live,
     warm_up,
 )
+from curator_exec_ray.chunking import ARROW_COLUMN, arrow_table, chunks_of_table, encode_chunks
 from curator_exec_ray.placement import node_selector
 
 __all__ = ["RayDataExecutor", "RayDataOptions", "StageWorker"]
@@ -50,13 +49,12 @@ logger = logging.getLogger("curator_exec.ray_data")
 warnings.filterwarnings("ignore", message=r"The minimum number of concurrent actors for 'MapBatches\(StageWorker\)'",
                         category=UserWarning)
 
-#: the one column of every block: pickled ``(counts, [Task, ...])`` chunks (counts: the
-#: :data:`~curator_exec_core.stats.StageCounts` of the work that made them, or None)
-COLUMN = "tasks"
+#: a block is a chunk table (:func:`curator_exec_ray.chunking.arrow_table`, the Arrow form of ``TaskChunk``):
+#: one column, each row a pickled ``(counts, [Task, ...])`` chunk
+COLUMN = ARROW_COLUMN
 #: auto block sizing: at least this many blocks per run, at most this many tasks per block
 MIN_BLOCKS = 16
 MAX_AUTO_TASKS_PER_BLOCK = 1000
-_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
 @attrs.define(kw_only=True)
@@ -125,7 +123,7 @@ class RayDataExecutor(RayExecutorBase):
         run = _RunActors(stages[0].run_id, [st.index for st in stages])
         ray_run.run.defer(lambda error: run.finish(o.teardown_timeout))
         local = [t for c in chunks if not c.in_store for t in c.tasks or ()]
-        payloads = list(_chunks(local, None, per_block, o.max_block_bytes)) + [None] * sum(c.in_store for c in chunks)
+        payloads = list(encode_chunks(local, None, per_block, o.max_block_bytes)) + [None] * sum(c.in_store for c in chunks)
         may_fuse = o.fuse_stages and len(payloads) >= max(MIN_BLOCKS, 2 * widest)
         shapes = [self._task_map_shape(st, may_fuse) for st in stages]
         one_map = len(set(shapes)) == 1 and shapes[0] is not None  # every stage fuses into one task map
@@ -191,10 +189,9 @@ class RayDataExecutor(RayExecutorBase):
                     outputs.append(TaskChunk(ref=ref, n=count))
             return outputs
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
-            for payload in batch.column(COLUMN).to_pylist():
-                counts, chunk = pickle.loads(payload)
-                ray_run.report_all(counts)
-                outputs.extend(chunk)
+            for chunk in chunks_of_table(batch):
+                ray_run.report_all(chunk.counts)
+                outputs.extend(chunk.resolve())
         return outputs
 
     def _task_map_shape(self, stage: ManagedStage, may_fuse: bool) -> tuple | None:
@@ -249,35 +246,6 @@ def _check_data_context_keys(values: dict) -> None:
         raise ConfigError(f"option 'data_context': unknown DataContext attribute(s) {', '.join(hints)}")
 
 
-# -- chunks of tasks ------------------------------------------------------------------------
-
-
-def _table(payloads: list[bytes]) -> Any:
-    import pyarrow as pa
-
-    return pa.Table.from_arrays([pa.array(payloads, type=pa.large_binary())], names=[COLUMN])
-
-
-def _fit(counts: StageCounts | None, part: list[Task], max_bytes: int) -> Iterator[bytes]:
-    """``(counts, part)`` pickled, split in halves until every piece is at most ``max_bytes``."""
-    data = pickle.dumps((counts, part), protocol=_PROTOCOL)
-    if len(data) <= max_bytes or len(part) <= 1:
-        yield data
-        return
-    for j, piece in enumerate(split(part, math.ceil(len(part) / math.ceil(len(data) / max_bytes)))):
-        yield from _fit(counts if j == 0 else None, piece, max_bytes)
-
-
-def _chunks(tasks: list[Task], counts: StageCounts | None, per_block: int, max_bytes: int) -> Iterator[bytes]:
-    """Pickled ``(counts, tasks)`` chunks; ``counts`` travel with the first chunk only."""
-    if not tasks:
-        if counts:
-            yield pickle.dumps((counts, []), protocol=_PROTOCOL)
-        return
-    for j, part in enumerate(split(tasks, per_block)):
-        yield from _fit(counts if j == 0 else None, part, max_bytes)
-
-
 # -- the worker side ------------------------------------------------------------------------
 
 
@@ -287,11 +255,10 @@ def process_block(stage: ManagedStage, pos: int, n_stages: int, per_block: int, 
     the output as one-chunk blocks."""
     counts: StageCounts = {}  # the counts of this chunk's history not reported yet, per stage index
     tasks: list[Task] = []
-    for payload in batch.column(COLUMN).to_pylist():
-        c, chunk = pickle.loads(payload)
-        for index, n in (c or {}).items():
+    for chunk in chunks_of_table(batch):
+        for index, n in (chunk.counts or {}).items():
             add_counts(counts, index, n)
-        tasks.extend(chunk)
+        tasks.extend(chunk.resolve())
     out: list[Task] = []
     if tasks:
         out, done = stage.process_counted(tasks)
@@ -299,8 +266,8 @@ def process_block(stage: ManagedStage, pos: int, n_stages: int, per_block: int, 
     size = per_block
     if auto:  # a large output (fan-out from one small chunk) still spreads over enough blocks
         size = max(size, min(MAX_AUTO_TASKS_PER_BLOCK, math.ceil(len(out) / MIN_BLOCKS)))
-    for payload in _chunks(out, counts, size, max_bytes):
-        yield _table([payload])
+    for row in encode_chunks(out, counts, size, max_bytes):
+        yield arrow_table([row])
 
 
 def process_block_task(batch: Any, stage: ManagedStage, pos: int, n_stages: int, per_block: int, auto: bool,
@@ -324,18 +291,17 @@ def _one_cpu(fn: Any, **options: Any) -> Any:
 
 def _block_of(tasks: list[Task], per_block: int, max_bytes: int) -> Any:
     """A chunk of tasks in the object store as a block of this executor's format."""
-    return _table(list(_chunks(tasks, None, per_block, max_bytes)))
+    return arrow_table(list(encode_chunks(tasks, None, per_block, max_bytes)))
 
 
 def _tasks_of(block: Any) -> tuple[StageCounts, list[Task], int]:
     """An output block back as (summed counts, its tasks, how many)."""
     counts: StageCounts = {}
     tasks: list[Task] = []
-    for payload in block.column(COLUMN).to_pylist():
-        c, chunk = pickle.loads(payload)
-        for index, n in (c or {}).items():
+    for chunk in chunks_of_table(block):
+        for index, n in (chunk.counts or {}).items():
             add_counts(counts, index, n)
-        tasks.extend(chunk)
+        tasks.extend(chunk.resolve())
     return counts, tasks, len(tasks)
 
 

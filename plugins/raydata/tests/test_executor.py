@@ -15,9 +15,9 @@ from curator_exec_core import ConfigError, PlanError, ProcessingStage, Resources
 from curator_exec_core.errors import StageFailedError
 from curator_exec_core.testing import canonical, reference_run
 from curator_exec_core.testing.stages import AddOne, FanOut, KeepEven, Recorded, Traced, read_trace
-from curator_exec_ray.chunking import auto_chunk_size
+from curator_exec_ray.chunking import auto_chunk_size, encode_chunks
 from curator_exec_raydata import RayDataExecutor
-from curator_exec_raydata.executor import MAX_AUTO_TASKS_PER_BLOCK, _chunks
+from curator_exec_raydata.executor import MAX_AUTO_TASKS_PER_BLOCK
 
 
 def _ints(n: int) -> list[Task]:
@@ -101,12 +101,12 @@ def test_chunks_split_by_count_and_bytes_and_carry_counts_once() -> None:
     import pickle
 
     tasks = [Task(data=bytes([i]) * 1000, task_id=str(i)) for i in range(100)]
-    parts = [pickle.loads(p) for p in _chunks(tasks, [1, 2], per_block=30, max_bytes=10_000)]
+    parts = [pickle.loads(p) for p in encode_chunks(tasks, {0: (1, 2, 0)}, per_chunk=30, max_bytes=10_000)]
     assert [t.task_id for _, chunk in parts for t in chunk] == [str(i) for i in range(100)]
     assert all(len(chunk) <= 30 for _, chunk in parts) and len(parts) >= 10  # 30 tasks are ~30 KB > 10 KB
-    assert [c for c, _ in parts if c] == [[1, 2]]
+    assert [c for c, _ in parts if c] == [{0: (1, 2, 0)}]
     # nothing to send but counts: one empty chunk carries them
-    assert [pickle.loads(p) for p in _chunks([], [3, 0], 10, 10_000)] == [([3, 0], [])]
+    assert [pickle.loads(p) for p in encode_chunks([], {1: (3, 0, 0)}, 10, 10_000)] == [({1: (3, 0, 0)}, [])]
 
 
 def test_fan_out_output_spreads_over_the_next_stages_actors(ray_attached, tmp_path) -> None:
