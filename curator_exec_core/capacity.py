@@ -37,6 +37,10 @@ class GpuInfo:
         return self.memory_total / 1024**3
 
 
+def _gpu_tuple(gpus: Iterable[GpuInfo]) -> tuple[GpuInfo, ...]:
+    return tuple(gpus)
+
+
 @attrs.frozen
 class NodeCapacity:
     """One node: usable CPUs, memory in bytes, its GPUs, and why it has none (if so)."""
@@ -45,7 +49,7 @@ class NodeCapacity:
     hostname: str
     cpus: float
     memory: int
-    gpus: tuple[GpuInfo, ...] = attrs.field(default=(), converter=tuple)
+    gpus: tuple[GpuInfo, ...] = attrs.field(default=(), converter=_gpu_tuple)
     is_head: bool = False
     gpu_reason: str | None = None
 
@@ -64,11 +68,15 @@ class NodeCapacity:
         )
 
 
+def _node_tuple(nodes: Iterable[NodeCapacity]) -> tuple[NodeCapacity, ...]:
+    return tuple(nodes)
+
+
 @attrs.frozen
 class Capacity:
     """The compute an executor can use: a tuple of nodes, with totals."""
 
-    nodes: tuple[NodeCapacity, ...] = attrs.field(converter=tuple)
+    nodes: tuple[NodeCapacity, ...] = attrs.field(converter=_node_tuple)
 
     @property
     def total_cpus(self) -> float:
@@ -115,6 +123,8 @@ def _read(path: str) -> str | None:
 
 def cgroup_cpu_quota(root: str = "/sys/fs/cgroup") -> float | None:
     """CPUs allowed by the cgroup quota (v2 ``cpu.max`` or v1 CFS), or None if unlimited."""
+    quota: str | None
+    period: str | None
     v2 = _read(os.path.join(root, "cpu.max"))
     if v2:
         quota, _, period = v2.partition(" ")
@@ -197,9 +207,10 @@ def probe_gpus(nvml: ModuleType | None = None, visible: str | None = None) -> tu
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if nvml is None:
         try:
-            import pynvml as nvml  # type: ignore[no-redef]  # provided by nvidia-ml-py
+            import pynvml  # provided by nvidia-ml-py
         except Exception as exc:  # ImportError, or a broken install
             return [], f"pynvml not importable ({exc}); install nvidia-ml-py"
+        nvml = pynvml
     try:
         nvml.nvmlInit()
     except Exception as exc:

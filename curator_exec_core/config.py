@@ -13,13 +13,14 @@ from __future__ import annotations
 import ast
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict, TypeVar
 
 import attrs
 
 from curator_exec_core.errors import ConfigError, did_you_mean
 
-__all__ = ["ExecutorOptions", "option", "build_options", "describe_options", "parse_setting_value", "parse_settings"]
+__all__ = ["ExecutorOptions", "OptionDoc", "option", "build_options", "describe_options", "parse_setting_value",
+           "parse_settings"]
 
 _MISSING = object()
 
@@ -30,7 +31,7 @@ def option(default: Any, kind: type | tuple[type, ...], doc: str, *, minimum: fl
 
     kinds = kind if isinstance(kind, tuple) else (kind,)
 
-    def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    def check(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is None and allow_none:
             return
         ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
@@ -74,7 +75,11 @@ class ExecutorOptions:
     progress_interval: float = option(10.0, float, "Minimum seconds between progress updates.", minimum=0)
 
 
-def build_options(cls: type[ExecutorOptions], values: Mapping[str, Any], executor: str = "") -> ExecutorOptions:
+#: an options class (:class:`ExecutorOptions` or a subclass)
+OptionsT = TypeVar("OptionsT", bound=ExecutorOptions)
+
+
+def build_options(cls: type[OptionsT], values: Mapping[str, Any], executor: str = "") -> OptionsT:
     """Validate ``values`` into ``cls``; unknown keys and bad values are :class:`ConfigError`."""
     if not isinstance(values, Mapping):
         raise ConfigError(f"config must be a dict, got {type(values).__name__}")
@@ -112,11 +117,20 @@ def build_options(cls: type[ExecutorOptions], values: Mapping[str, Any], executo
         raise ConfigError(f"invalid options for executor {executor!r}: {exc}") from exc
 
 
-def describe_options(cls: type[ExecutorOptions]) -> list[dict[str, Any]]:
+class OptionDoc(TypedDict):
+    """One row of :func:`describe_options`."""
+
+    name: str
+    type: str
+    default: Any
+    doc: str
+
+
+def describe_options(cls: type[ExecutorOptions]) -> list[OptionDoc]:
     """Name, type, default and doc of every option (for the CLI and the docs)."""
-    rows = []
+    rows: list[OptionDoc] = []
     for f in attrs.fields(cls):
-        default = f.default.factory() if isinstance(f.default, attrs.Factory) else f.default  # type: ignore[attr-defined]
+        default = f.default.factory() if isinstance(f.default, attrs.Factory) else f.default  # type: ignore[arg-type]
         kinds = f.metadata.get("kinds", ())
         rows.append({"name": f.name, "type": " | ".join(k.__name__ for k in kinds), "default": default,
                      "doc": f.metadata.get("doc", "")})
@@ -128,7 +142,7 @@ def describe_options(cls: type[ExecutorOptions]) -> list[dict[str, Any]]:
 # -- option values from text (``--set key=value``) ------------------------------------------
 
 #: words read as a value whatever their case (before JSON and Python literals)
-SETTING_WORDS: Mapping[str, Any] = {"true": True, "yes": True, "on": True, "false": False, "no": False,
+SETTING_WORDS: Mapping[str, bool | None] = {"true": True, "yes": True, "on": True, "false": False, "no": False,
                                     "off": False, "none": None, "null": None}
 
 

@@ -66,7 +66,8 @@ class StageFailedError(CuratorExecError, RuntimeError):
             "on result.failed_tasks, or max_retries=N to retry."
         )
 
-    def __reduce__(self):  # keep the fields across pickling (Ray ships exceptions)
+    def __reduce__(self) -> tuple[type[StageFailedError], tuple[str, str, str, int, str]]:
+        # keep the fields across pickling (Ray ships exceptions)
         return (type(self), (self.stage, self.task_id, self.error, self.attempts, self.remote_traceback))
 
 

@@ -54,7 +54,7 @@ logger = logging.getLogger("curator_exec")
 
 def prepare_initial_tasks(initial_tasks: Iterable[Task] | None) -> list[Task]:
     """``None`` -> ``[EmptyTask()]``; tasks without an id get their index."""
-    tasks = [EmptyTask()] if initial_tasks is None else list(initial_tasks)
+    tasks: list[Task] = [EmptyTask()] if initial_tasks is None else list(initial_tasks)
     for i, task in enumerate(tasks):
         if not isinstance(task, Task):
             raise TypeError(f"initial_tasks[{i}] is {type(task).__name__}, not a Task")
@@ -63,7 +63,7 @@ def prepare_initial_tasks(initial_tasks: Iterable[Task] | None) -> list[Task]:
     return tasks
 
 
-def _user(stage: ProcessingStage) -> ProcessingStage:
+def _user(stage: ProcessingStage[Any, Any]) -> ProcessingStage[Any, Any]:
     """The user's stage (a managed stage wraps one)."""
     return stage.stage if isinstance(stage, ManagedStage) else stage
 
@@ -110,7 +110,7 @@ class BaseExecutor(ABC):
         """Extra keyword arguments for :func:`plan_stages` (reservations, caps)."""
         return {}
 
-    def explicit_size(self, stage: ProcessingStage) -> bool:
+    def explicit_size(self, stage: ProcessingStage[Any, Any]) -> bool:
         """Whether the user fixed how many workers ``stage`` gets: its own ``num_workers()``, or a
         per-stage cap given to the planner (``plan_options()["max_workers_per_stage"]``)."""
         return _user(stage).num_workers() is not None or self.plan_options().get("max_workers_per_stage") is not None
@@ -120,7 +120,7 @@ class BaseExecutor(ABC):
         workers run in this process. :meth:`plan` checks every stage with it."""
         return None
 
-    def plan(self, stages: Sequence[ProcessingStage], capacity: Capacity) -> ExecutionPlan:
+    def plan(self, stages: Sequence[ProcessingStage[Any, Any]], capacity: Capacity) -> ExecutionPlan:
         """Size the stages against ``capacity``; raises :class:`PlanError` if they cannot run
         (also for a stage this executor cannot ship to its workers)."""
         users = [_user(s) for s in stages]
@@ -133,7 +133,7 @@ class BaseExecutor(ABC):
                 check(user, sp, capacity, self.executor_name)
         return plan
 
-    def _check_picklable(self, users: Sequence[ProcessingStage]) -> None:
+    def _check_picklable(self, users: Sequence[ProcessingStage[Any, Any]]) -> None:
         dumps = self.stage_serializer()
         if dumps is None:
             return
@@ -177,7 +177,7 @@ class BaseExecutor(ABC):
         return runner(stage, tasks, self.executor_name)
 
     # -- building blocks of a run -------------------------------------------------------
-    def managed_stages(self, stages: Sequence[ProcessingStage], plan: ExecutionPlan | None = None,
+    def managed_stages(self, stages: Sequence[ProcessingStage[Any, Any]], plan: ExecutionPlan | None = None,
                        run_id: str = "") -> list[ManagedStage]:
         """Wrap user stages for execution (idempotent: managed stages are returned as they are)."""
         if all(isinstance(s, ManagedStage) for s in stages):
@@ -188,26 +188,26 @@ class BaseExecutor(ABC):
         return [manage(s, index=i, plan=plan.stages[i], policy=policy, run_id=run_id) for i, s in enumerate(stages)]
 
     @staticmethod
-    def is_prepared(stages: Sequence[ProcessingStage]) -> bool:
+    def is_prepared(stages: Sequence[ProcessingStage[Any, Any]]) -> bool:
         """Whether ``stages`` were prepared by a run (managed stages that belong to one): the rule an
         ``execute`` applies when it may be called directly with plain stages."""
         return bool(stages) and all(isinstance(s, ManagedStage) and s.run is not None for s in stages)
 
-    def execute_unprepared(self, stages: Sequence[ProcessingStage], initial_tasks: Iterable[Task] | None = None,
-                           ) -> list[Task]:
+    def execute_unprepared(self, stages: Sequence[ProcessingStage[Any, Any]],
+                           initial_tasks: Iterable[Task] | None = None) -> list[Task]:
         """``execute`` as someone calls it directly, with plain stages: the whole :meth:`run`
         lifecycle; returns the outputs followed by the failure records."""
         result = self.run([_user(s) for s in stages], initial_tasks)
         return [*result, *result.failed_tasks]
 
-    def describe(self, stages: Sequence[ProcessingStage]) -> str:
+    def describe(self, stages: Sequence[ProcessingStage[Any, Any]]) -> str:
         """The plan for ``stages`` on this executor's capacity (through the hooks), without running anything."""
         from curator_exec_core.lifecycle import capacity_and_plan
         from curator_exec_core.registry import get_plugin_manager
 
         return capacity_and_plan(get_plugin_manager().hook, self, stages)[1].describe()
 
-    def run(self, stages: Sequence[ProcessingStage], initial_tasks: Iterable[Task] | None = None, *,
+    def run(self, stages: Sequence[ProcessingStage[Any, Any]], initial_tasks: Iterable[Task] | None = None, *,
             checkpoint_path: str | os.PathLike[str] | None = None, overwrite: bool = False) -> PipelineResult:
         """Run the full lifecycle and return the outputs (a list) with failures and metrics.
 

@@ -21,7 +21,7 @@ Observers get :class:`~curator_exec_core.progress.ProgressEvent` objects through
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -44,7 +44,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def curator_exec_register_executors() -> list[ExecutorSpec]:
+def curator_exec_register_executors() -> list[ExecutorSpec]:  # type: ignore[empty-body]  # a spec: never called
     """Return the executors this plugin provides, as :class:`ExecutorSpec` records.
 
     Called by ``list_executors()`` and ``get_executor()``. Must not import an
@@ -66,7 +66,8 @@ def curator_exec_capacity(executor: BaseExecutor) -> Capacity | None:
 
 
 @hookspec(firstresult=True)
-def curator_exec_plan(executor: BaseExecutor, stages: list[ProcessingStage], capacity: Capacity) -> ExecutionPlan | None:
+def curator_exec_plan(executor: BaseExecutor, stages: list[ProcessingStage[Any, Any]],
+                      capacity: Capacity) -> ExecutionPlan | None:
     """Return the :class:`ExecutionPlan` for ``stages`` on ``capacity``: how many workers of what.
 
     Raise :class:`PlanError` for a request that cannot be met. Stops at the first non-None result.

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from curator_exec_core.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pluggy
+
     from curator_exec_core.capacity import Capacity
     from curator_exec_core.executor import BaseExecutor
     from curator_exec_core.planning import ExecutionPlan
@@ -31,7 +33,7 @@ class DefaultLifecycle:
         return executor.capacity()
 
     @hookimpl(trylast=True)
-    def curator_exec_plan(self, executor: BaseExecutor, stages: list[ProcessingStage],
+    def curator_exec_plan(self, executor: BaseExecutor, stages: list[ProcessingStage[Any, Any]],
                           capacity: Capacity) -> ExecutionPlan:
         return executor.plan(stages, capacity)
 
@@ -49,7 +51,7 @@ class DefaultLifecycle:
         executor.teardown()
 
 
-def capacity_and_plan(hook: Any, executor: BaseExecutor, stages: Sequence[ProcessingStage],
+def capacity_and_plan(hook: pluggy.HookRelay, executor: BaseExecutor, stages: Sequence[ProcessingStage[Any, Any]],
                       ) -> tuple[Capacity, ExecutionPlan]:
     """The first two phases through their hooks (a run, ``Pipeline.plan`` and ``curator-exec plan``)."""
     capacity = hook.curator_exec_capacity(executor=executor)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from curator_exec_core.executor import BaseExecutor
 from curator_exec_core.lifecycle import capacity_and_plan
@@ -31,15 +32,15 @@ def resolve_executor(executor: BaseExecutor | str | None) -> BaseExecutor:
 class Pipeline:
     """An ordered list of stages. ``add_stage`` chains; ``run`` returns the output tasks as a list."""
 
-    def __init__(self, name: str = "pipeline", stages: Sequence[ProcessingStage] | None = None,
+    def __init__(self, name: str = "pipeline", stages: Sequence[ProcessingStage[Any, Any]] | None = None,
                  description: str | None = None) -> None:
         self.name = name
         self.description = description
-        self.stages: list[ProcessingStage] = []
+        self.stages: list[ProcessingStage[Any, Any]] = []
         for stage in stages or []:
             self.add_stage(stage)
 
-    def add_stage(self, stage: ProcessingStage) -> Pipeline:
+    def add_stage(self, stage: ProcessingStage[Any, Any]) -> Pipeline:
         if not isinstance(stage, ProcessingStage):
             raise TypeError(f"add_stage() takes a ProcessingStage, got {type(stage).__name__}")
         self.stages.append(stage)

@@ -9,12 +9,12 @@ message naming the stage, what it asked for and what exists.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
 
-from curator_exec_core.capacity import Capacity, fraction_of_gpu
+from curator_exec_core.capacity import Capacity, NodeCapacity, fraction_of_gpu
 from curator_exec_core.errors import PlanError
 from curator_exec_core.stages import ProcessingStage, Resources
 
@@ -34,15 +34,23 @@ class StagePlan:
     notes: tuple[str, ...] = ()
 
 
+def _stage_plans(stages: Iterable[StagePlan]) -> tuple[StagePlan, ...]:
+    return tuple(stages)
+
+
+def _notes(notes: Iterable[str]) -> tuple[str, ...]:
+    return tuple(notes)
+
+
 @attrs.frozen
 class ExecutionPlan:
     """What would run where. ``concurrent`` means all stages run at once (streaming)."""
 
     executor: str
-    stages: tuple[StagePlan, ...] = attrs.field(converter=tuple)
+    stages: tuple[StagePlan, ...] = attrs.field(converter=_stage_plans)
     capacity: Capacity
     concurrent: bool = True
-    notes: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    notes: tuple[str, ...] = attrs.field(default=(), converter=_notes)
 
     def stage(self, name_or_index: str | int) -> StagePlan:
         for sp in self.stages:
@@ -73,7 +81,7 @@ def _fmt_nodes(capacity: Capacity) -> str:
     )
 
 
-def _resolve_gpus(stage: ProcessingStage, req: Resources, capacity: Capacity) -> float:
+def _resolve_gpus(stage: ProcessingStage[Any, Any], req: Resources, capacity: Capacity) -> float:
     """The GPU share one worker needs (``gpu_memory_gb`` resolved against real GPUs)."""
     if not req.gpu_memory_gb:
         return float(req.gpus)
@@ -157,7 +165,7 @@ class _Budget:
 
 
 def plan_stages(
-    stages: Sequence[ProcessingStage],
+    stages: Sequence[ProcessingStage[Any, Any]],
     capacity: Capacity,
     *,
     executor: str = "",
@@ -207,7 +215,7 @@ def _budget(capacity: Capacity, executor: str, reserved_cpus: float, reserved_gp
     return _Budget(capacity, avail_cpus, capacity.total_gpus - reserved_gpus, reserved_gpus, executor)
 
 
-def _validate_stage(stage: ProcessingStage, budget: _Budget) -> float:
+def _validate_stage(stage: ProcessingStage[Any, Any], budget: _Budget) -> float:
     """Check one stage's request against the nodes and the budget; returns its GPUs per worker."""
     capacity, req = budget.capacity, stage.resources
     gpus = _resolve_gpus(stage, req, capacity)
@@ -235,7 +243,7 @@ def _validate_stage(stage: ProcessingStage, budget: _Budget) -> float:
     return gpus
 
 
-def _cpu_scale(stages: Sequence[ProcessingStage], gpu_need: list[float], budget: _Budget, scale_to_fit: bool,
+def _cpu_scale(stages: Sequence[ProcessingStage[Any, Any]], gpu_need: list[float], budget: _Budget, scale_to_fit: bool,
                notes: list[str]) -> float:
     """Concurrent stages: the factor their CPU requests are scaled by so that each gets a worker
     (1.0 if they fit); refuses GPU minimums that cannot be met."""
@@ -269,7 +277,7 @@ def _cpu_scale(stages: Sequence[ProcessingStage], gpu_need: list[float], budget:
     return scale
 
 
-def _size_stages(stages: Sequence[ProcessingStage], gpu_need: list[float], budget: _Budget, scale: float,
+def _size_stages(stages: Sequence[ProcessingStage[Any, Any]], gpu_need: list[float], budget: _Budget, scale: float,
                  concurrent: bool, max_workers: int | None) -> list[StagePlan]:
     """Every stage first gets its minimum (its fixed count, or one worker); automatically sized stages
     then share what is left equally. Concurrent plans thus never ask for more CPUs or GPUs than
@@ -340,7 +348,7 @@ def check_gang(name: str, size: int, strategy: str, per_rank: Resources, capacit
     """A gang of ``size`` ranks of ``per_rank`` must fit ``capacity`` all at once (``strategy``:
     ``STRICT_SPREAD`` one rank per node, ``STRICT_PACK`` all on one node); else :class:`PlanError`."""
 
-    def slots(node: Any) -> int:
+    def slots(node: NodeCapacity) -> int:
         by_cpu = math.floor(node.cpus / per_rank.cpus + 1e-9) if per_rank.cpus else size
         if not per_rank.gpus:
             return by_cpu

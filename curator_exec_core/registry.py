@@ -23,8 +23,9 @@ import importlib
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import pluggy
@@ -96,7 +97,7 @@ class ExecutorSpec:
                 f"executor {self.name!r} from {self.distribution or 'an unknown distribution'} "
                 f"{self.version} failed to import {self.factory!r}: {exc!r}"
             ) from exc
-        return obj
+        return cast("type[BaseExecutor]", obj)  # what the plugin registered (``get_executor`` instantiates it)
 
 
 @attrs.frozen
@@ -191,8 +192,8 @@ class Registry:
         for impl in self.pm.hook.curator_exec_register_executors.get_hookimpls():
             name, dist, version = self._origin.get(id(impl.plugin), (impl.plugin_name, "<registered>", ""))
             try:
-                specs = impl.function()
-                specs = list(specs or [])
+                returned: Any = impl.function()  # a plugin's answer, checked below
+                specs: list[ExecutorSpec] = list(returned or [])
                 for spec in specs:
                     if not isinstance(spec, ExecutorSpec):
                         raise TypeError(f"curator_exec_register_executors returned {spec!r}, not an ExecutorSpec")
@@ -351,7 +352,7 @@ def executor_class(name: str) -> type[BaseExecutor]:
     return cls
 
 
-def executor_registration(name: str, factory: str, summary: str = "") -> Any:
+def executor_registration(name: str, factory: str, summary: str = "") -> Callable[[], list[ExecutorSpec]]:
     """A ready ``curator_exec_register_executors`` implementation for a plugin module that
     registers one executor (the registration stays lazy: nothing of ``factory`` is imported)::
 

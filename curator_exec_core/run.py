@@ -40,6 +40,8 @@ from curator_exec_core.stats import RunStats
 from curator_exec_core.tasks import FailedTask, PipelineResult, Task
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pluggy
+
     from curator_exec_core.executor import BaseExecutor
     from curator_exec_core.planning import ExecutionPlan
 
@@ -55,16 +57,16 @@ class Run:
     """One run of ``stages`` on ``executor``. Create it and call :meth:`drive` (``executor.run``
     does); during the run, every managed stage's ``run`` is this object."""
 
-    def __init__(self, executor: BaseExecutor, stages: Sequence[ProcessingStage],
+    def __init__(self, executor: BaseExecutor, stages: Sequence[ProcessingStage[Any, Any]],
                  initial_tasks: Iterable[Task] | None = None, *,
                  checkpoint_path: str | os.PathLike[str] | None = None, overwrite: bool = False) -> None:
         self.executor = executor
-        self.stages: list[ProcessingStage] = list(stages)
+        self.stages: list[ProcessingStage[Any, Any]] = list(stages)
         if not self.stages:
             raise ValueError("a pipeline needs at least one stage")
         self.initial_tasks = initial_tasks
         self.id: str = uuid.uuid4().hex[:12]
-        self.hook: Any = get_plugin_manager().hook
+        self.hook: pluggy.HookRelay = get_plugin_manager().hook
         self.stats = RunStats([s.name for s in self.stages])
         self.reporter = ProgressReporter(executor, self.id, self.stats,
                                          lambda e: self.hook.curator_exec_progress(event=e))
@@ -79,7 +81,7 @@ class Run:
         self._started = time.perf_counter()
 
     @classmethod
-    def of(cls, stages: Sequence[ProcessingStage]) -> Run:
+    def of(cls, stages: Sequence[ProcessingStage[Any, Any]]) -> Run:
         """The run the managed ``stages`` belong to (on the driver)."""
         run = getattr(stages[0], "run", None) if stages else None
         if not isinstance(run, Run):
@@ -205,7 +207,10 @@ class Run:
         results: list[Task] = []
         failed: list[FailedTask] = []
         for task in outputs:
-            (failed if isinstance(task, FailedTask) else results).append(task)
+            if isinstance(task, FailedTask):
+                failed.append(task)
+            else:
+                results.append(task)
         for f in failed[:LOGGED_FAILURES]:
             logger.warning("task %s failed in stage %r after %d attempt(s): %s", f.task_id, f.stage, f.attempts,
                            f.error)

@@ -10,7 +10,7 @@ refuses, with :class:`~curator_exec_core.errors.PlanError`, a schedule it cannot
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import attrs
 
@@ -19,13 +19,17 @@ from curator_exec_core.planning import ExecutionPlan
 __all__ = ["StagePlacement", "Schedule"]
 
 
+def _node_tuple(nodes: Iterable[str | None]) -> tuple[str | None, ...]:
+    return tuple(nodes)
+
+
 @attrs.frozen
 class StagePlacement:
     """Where the workers of one stage go: ``nodes[k]`` for worker ``k`` (``None``: the engine decides)."""
 
     index: int
     name: str
-    nodes: tuple[str | None, ...] = attrs.field(converter=tuple)
+    nodes: tuple[str | None, ...] = attrs.field(converter=_node_tuple)
 
     @property
     def pinned(self) -> bool:
@@ -38,13 +42,21 @@ class StagePlacement:
         return frozenset(n for n in self.nodes if n is not None)
 
 
+def _placement_tuple(stages: Iterable[StagePlacement]) -> tuple[StagePlacement, ...]:
+    return tuple(stages)
+
+
+def _node_set(nodes: Iterable[str]) -> frozenset[str]:
+    return frozenset(nodes)
+
+
 @attrs.frozen
 class Schedule:
     """Per stage (by index) where its planned workers run; ``excluded``: nodes no worker may use
     (the head node with ``ignore_head_node``), for engines that place workers themselves."""
 
-    stages: tuple[StagePlacement, ...] = attrs.field(converter=tuple)
-    excluded: frozenset[str] = attrs.field(default=frozenset(), converter=frozenset)
+    stages: tuple[StagePlacement, ...] = attrs.field(converter=_placement_tuple)
+    excluded: frozenset[str] = attrs.field(default=frozenset(), converter=_node_set)
 
     @classmethod
     def unpinned(cls, plan: ExecutionPlan, excluded: Sequence[str] = ()) -> Schedule:

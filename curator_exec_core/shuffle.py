@@ -9,6 +9,7 @@ semantics are the same everywhere. Backends only move the keyed tasks between wo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, ClassVar
@@ -157,7 +158,7 @@ class ManagedShuffle(ManagedStage):
             try:  # the fast path; a failure is tried again (max_retries) and recorded below
                 got = keyed_of(task)
             except Exception as exc:
-                got, record = self._attempt(task, "keys()", lambda t=task: keyed_of(t), exc)
+                got, record = self._attempt(task, "keys()", functools.partial(keyed_of, task), exc)
                 if record is not None:
                     records.append(record)
                     failed += 1

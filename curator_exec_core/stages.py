@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import attrs
 
@@ -29,7 +29,7 @@ In = TypeVar("In", bound=Task)
 Out = TypeVar("Out", bound=Task)
 
 
-def _non_negative(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
+def _non_negative(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
         raise TypeError(f"Resources.{attribute.name} must be a number, got {value!r}")
     if math.isinf(value):
@@ -38,7 +38,7 @@ def _non_negative(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
         raise ValueError(f"Resources.{attribute.name} must be >= 0, got {value!r}")
 
 
-def _gpus_valid(inst: Any, attribute: attrs.Attribute, value: float) -> None:
+def _gpus_valid(inst: object, attribute: attrs.Attribute[float], value: float) -> None:
     _non_negative(inst, attribute, value)
     if value > 1 and value != int(value):
         raise ValueError(
@@ -114,7 +114,7 @@ class ProcessingStage(Generic[In, Out]):
     name: str = ""
     resources: Resources = Resources()
     batch_size: int = 1
-    backend_options: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    backend_options: Mapping[str, Mapping[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -166,7 +166,7 @@ class ProcessingStage(Generic[In, Out]):
 LIFECYCLE_METHODS = ("setup_on_node", "setup", "teardown")
 
 
-def has_lifecycle(stage: ProcessingStage) -> bool:
+def has_lifecycle(stage: ProcessingStage[Any, Any]) -> bool:
     """Whether ``stage`` overrides ``setup``, ``setup_on_node`` or ``teardown``.
 
     A stage without them keeps no per-worker state, so an engine may run it on any

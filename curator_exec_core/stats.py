@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple, TypedDict
 
-__all__ = ["Counts", "StageCounts", "RunStats", "add_counts", "stage_metrics_keys"]
+__all__ = ["Counts", "StageCounts", "StageMetrics", "RunStats", "add_counts", "stage_metrics_keys"]
 
 
 class Counts(NamedTuple):
@@ -27,6 +27,15 @@ class Counts(NamedTuple):
 
     def plus(self, other: Sequence[int]) -> Counts:
         return Counts(self[0] + other[0], self[1] + other[1], self[2] + other[2])
+
+
+class StageMetrics(TypedDict):
+    """One stage's entry of ``result.metrics["stages"]``: its index in the pipeline and its counts."""
+
+    index: int
+    tasks_in: int
+    tasks_out: int
+    tasks_failed: int
 
 
 #: counts of several stages (a fused chain of stages, a whole chunk's history): stage index -> counts
@@ -84,8 +93,8 @@ class RunStats:
         for listener in self._listeners:
             listener(index)
 
-    def metrics(self) -> dict[str, dict[str, Any]]:
+    def metrics(self) -> dict[str, StageMetrics]:
         """``result.metrics["stages"]``: per stage key, its index and counts."""
         with self._lock:
-            return {key: {"index": i, **self.counts[i]._asdict()}
-                    for i, key in enumerate(stage_metrics_keys(self.names))}
+            return {key: StageMetrics(index=i, tasks_in=c.tasks_in, tasks_out=c.tasks_out, tasks_failed=c.tasks_failed)
+                    for i, (key, c) in enumerate(zip(stage_metrics_keys(self.names), self.counts, strict=True))}

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
+
+if TYPE_CHECKING:  # pragma: no cover
+    from curator_exec_core.planning import ExecutionPlan
 
 __all__ = ["Task", "EmptyTask", "FailedTask", "StagePerf", "PipelineResult"]
 
@@ -106,7 +109,7 @@ class FailedTask(Task):
         return f"FailedTask(stage={self.stage!r}, task_id={self.task_id!r}, error={self.error})"
 
 
-class PipelineResult(list):
+class PipelineResult(list[Task]):
     """The last stage's output tasks, as a list, plus what else the run produced.
 
     ``failed_tasks`` lists every task that failed (only non-empty with
@@ -120,7 +123,7 @@ class PipelineResult(list):
         *,
         failed_tasks: list[FailedTask] | None = None,
         metrics: dict[str, Any] | None = None,
-        plan: Any = None,
+        plan: ExecutionPlan | None = None,
         executor: str = "",
     ) -> None:
         super().__init__(tasks)

@@ -40,7 +40,7 @@ class StageKind:
     """One kind of stage."""
 
     name: str
-    stage_type: type[ProcessingStage]
+    stage_type: type[ProcessingStage[Any, Any]]
     managed_type: type[ManagedStage]
     #: the stage needs all of its input before it starts (the pipeline splits before it)
     barrier: bool = False
@@ -85,7 +85,7 @@ def stage_kinds() -> tuple[StageKind, ...]:
     return (*_KINDS, _MAP)
 
 
-def kind_of(stage: ProcessingStage) -> StageKind:
+def kind_of(stage: ProcessingStage[Any, Any]) -> StageKind:
     """The kind of a user stage or of a managed one."""
     if isinstance(stage, ManagedStage):
         return kind_named(stage.kind)
@@ -99,6 +99,6 @@ def kind_named(name: str) -> StageKind:
     return found
 
 
-def manage(stage: ProcessingStage, **kwargs: Any) -> ManagedStage:
+def manage(stage: ProcessingStage[Any, Any], **kwargs: Any) -> ManagedStage:
     """``stage`` wrapped in its kind's managed class (``index``, ``plan``, ``policy``, ``run_id``)."""
     return kind_of(stage).managed_type(stage, **kwargs)

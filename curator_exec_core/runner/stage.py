@@ -64,7 +64,7 @@ def _inherit(child: Task, parent: Task, task_id: str) -> None:
             child.dataset_name = parent.dataset_name
 
 
-class ManagedStage(ProcessingStage):
+class ManagedStage(ProcessingStage[Task, Task]):
     """A user stage as the core runs it. Backends receive these from the run driver.
 
     ``name``, ``batch_size`` and ``backend_options`` are the user's; ``resources``
@@ -76,7 +76,7 @@ class ManagedStage(ProcessingStage):
     #: the stage kind (``"map"``; ``"shuffle"``, ``"gang"`` for their managed classes)
     kind: ClassVar[str] = "map"
 
-    def __init__(self, stage: ProcessingStage, *, index: int = 0, plan: StagePlan | None = None,
+    def __init__(self, stage: ProcessingStage[Any, Any], *, index: int = 0, plan: StagePlan | None = None,
                  policy: FailurePolicy | None = None, run_id: str = "") -> None:
         if isinstance(stage, ManagedStage):
             raise TypeError("stage is already managed")
@@ -183,7 +183,7 @@ class ManagedStage(ProcessingStage):
         return result
 
     # -- the map kind's work ------------------------------------------------------
-    def process(self, task: Task) -> list[Task]:  # type: ignore[override]
+    def process(self, task: Task) -> list[Task]:
         """Process one task; always returns a list (possibly empty)."""
         return self.process_batch([task])
 
@@ -248,7 +248,10 @@ class ManagedStage(ProcessingStage):
                 if type(result) is not Task:
                     self._validated(result)
             except Exception as exc:
-                attempt = retry(lambda t=task: self._validated(process(t)), retries, exc)
+                def again(t: Task = task) -> Any:
+                    return self._validated(process(t))
+
+                attempt = retry(again, retries, exc)
                 if attempt.error is not None:
                     out.append(self._fail(task, attempt.error, attempt.attempts))
                     continue

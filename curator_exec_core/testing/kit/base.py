@@ -28,7 +28,8 @@ class _Reference(BaseExecutor):
     name = "reference"
     concurrent_stages = False
 
-    def execute(self, stages: list[ProcessingStage], initial_tasks: list[Task] | None = None) -> list[Task]:
+    def execute(self, stages: Sequence[ProcessingStage[Any, Any]], initial_tasks: list[Task] | None = None,
+                ) -> list[Task]:
         tasks = list(initial_tasks or [])
         for stage in stages:
             stage.setup(None)
@@ -37,7 +38,8 @@ class _Reference(BaseExecutor):
         return tasks
 
 
-def reference_run(stages: Sequence[ProcessingStage], tasks: Sequence[Task] | None, **options: Any) -> PipelineResult:
+def reference_run(stages: Sequence[ProcessingStage[Any, Any]], tasks: Sequence[Task] | None,
+                  **options: Any) -> PipelineResult:
     """What every executor must produce for ``stages`` on ``tasks`` (computed in process)."""
     return _Reference(show_progress=False, **options).run(list(stages), _fresh(tasks))
 
@@ -162,7 +164,7 @@ class ConformanceBase:
         )
 
     # -- helpers -------------------------------------------------------------
-    def run_and_compare(self, make_executor: MakeExecutor, stages: list[ProcessingStage],
+    def run_and_compare(self, make_executor: MakeExecutor, stages: list[ProcessingStage[Any, Any]],
                         tasks: list[Task] | None, **options: Any) -> PipelineResult:
         """Run ``stages`` on ``tasks`` with a new executor and check it against :func:`reference_run`:
         the same outputs (by :func:`canonical`), the same failed task ids and, per stage, the same

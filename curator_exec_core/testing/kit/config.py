@@ -5,7 +5,7 @@ See :mod:`curator_exec_core.testing.kit`.
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +26,7 @@ class ConfigTests(ConformanceBase):
         with pytest.raises(ConfigError, match="max_retries"):
             make_executor(max_retries="twice")
 
-    def test_infeasible_request_fails_at_plan_time(self, make_executor: MakeExecutor, tmp_path: Any) -> None:
+    def test_infeasible_request_fails_at_plan_time(self, make_executor: MakeExecutor, tmp_path: Path) -> None:
         executor = make_executor(show_progress=False)
         too_many = executor.capacity().total_gpus + 2
         stage = Recorded(str(tmp_path), "greedy", resources=Resources(cpus=0.5, gpus=float(too_many)))

@@ -5,7 +5,7 @@ See :mod:`curator_exec_core.testing.kit`.
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
 import pytest
 
@@ -37,11 +37,11 @@ class FailureTests(ConformanceBase):
         assert all(isinstance(f, FailedTask) and "ValueError" in f.error for f in got.failed_tasks)
         assert len(got) + len(got.failed_tasks) == self.n  # nothing silently dropped
 
-    def test_max_retries(self, make_executor: MakeExecutor, tmp_path: Any) -> None:
+    def test_max_retries(self, make_executor: MakeExecutor, tmp_path: Path) -> None:
         got = make_executor(show_progress=False, max_retries=1).run([Flaky(str(tmp_path))], _ints(self.n))
         assert sorted(t.data for t in got) == list(range(self.n)) and not got.failed_tasks
 
-    def test_retries_exhausted(self, make_executor: MakeExecutor, tmp_path: Any) -> None:
+    def test_retries_exhausted(self, make_executor: MakeExecutor, tmp_path: Path) -> None:
         got = make_executor(show_progress=False, max_retries=1, ignore_failures=True).run(
             [Flaky(str(tmp_path), failures=2)], _ints(10))
         assert list(got) == [] and len(got.failed_tasks) == 10

@@ -5,7 +5,7 @@ See :mod:`curator_exec_core.testing.kit`.
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +21,7 @@ class GangTests(ConformanceBase):
     the capacity is a ``PlanError`` before anything starts."""
 
     def test_gang_ranks_start_together_talk_and_share_the_input_evenly(self, make_executor: MakeExecutor,
-                                                                       tmp_path: Any) -> None:
+                                                                       tmp_path: Path) -> None:
         stages = [AddOne(), AllReduceSum(str(tmp_path)), Identity()]
         got = make_executor(show_progress=False).run(stages, _ints(self.n))
         assert len(got) == self.n
@@ -45,7 +45,7 @@ class GangTests(ConformanceBase):
         assert all(t.data["peers"] == [1, 2] for t in got if t.data["rank"] == 0)
 
     def test_gang_rank_failure_fails_the_stage_and_every_rank_tears_down(self, make_executor: MakeExecutor,
-                                                                        tmp_path: Any) -> None:
+                                                                        tmp_path: Path) -> None:
         with pytest.raises(StageFailedError) as info:
             make_executor(show_progress=False).run([AllReduceSum(str(tmp_path), fail_rank=1)], _ints(self.n))
         assert info.value.stage == "all_reduce"
@@ -53,7 +53,7 @@ class GangTests(ConformanceBase):
         assert len(log.per_who("setup", "all_reduce")) == 2
         assert log.per_who("setup", "all_reduce") == log.per_who("teardown", "all_reduce")
 
-    def test_gang_that_cannot_fit_fails_at_plan_time(self, make_executor: MakeExecutor, tmp_path: Any) -> None:
+    def test_gang_that_cannot_fit_fails_at_plan_time(self, make_executor: MakeExecutor, tmp_path: Path) -> None:
         executor = make_executor(show_progress=False)
         size = int(executor.capacity().total_cpus * 2) + 4  # 0.5 CPU a rank: more ranks than fit
         with pytest.raises(PlanError, match=rf"gang stage 'all_reduce' needs {size} ranks of cpus=0.5"):

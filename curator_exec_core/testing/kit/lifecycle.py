@@ -6,11 +6,12 @@ See :mod:`curator_exec_core.testing.kit`.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from pathlib import Path
 
 import pytest
 
 from curator_exec_core.errors import StageFailedError
+from curator_exec_core.tasks import PipelineResult
 from curator_exec_core.testing.kit.base import ConformanceBase, MakeExecutor, _ints, canonical, reference_run
 from curator_exec_core.testing.stages import AddOne, FanOut, KeepEven, LifecycleLog, Recorded
 
@@ -20,7 +21,7 @@ class LifecycleTests(ConformanceBase):
     a stage fails. Lifecycle calls are counted in files under ``tmp_path``: every worker must see
     this machine's filesystem."""
 
-    def test_setup_and_teardown_counts(self, make_executor: MakeExecutor, tmp_path: Any) -> None:
+    def test_setup_and_teardown_counts(self, make_executor: MakeExecutor, tmp_path: Path) -> None:
         log = LifecycleLog(tmp_path)
         stages = [Recorded(str(tmp_path), "first"), AddOne(), Recorded(str(tmp_path), "second")]
         got = make_executor(show_progress=False).run(stages, _ints(self.n))
@@ -34,7 +35,7 @@ class LifecycleTests(ConformanceBase):
             nodes = log.per_who("setup_on_node", name)
             assert nodes and all(c == 1 for c in nodes.values()), f"{name}: setup_on_node per node: {nodes}"
 
-    def test_teardown_after_failure(self, make_executor: MakeExecutor, tmp_path: Any) -> None:
+    def test_teardown_after_failure(self, make_executor: MakeExecutor, tmp_path: Path) -> None:
         log = LifecycleLog(tmp_path)
         stages = [Recorded(str(tmp_path), "ok"), Recorded(str(tmp_path), "bad", fail_on=(7,))]
         with pytest.raises(StageFailedError):
@@ -47,7 +48,7 @@ class LifecycleTests(ConformanceBase):
         instance both get their own right answer and counts (the runs are serialized)."""
         executor = make_executor(show_progress=False)
         pipelines = {"a": [AddOne(), KeepEven()], "b": [FanOut(3), AddOne()]}
-        results: dict[str, Any] = {}
+        results: dict[str, PipelineResult] = {}
         errors: list[BaseException] = []
 
         def run(key: str) -> None:

@@ -5,6 +5,8 @@ See :mod:`curator_exec_core.testing.kit`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from curator_exec_core.stages import ProcessingStage
 from curator_exec_core.testing.kit.base import ConformanceBase, MakeExecutor, _ints, canonical
 from curator_exec_core.testing.stages import AddOne, DropAll, FanOut, Generate, Identity, KeepEven, SquareBatch
@@ -40,7 +42,7 @@ class OutputTests(ConformanceBase):
         assert all(1 <= t.metadata["batch"] <= 7 for t in got)
 
     def test_many_stages(self, make_executor: MakeExecutor) -> None:
-        stages: list[ProcessingStage] = [AddOne(f"add{i}") for i in range(4)]
+        stages: list[ProcessingStage[Any, Any]] = [AddOne(f"add{i}") for i in range(4)]
         stages += [FanOut(2, "fan1"), KeepEven(), AddOne("add4"), FanOut(2, "fan2"), SquareBatch(3), AddOne("add5")]
         got = self.run_and_compare(make_executor, stages, _ints(self.n))
         assert len(got) == 2 * self.n  # half survive the filter, then doubled

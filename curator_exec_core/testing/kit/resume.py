@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -40,7 +41,7 @@ class ResumeTests(ConformanceBase):
     """
 
     # -- helpers -------------------------------------------------------------
-    def _driver(self, make_executor: MakeExecutor, driver_env: dict[str, str], checkpoint: Any,
+    def _driver(self, make_executor: MakeExecutor, driver_env: dict[str, str], checkpoint: str | os.PathLike[str],
                 **params: Any) -> subprocess.Popen[bytes]:
         """``curator-exec run`` of the resume pipeline in a process of its own (its own session, so
         the test can kill its whole process group), with this executor and its options."""
@@ -61,7 +62,8 @@ class ResumeTests(ConformanceBase):
                "--checkpoint", str(checkpoint), "--json", *[a for kv in sets for a in ("--set", kv)]]
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
-    def _resume_and_compare(self, make_executor: MakeExecutor, checkpoint: Any, **params: Any) -> PipelineResult:
+    def _resume_and_compare(self, make_executor: MakeExecutor, checkpoint: str | os.PathLike[str],
+                            **params: Any) -> PipelineResult:
         stages, tasks = resume_stages(**params)
         expected = reference_run(stages, tasks)
         got = make_executor(show_progress=False).run(stages, tasks, checkpoint_path=checkpoint)
@@ -81,7 +83,7 @@ class ResumeTests(ConformanceBase):
         raise AssertionError(f"the driver did not get there in {timeout} s")
 
     @staticmethod
-    def _journal_written(checkpoint: Any) -> Callable[[], bool]:
+    def _journal_written(checkpoint: str | os.PathLike[str]) -> Callable[[], bool]:
         def written() -> bool:
             folder = os.path.join(str(checkpoint), "part-0")
             return os.path.isdir(folder) and any(os.path.getsize(os.path.join(folder, f)) > 0
@@ -90,7 +92,7 @@ class ResumeTests(ConformanceBase):
 
     # -- tests ---------------------------------------------------------------
     def test_resume_of_a_finished_run_returns_its_result_without_work(self, make_executor: MakeExecutor,
-                                                                      tmp_path: Any) -> None:
+                                                                      tmp_path: Path) -> None:
         stages, tasks = resume_stages(n=self.n, seconds=0.0)
         expected = reference_run(stages, tasks)
         first = make_executor(show_progress=False).run(stages, tasks, checkpoint_path=tmp_path / "ck")
@@ -104,7 +106,7 @@ class ResumeTests(ConformanceBase):
 
     @pytest.mark.parametrize("seed", [0, 1, 2])
     def test_resume_after_the_driver_is_killed_at_a_random_point(self, make_executor: MakeExecutor,
-                                                                  driver_env: dict[str, str], tmp_path: Any,
+                                                                  driver_env: dict[str, str], tmp_path: Path,
                                                                   seed: int) -> None:
         params = {"n": self.n, "seconds": self.resume_seconds}
         ck = tmp_path / "ck"
@@ -122,7 +124,7 @@ class ResumeTests(ConformanceBase):
             assert got.metrics["checkpoint"]["resumed_tasks"] < self.n
 
     def test_resume_after_a_worker_is_killed(self, make_executor: MakeExecutor, driver_env: dict[str, str],
-                                             tmp_path: Any) -> None:
+                                             tmp_path: Path) -> None:
         params = {"n": self.n, "seconds": self.resume_seconds, "kill_dir": str(tmp_path), "kill_on": 401}
         proc = self._driver(make_executor, driver_env, tmp_path / "ck", **params)
         out, err = proc.communicate(timeout=300)
@@ -132,7 +134,7 @@ class ResumeTests(ConformanceBase):
         self._resume_and_compare(make_executor, tmp_path / "ck", **params)
 
     def test_resume_after_a_finished_shuffle_does_not_redo_it(self, make_executor: MakeExecutor,
-                                                              driver_env: dict[str, str], tmp_path: Any) -> None:
+                                                              driver_env: dict[str, str], tmp_path: Path) -> None:
         params = {"n": self.n, "seconds": self.resume_seconds, "shuffle": True}
         ck = tmp_path / "ck"
         proc = self._driver(make_executor, driver_env, ck, **params)
@@ -149,7 +151,7 @@ class ResumeTests(ConformanceBase):
         before = [m for m in got.metrics["stages"].values() if m["index"] <= 2]  # branchy, paced_1, keep_first
         assert all(m["tasks_in"] == 0 for m in before), "work before the finished shuffle was redone"
 
-    def test_torn_journal_end_is_ignored(self, make_executor: MakeExecutor, tmp_path: Any) -> None:
+    def test_torn_journal_end_is_ignored(self, make_executor: MakeExecutor, tmp_path: Path) -> None:
         stages, tasks = resume_stages(n=self.n, seconds=0.0)
         make_executor(show_progress=False).run(stages, tasks, checkpoint_path=tmp_path)
         journals = sorted((tmp_path / "part-0").glob("*.journal"))
@@ -160,7 +162,7 @@ class ResumeTests(ConformanceBase):
         assert got.metrics["checkpoint"]["resumed_tasks"] < self.n
 
     def test_checkpoint_mismatch_lock_and_bad_paths_are_clear_errors(self, make_executor: MakeExecutor,
-                                                                     tmp_path: Any) -> None:
+                                                                     tmp_path: Path) -> None:
         executor = make_executor(show_progress=False)
         stages, tasks = resume_stages(n=6, seconds=0.0)
         executor.run(stages, tasks, checkpoint_path=tmp_path / "ck")

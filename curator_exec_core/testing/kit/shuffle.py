@@ -5,7 +5,7 @@ See :mod:`curator_exec_core.testing.kit`.
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
 
 import pytest
 
@@ -70,7 +70,7 @@ class ShuffleTests(ConformanceBase):
         [skew] = ex.run([KeepFirst(1)], _ints(self.n))
         assert skew.data["ids"] == sorted((str(i) for i in range(self.n)), key=task_order)
 
-    def test_shuffle_setup_before_reduce_and_teardown_once(self, make_executor: MakeExecutor, tmp_path: Any) -> None:
+    def test_shuffle_setup_before_reduce_and_teardown_once(self, make_executor: MakeExecutor, tmp_path: Path) -> None:
         log = LifecycleLog(tmp_path)
         got = make_executor(show_progress=False).run([RecordedShuffle(str(tmp_path))], _ints(self.n))
         assert len(got) == 5  # reduce raises if it runs on a worker that was not set up
@@ -79,7 +79,7 @@ class ShuffleTests(ConformanceBase):
         assert setups == log.per_who("teardown", "recorded_shuffle")
 
     def test_shuffle_failures_name_the_stage_and_the_task_or_key(self, make_executor: MakeExecutor,
-                                                                tmp_path: Any) -> None:
+                                                                tmp_path: Path) -> None:
         folder = str(tmp_path)
         with pytest.raises(StageFailedError) as info:
             make_executor(show_progress=False).run([RecordedShuffle(folder, fail_keys_on=(4,))], _ints(self.n))
@@ -96,7 +96,7 @@ class ShuffleTests(ConformanceBase):
         assert log.per_who("setup", "recorded_shuffle") == log.per_who("teardown", "recorded_shuffle")
 
     def test_shuffle_failures_become_records_with_ignore_failures(self, make_executor: MakeExecutor,
-                                                                 tmp_path: Any) -> None:
+                                                                 tmp_path: Path) -> None:
         stage = RecordedShuffle(str(tmp_path), fail_keys_on=(4, 9), fail_reduce_on=(2,))
         got = self.run_and_compare(make_executor, [FailOn((7,), "picky"), stage], _ints(self.n),
                                    ignore_failures=True)
