@@ -32,7 +32,7 @@ __all__ = ["RayExecutorOptions", "RayTaskOptions", "RayExecutorBase", "RAY_BARRI
 class RayExecutorOptions(ExecutorOptions):
     """Options every Ray executor has (plus those of every executor)."""
 
-    runtime_env: dict | None = option(
+    runtime_env: dict[str, Any] | None = option(
         None, dict,
         "Ray runtime_env (env_vars, pip, working_dir, ...): given to ray.init when this executor starts or "
         "connects to Ray, and to every worker it creates itself.", allow_none=True)
@@ -87,7 +87,9 @@ class RayExecutorBase(BaseExecutor):
 
     A plugin implements :meth:`execute_chunks`: the map stages of one segment on chunks of tasks."""
 
-    Options: ClassVar[type[ExecutorOptions]] = RayExecutorOptions
+    Options: ClassVar[type[RayExecutorOptions]] = RayExecutorOptions
+    #: the validated options (of ``Options``, a :class:`RayExecutorOptions` subclass)
+    options: RayExecutorOptions
     #: shuffles run through the Ray layer with the data in the object store (gangs: the core's split,
     #: then :data:`RAY_BARRIERS`)
     native_stage_kinds = frozenset({"shuffle"})
@@ -125,7 +127,8 @@ class RayExecutorBase(BaseExecutor):
     def stage_serializer(self) -> Callable[[Any], Any] | None:
         import ray.cloudpickle
 
-        return ray.cloudpickle.dumps
+        dumps: Callable[[Any], Any] = ray.cloudpickle.dumps
+        return dumps
 
     def schedule(self, plan: ExecutionPlan) -> Schedule:
         """With ``ignore_head_node``, a node off the head for every planned worker (spread, GPU nodes
@@ -156,7 +159,8 @@ class RayExecutorBase(BaseExecutor):
         ray_run = self.ray_run(stages)
         segments = split_segments(stages)
         if len(segments) == 1 and isinstance(segments[0], MapSegment):
-            return self.execute_chunks(stages, [TaskChunk(initial_tasks)], False)
+            outputs: list[Task] = self.execute_chunks(stages, [TaskChunk(initial_tasks)], False)
+            return outputs
         self.ensure_ray()
         data = put_chunks(initial_tasks, max(s.num_workers() or 1 for s in stages))
 
@@ -168,7 +172,8 @@ class RayExecutorBase(BaseExecutor):
 
             return shuffle_chunks(ray_run, segment.stage, chunks, last)  # type: ignore[arg-type]
 
-        out = run_segments(segments, data, run_map=run_map, run_barrier=run_barrier)
+        # chunks between segments; the last segment's outputs as tasks or as chunks
+        out: list[Any] = run_segments(segments, data, run_map=run_map, run_barrier=run_barrier)
         return out if out and isinstance(out[0], Task) else [t for c in out for t in c.resolve()]
 
     @abstractmethod
