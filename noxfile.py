@@ -8,6 +8,8 @@ the core's tests with every plugin installed at once.
 
 from __future__ import annotations
 
+import ast
+import functools
 import glob
 import os
 import shutil
@@ -59,8 +61,12 @@ def _has_tests(name: str) -> bool:
 
 @nox.session(python=_python(PY311))
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    """ruff, then mypy (``[tool.mypy]`` in pyproject.toml: the core, strict on what a plugin author codes
+    against, and the Ray layer's context and executor base, found through ``mypy_path``). Ray is not
+    installed: mypy treats every engine as ``Any``. The core brings attrs and pluggy, pytest the kit's types."""
+    session.install("ruff", "mypy>=2.4,<3", ".", "pytest>=8")
     session.run("ruff", "check", ".")
+    session.run("mypy")
 
 
 @nox.session(python=_python(PY311))
@@ -117,5 +123,35 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/run.py", *(session.posargs or ["local"]))
 
 
+@functools.lru_cache(maxsize=1)
+def _known_backends() -> dict[str, str]:
+    """``curator_exec_core.registry.KNOWN_BACKENDS`` (executor name -> distribution), read from the
+    source: nox's own interpreter does not have the core (nor attrs, pluggy) installed."""
+    path = os.path.join(HERE, "curator_exec_core", "registry.py")
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    for node in tree.body:
+        target = node.target if isinstance(node, ast.AnnAssign) else (
+            node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None)
+        if isinstance(target, ast.Name) and target.id == "KNOWN_BACKENDS" and node.value is not None:
+            return dict(ast.literal_eval(node.value))
+    raise RuntimeError(f"{path} has no literal KNOWN_BACKENDS table")
+
+
+def _distribution(plugin_dir: str) -> str:
+    """The distribution name in the plugin's pyproject.toml (``[project] name``)."""
+    import tomllib  # Python >= 3.11, as the project
+
+    with open(os.path.join(_plugin_path(plugin_dir), "pyproject.toml"), "rb") as f:
+        return str(tomllib.load(f)["project"]["name"])
+
+
 def _exec_name(plugin_dir: str) -> str:
-    return {"rayactorpool": "ray_actor_pool", "raydata": "ray_data"}.get(plugin_dir, plugin_dir)
+    """The executor the plugin in ``plugins/<plugin_dir>`` provides: the name whose distribution in
+    ``KNOWN_BACKENDS`` is the plugin's (``rayactorpool`` -> ``ray_actor_pool``)."""
+    dist = _distribution(plugin_dir)
+    names = [name for name, d in _known_backends().items() if d == dist]
+    if len(names) != 1:
+        raise RuntimeError(f"plugins/{plugin_dir} ({dist}) is {'not' if not names else 'twice'} in "
+                           "curator_exec_core.registry.KNOWN_BACKENDS: list its executor there")
+    return names[0]
