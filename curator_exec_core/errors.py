@@ -15,6 +15,8 @@ __all__ = [
     "StageFailedError",
     "EngineCompatibilityError",
     "check_engine",
+    "engine_check",
+    "EngineCheck",
     "did_you_mean",
 ]
 
@@ -120,3 +122,24 @@ def find_stage_error(exc: BaseException) -> StageFailedError | None:
         todo += [getattr(cur, "cause", None), cur.__cause__, cur.__context__]
         todo += [e for e in getattr(cur, "exceptions", ()) if isinstance(e, BaseException)]
     return wrapped
+
+
+class EngineCheck:
+    """An engine door's ``check()`` (a function that calls :func:`check_engine`), run until it has
+    passed once in this process; ``done`` says whether it has (tests reset it)."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+        self.done = False
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", "check")
+
+    def __call__(self) -> None:
+        if not self.done:
+            self.fn()
+            self.done = True
+
+
+def engine_check(fn: Callable[[], None]) -> EngineCheck:
+    """Decorate a ``_compat.check`` function: it runs until it passes once per process."""
+    return EngineCheck(fn)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from curator_exec_core.errors import check_engine
+from curator_exec_core.errors import check_engine, engine_check
 
 SUPPORTED = ">=2.46,<3"
-_checked = False
+#: the resource only the head node has (undocumented; how the head is told apart)
+HEAD_RESOURCE = "node:__internal_head__"
 
 
 def session_name() -> str:
@@ -71,11 +72,9 @@ def _defines(module: Any, text: str) -> bool | None:
         return (text in f.read()) or None
 
 
+@engine_check
 def check() -> None:
     """Fail at once if a name above is gone (the first run of any Ray executor calls this)."""
-    global _checked
-    if _checked:
-        return
     import ray
     from ray._private import services, worker
 
@@ -89,4 +88,3 @@ def check() -> None:
         # __ray_call__ is added to every actor class when Ray builds it: look for it where it is defined
         "actor method __ray_call__": lambda: _defines(ray.actor, "def __ray_call__"),
     }, package="ray")
-    _checked = True

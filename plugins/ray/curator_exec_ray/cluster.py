@@ -22,7 +22,7 @@ from curator_exec_ray.session import current_session
 __all__ = ["HEAD_RESOURCE", "NVML_MODULE_ENV", "CAPACITY_TTL", "alive_nodes", "head_node_ids",
            "nodes_signature", "cluster_capacity", "check_shared_path", "on_nodes", "remove_run_dirs"]
 
-HEAD_RESOURCE = "node:__internal_head__"
+HEAD_RESOURCE = ray_compat.HEAD_RESOURCE
 #: set in the driver to make the per-node capacity probe import this module instead of ``pynvml`` (tests only)
 NVML_MODULE_ENV = "CURATOR_EXEC_NVML_MODULE"
 #: seconds a capacity probe is reused while the cluster's nodes do not change

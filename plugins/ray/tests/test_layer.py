@@ -111,9 +111,9 @@ def test_check_engine_names_the_version_the_range_and_every_missing_name() -> No
 def test_ray_layer_door_fails_at_once_when_a_private_name_moved(monkeypatch: pytest.MonkeyPatch) -> None:
     from ray._private import services
 
-    monkeypatch.setattr(_compat, "_checked", False)
+    monkeypatch.setattr(_compat.check, "done", False)
     _compat.check()  # the installed Ray has every name
-    monkeypatch.setattr(_compat, "_checked", False)
+    monkeypatch.setattr(_compat.check, "done", False)
     monkeypatch.delattr(services, "canonicalize_bootstrap_address")
     with pytest.raises(EngineCompatibilityError, match="canonicalize_bootstrap_address"):
         _compat.check()

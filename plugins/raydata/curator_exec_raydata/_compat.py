@@ -16,10 +16,9 @@ from ray.data._internal.execution.backpressure_policy import ENABLED_BACKPRESSUR
 from ray.data._internal.execution.execution_callback import ExecutionCallback
 from ray.data._internal.execution.operators import actor_pool_map_operator
 
-from curator_exec_core.errors import check_engine
+from curator_exec_core.errors import check_engine, engine_check
 
 SUPPORTED = ">=2.60,<2.64"
-_checked = False
 #: the DataContext config key that holds a run's token (which run a callback belongs to)
 RUN_KEY = "curator_exec.ray_data.run"
 #: token -> the run that holds its actors (driver process)
@@ -31,10 +30,8 @@ def _source_has(module: Any, *names: str) -> bool | None:
     return all(n in text for n in names) or None
 
 
+@engine_check
 def check() -> None:
-    global _checked
-    if _checked:
-        return
     check_engine("Ray Data", ray.__version__, SUPPORTED, {
         "StreamingExecutor._topology and ._data_context":
             lambda: _source_has(streaming_executor, "self._topology", "self._data_context"),
@@ -50,7 +47,6 @@ def check() -> None:
         "Dataset.map_batches(ray_remote_args_fn=...)":
             lambda: "ray_remote_args_fn" in inspect.signature(Dataset.map_batches).parameters or None,
     }, package="ray[data]")
-    _checked = True
 
 
 def disable_backpressure(ctx: DataContext) -> None:

@@ -267,7 +267,7 @@ def test_a_moved_ray_data_internal_fails_the_run_at_once_naming_the_version(ray_
     from curator_exec_core import EngineCompatibilityError
     from curator_exec_raydata import _compat
 
-    monkeypatch.setattr(_compat, "_checked", False)
+    monkeypatch.setattr(_compat.check, "done", False)
     monkeypatch.delattr(apo.ActorPoolMapOperator, "get_autoscaling_actor_pools")
     with pytest.raises(EngineCompatibilityError) as info:
         RayDataExecutor(show_progress=False).run([AddOne()], _ints(3))

@@ -16,28 +16,26 @@ from typing import Any
 from cosmos_xenna.pipelines.private import monitoring
 from cosmos_xenna.ray_utils import actor_pool, cluster
 
-from curator_exec_core.errors import check_engine
+from curator_exec_core.errors import check_engine, engine_check
 
 SUPPORTED = ">=0.3,<0.6"
 #: Ray's default state-API limit (RAY_MAX_LIMIT_FROM_API_SERVER) of a dashboard started without ours
 RAY_DEFAULT_STATE_LIMIT = 10000
-_checked = False
 _LIMITS: dict[str, int] = {}
 
 
+@engine_check
 def check() -> None:
-    global _checked
-    if not _checked:
-        check_engine("cosmos-xenna", version("cosmos-xenna"), SUPPORTED, {
-            "cosmos_xenna.ray_utils.cluster.API_LIMIT": lambda: getattr(cluster, "API_LIMIT", None),
-            "cosmos_xenna.ray_utils.cluster.make_cluster_resources_from_ray_nodes":
-                lambda: getattr(cluster, "make_cluster_resources_from_ray_nodes", None),
-            "cosmos_xenna.ray_utils.actor_pool._kill_actor_and_reap":
-                lambda: getattr(actor_pool, "_kill_actor_and_reap", None),
-            "cosmos_xenna.pipelines.private.monitoring.RayResourceMonitor._monitors":
-                lambda: "self._monitors" in inspect.getsource(monitoring.RayResourceMonitor) or None,
-        })
-        _checked = True
+    """Fail at once if a Xenna name this plugin relies on is gone."""
+    check_engine("cosmos-xenna", version("cosmos-xenna"), SUPPORTED, {
+        "cosmos_xenna.ray_utils.cluster.API_LIMIT": lambda: getattr(cluster, "API_LIMIT", None),
+        "cosmos_xenna.ray_utils.cluster.make_cluster_resources_from_ray_nodes":
+            lambda: getattr(cluster, "make_cluster_resources_from_ray_nodes", None),
+        "cosmos_xenna.ray_utils.actor_pool._kill_actor_and_reap":
+            lambda: getattr(actor_pool, "_kill_actor_and_reap", None),
+        "cosmos_xenna.pipelines.private.monitoring.RayResourceMonitor._monitors":
+            lambda: "self._monitors" in inspect.getsource(monitoring.RayResourceMonitor) or None,
+    })
 
 
 def accepted_state_limit(address: str, list_actors: Callable[..., Any]) -> int:

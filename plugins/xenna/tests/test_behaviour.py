@@ -182,7 +182,7 @@ def test_a_moved_xenna_internal_fails_the_run_at_once_naming_the_version(ray_ses
     from curator_exec_core import EngineCompatibilityError
     from curator_exec_xenna import _compat
 
-    monkeypatch.setattr(_compat, "_checked", False)
+    monkeypatch.setattr(_compat.check, "done", False)
     monkeypatch.delattr(actor_pool, "_kill_actor_and_reap")
     with pytest.raises(EngineCompatibilityError) as info:
         get_executor("xenna", show_progress=False).run([Recorded(str(tmp_path), "never")], ints(3))
