@@ -75,8 +75,9 @@ class ExecutorOptions:
     progress_interval: float = option(10.0, float, "Minimum seconds between progress updates.", minimum=0)
 
 
-#: an options class (:class:`ExecutorOptions` or a subclass)
-OptionsT = TypeVar("OptionsT", bound=ExecutorOptions)
+#: an options class: an attrs class, :class:`ExecutorOptions` or a subclass for an executor (a plugin's
+#: per-stage options are another attrs class; ``aliases`` is optional)
+OptionsT = TypeVar("OptionsT", bound=attrs.AttrsInstance)
 
 
 def build_options(cls: type[OptionsT], values: Mapping[str, Any], executor: str = "") -> OptionsT:
