@@ -10,8 +10,9 @@
   ``bash`` or ``toml`` are not run, nor is a ``python`` block directly preceded by
   the line ``<!-- docs-test: skip -->``.
 * ``docs/writing-an-executor-plugin.md``: the blocks with ``title="<path>"`` are the
-  files of the example plugin. They are written to a temporary folder, made
-  importable with an entry point (a ``.dist-info`` built from the example's
+  files of the example plugins: the threads example, and the Ray-based example whose
+  titles start with ``curator-exec-raytasks/``. Each is written to a temporary folder,
+  made importable with an entry point (a ``.dist-info`` built from the example's
   ``pyproject.toml``), and the example's own tests (the conformance kit) are run.
 * Relative links between pages point to files that exist.
 """
@@ -41,6 +42,8 @@ SKIP_MARK = "<!-- docs-test: skip -->"
 RUN_PAGES = ["hooks.md", "index.md", "architecture.md", "stages.md", "resumable-runs.md", "executors/index.md",
              "executors/local.md"]
 PLUGIN_GUIDE = "writing-an-executor-plugin.md"
+#: the plugin guide's Ray-based example: the titles of its file blocks start with this folder
+RAY_EXAMPLE = "curator-exec-raytasks/"
 
 
 @attrs.frozen
@@ -217,40 +220,58 @@ def test_example_runs(block, tmp_path):
 # -- the example plugin ------------------------------------------------------------------------
 
 
-def _write_example_plugin(root: Path) -> dict:
-    files = [b for b in fenced_blocks(PLUGIN_GUIDE) if b.title]
-    assert files, f"docs/{PLUGIN_GUIDE} has no file blocks (```lang title=\"path\")"
+def _write_example_plugin(root: Path, folder: str = "") -> dict:
+    """Write one example plugin of the guide into ``root``: the file blocks under ``folder`` (the Ray
+    example), or with ``folder=""`` the others (the threads example). Returns its pyproject.toml."""
+    files = [b for b in fenced_blocks(PLUGIN_GUIDE)
+             if b.title and (b.title.startswith(folder) if folder else not b.title.startswith(RAY_EXAMPLE))]
+    assert files, f"docs/{PLUGIN_GUIDE} has no file blocks (```lang title=\"{folder}path\")"
     for block in files:
-        path = root / block.title
+        path = root / block.title[len(folder):]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(block.code)
     project = tomllib.loads((root / "pyproject.toml").read_text())
     return project
 
 
-def test_plugin_guide_layout_and_entry_point(tmp_path):
-    project = _write_example_plugin(tmp_path)
+def _check_layout(root: Path, project: dict) -> None:
     eps = project["project"]["entry-points"]["curator_exec.executors"]
     assert len(eps) == 1
     (name, value), = eps.items()
     assert "curator-exec-core" in " ".join(project["project"]["dependencies"])
-    assert (tmp_path / (value.replace(".", "/") + ".py")).exists()
-    assert (tmp_path / "tests").is_dir()
+    assert (root / (value.replace(".", "/") + ".py")).exists()
+    assert (root / "tests").is_dir()
 
 
-def test_plugin_guide_example_passes_its_tests(tmp_path):
-    """Materialise the example plugin, register its entry point, run its tests (the conformance kit)."""
-    project = _write_example_plugin(tmp_path)
+def _run_example_tests(root: Path, project: dict, timeout: float) -> None:
+    """Register the example's entry point (a .dist-info next to it) and run its tests."""
     meta = project["project"]
     dist = meta["name"].replace("-", "_")
-    info = tmp_path / f"{dist}-{meta['version']}.dist-info"
+    info = root / f"{dist}-{meta['version']}.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {meta['name']}\nVersion: {meta['version']}\n")
     lines = ["[curator_exec.executors]"] + [f"{k} = {v}" for k, v in meta["entry-points"]["curator_exec.executors"].items()]
     (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", "tests"],
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=600,
+        cwd=root, env=_env(root), capture_output=True, text=True, timeout=timeout,
     )
     assert proc.returncode == 0, f"--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-3000:]}"
     assert " passed" in proc.stdout
+
+
+def test_plugin_guide_layout_and_entry_point(tmp_path):
+    _check_layout(tmp_path, _write_example_plugin(tmp_path))
+
+
+def test_plugin_guide_example_passes_its_tests(tmp_path):
+    """Materialise the example plugin, register its entry point, run its tests (the conformance kit)."""
+    _run_example_tests(tmp_path, _write_example_plugin(tmp_path), timeout=600)
+
+
+def test_ray_plugin_guide_example_passes_its_tests(tmp_path):
+    """The guide's Ray-based example (on ``RayExecutorBase``): its tests run the kit's mixins on a local Ray."""
+    project = _write_example_plugin(tmp_path, RAY_EXAMPLE)
+    _check_layout(tmp_path, project)
+    assert "curator-exec-ray" in " ".join(project["project"]["dependencies"])
+    _run_example_tests(tmp_path, project, timeout=1200)
