@@ -81,8 +81,9 @@ def curator_exec_schedule(executor: BaseExecutor, plan: ExecutionPlan) -> Schedu
 
     ``plan`` says how many; the schedule says where (a node per worker, or None: the engine decides).
     ``execute`` obeys it (the run's schedule is ``Run.of(stages).schedule``). Stops at the first
-    non-None result. Default: ``executor.schedule(plan)`` (the Ray executors pin workers off the head
-    node with ``ignore_head_node``). Wrap it to pin a stage: ``return (yield).pin(index, [node_id])``.
+    non-None result. Default: ``executor.schedule(plan)`` (with ``ignore_head_node``, ``ray_actor_pool``
+    pins every worker off the head node; ``ray_data`` and ``xenna``, which place their workers
+    themselves, get the head in ``Schedule.excluded``). Wrap it to pin a stage: ``return (yield).pin(index, [node_id])``.
     """
 
 

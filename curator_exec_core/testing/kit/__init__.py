@@ -27,8 +27,8 @@ do not start with ``Test``, so importing them into a test module collects nothin
     reference (:func:`reference_run`) and asserts the same outputs (:func:`canonical`),
     the same failed task ids and, per stage, the same ``tasks_in``/``tasks_out``/
     ``tasks_failed`` in ``result.metrics["stages"]`` (:func:`assert_same_stage_counts`:
-    the counts a worker's copy of a stage makes must be sent back to the driver's
-    ``self.progress``). Only fresh runs are compared that way; a resumed run counts only
+    the counts a worker's copy of a stage makes must be sent back to the driver, to
+    ``Run.of(stages).report``). Only fresh runs are compared that way; a resumed run counts only
     the work it did itself.
 
 :class:`OutputTests` (``kit/outputs.py``)

@@ -5,7 +5,6 @@ See :mod:`curator_exec_core.testing.kit`.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -73,29 +72,17 @@ def _counts(result: PipelineResult) -> dict[str, tuple[Any, ...]]:
 
 
 def _count_advice(executor: BaseExecutor | None) -> str:
-    """How counts reach the driver, in the words of the core that is installed."""
-    from curator_exec_core.runner import ManagedStage
-
-    if hasattr(ManagedStage, "process_counted"):
-        call = "A worker's `stage.process_counted(tasks)` returns the outputs and that call's counts"
-    else:
-        call = "After each `process_batch`, a worker's copy of the stage holds that call's counts in `last_counts`"
-    try:
-        run_class = importlib.import_module("curator_exec_core.run").Run
-    except (ImportError, AttributeError):  # a core before the Run object: counts went to executor.progress
-        run_class = None
-    if hasattr(run_class, "report"):
-        add = "Run.of(stages).report(stage.index, counts)"
-    else:
-        add = "self.progress.add(stage.index, *counts)"
+    """How counts reach the driver."""
+    call = "A worker's `stage.process_counted(tasks)` returns the outputs and that call's counts"
+    add = "Run.of(stages).report(stage.index, counts)"
     return (
         "The counts must travel back from the workers to the driver: run() builds metrics['stages'] on the "
         "driver, and a copy of a stage in a worker (a thread's copy, a pickled copy in another process) "
         f"cannot add to them. {call} (tasks in, outputs, new failure records): send them back with the "
         f"results and call {add} on the driver, exactly once per call (a managed stage that runs in the "
         "driver process counts itself: do not add its counts again). Shuffle and gang stages that your "
-        "engine runs (run_shuffle/run_gang, native_stage_kinds) report theirs the same way. "
-        "See docs/writing-an-executor-plugin.md, 'Progress'."
+        "engine runs (native_stage_kinds, run_barrier) report theirs the same way. "
+        "See docs/writing-an-executor-plugin.md, 'Counts and progress'."
     )
 
 

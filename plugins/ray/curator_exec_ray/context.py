@@ -57,8 +57,19 @@ class RayRun:
         return None if schedule is None else schedule.nodes(stage.index)
 
     def worker_nodes(self, stage: ManagedStage) -> list[str | None]:
-        """Like :meth:`nodes`, with ``[None]`` (one worker, anywhere) when nothing is pinned."""
-        return [n for n in (self.nodes(stage) or []) if n] or [None]
+        """Nodes to spread work of ``stage`` over that the layer places itself (a shuffle's insert and
+        reduce): the schedule's pins; else the alive nodes it does not exclude; else ``[None]`` (anywhere)."""
+        pinned = [n for n in (self.nodes(stage) or []) if n]
+        if pinned:
+            return list(pinned)
+        excluded = self.run.schedule.excluded if self.run.schedule is not None else frozenset()
+        if excluded:
+            from curator_exec_ray.cluster import alive_nodes
+
+            allowed = sorted(n["NodeID"] for n in alive_nodes() if n["NodeID"] not in excluded)
+            if allowed:
+                return list(allowed)
+        return [None]
 
     def placement(self, stages: Sequence[ManagedStage]) -> list[list[str | None]] | None:
         """The nodes of every worker of every stage, or None if Ray places them all."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from curator_exec_core.capacity import Capacity
@@ -75,7 +75,7 @@ def exclude_head_selector() -> dict[str, str]:
     return {ray_compat.node_id_label(): "!" + heads[0] if len(heads) == 1 else "!in(" + ", ".join(heads) + ")"}
 
 
-def node_selector(only: Sequence[str] = (), never: Sequence[str] = ()) -> dict[str, str]:
+def node_selector(only: Collection[str] = (), never: Collection[str] = ()) -> dict[str, str]:
     """A ``label_selector`` that keeps workers on the nodes ``only`` (if given), else off ``never``
     ({} if neither)."""
     if only:

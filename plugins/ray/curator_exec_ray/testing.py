@@ -50,6 +50,8 @@ from curator_exec_ray.reaper import owned_processes, reap
 
 __all__ = [
     "DEFAULT_NUM_CPUS",
+    "PinStage",
+    "RayPlacementTests",
     "RayTestCluster",
     "attach",
     "ray_attached",

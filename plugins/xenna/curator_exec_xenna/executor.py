@@ -108,13 +108,13 @@ class XennaStageOptions:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"stage {stage.name!r}: backend_options['xenna'] must be a dict, got {raw!r}")
         try:
-            opts = build_options(cls, raw, "xenna")  # type: ignore[arg-type]
+            opts = build_options(cls, raw, "xenna")
         except ConfigError as exc:
             raise ConfigError(f"stage {stage.name!r}: backend_options['xenna']: {exc}") from None
         if opts.num_workers_per_node is not None and stage.num_workers() is not None:
             raise ConfigError(f"stage {stage.name!r}: give num_workers() or backend_options['xenna']"
                               "['num_workers_per_node'], not both (Xenna accepts one of them)")
-        return opts  # type: ignore[return-value]
+        return opts
 
     def spec_fields(self) -> dict[str, Any]:
         return {k: v for k, v in attrs.asdict(self).items() if v is not None}
