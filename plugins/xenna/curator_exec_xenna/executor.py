@@ -24,6 +24,7 @@ from curator_exec_core.errors import ConfigError, PlanError
 from curator_exec_core.planning import ExecutionPlan
 from curator_exec_core.runner import ManagedStage
 from curator_exec_core.stages import ProcessingStage
+from curator_exec_core.tasks import Task
 from curator_exec_ray import (
     Coordinator,
     ProgressPoller,
@@ -35,6 +36,7 @@ from curator_exec_ray import (
     alive_nodes,
     auto_chunk_size,
     cluster_capacity,
+    current_session,
     preserved_env,
     reaper,
     stop_workers,
@@ -160,8 +162,10 @@ class XennaExecutor(RayExecutorBase):
     def plan(self, stages: Sequence[ProcessingStage], capacity: Capacity) -> ExecutionPlan:
         for stage in stages:  # per-stage Xenna options are checked before anything starts
             XennaStageOptions.from_stage(stage)
-        # what Ray has per node, to explain Xenna's flooring (cached: the capacity phase just probed it)
-        pct, raw = self.options.cpu_allocation_percentage, cluster_capacity(ignore_head_node=self.ignore_head_node)
+        # what Ray has per node, to explain Xenna's flooring (cached: the capacity phase just probed it);
+        # planning without a Ray connection (a given capacity) has nothing to explain
+        pct = self.options.cpu_allocation_percentage
+        raw = cluster_capacity(ignore_head_node=self.ignore_head_node) if current_session() is not None else None
         note = ""
         if raw is not None and len(raw.nodes) == len(capacity.nodes) and raw.total_cpus > capacity.total_cpus:
             note = (" Xenna allocates floor(Ray CPUs x cpu_allocation_percentage) per node: "
@@ -191,7 +195,7 @@ class XennaExecutor(RayExecutorBase):
         widest = max((m.num_workers() or 1) for m in managed)
         return self.options.chunk_size or auto_chunk_size(n_tasks, widest, min_size=16)
 
-    def build_pipeline_spec(self, managed: Sequence[ManagedStage], chunks: Sequence[TaskChunk], chunk: int,
+    def build_pipeline_spec(self, managed: Sequence[ManagedStage], inputs: Sequence[TaskChunk | Task], chunk: int,
                             coordinator: str = "", sink: bool = False) -> Any:
         """The ``PipelineSpec`` this executor hands to ``cosmos_xenna.pipelines.v1.run_pipeline``."""
         xenna, xs = _import_xenna()
@@ -214,8 +218,10 @@ class XennaExecutor(RayExecutorBase):
             ignore_failures=False, num_run_attempts_python=1, return_last_stage_outputs=True,
             mode_specific=xenna.StreamingSpecificSpec(autoscale_interval_s=opts.autoscale_interval_s))
         # chunks in the object store are Xenna items as they are; tasks in the driver are cut to ``chunk``
-        items = [c for c in chunks if c.in_store] + xs.chunks([t for c in chunks if not c.in_store
-                                                              for t in c.tasks or ()], chunk)
+        stored = [c for c in inputs if isinstance(c, TaskChunk) and c.in_store]
+        tasks = [t for c in inputs if not (isinstance(c, TaskChunk) and c.in_store)
+                 for t in (c.resolve() if isinstance(c, TaskChunk) else [c])]
+        items = stored + xs.chunks(tasks, chunk)
         return xenna.PipelineSpec(input_data=items, stages=specs, config=config)
 
     def execute_chunks(self, stages: list[ManagedStage], chunks: list[TaskChunk], to_chunks: bool) -> Any:
