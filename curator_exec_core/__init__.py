@@ -13,6 +13,7 @@ from curator_exec_core.errors import (
     EngineCompatibilityError,
     PlanError,
     PluginError,
+    StageContractError,
     StageFailedError,
     UnknownExecutorError,
 )
@@ -47,7 +48,7 @@ __all__ = [
     "ExecutionPlan", "GangInfo", "GangStage", "GroupBy", "ManagedGang", "ManagedShuffle", "Repartition", "ShuffleStage",
     "ExecutorOptions", "ExecutorSpec", "FailedTask", "GpuInfo", "ManagedStage", "NodeCapacity", "NodeInfo",
     "Pipeline", "PipelineResult", "PlanError", "PluginError", "ProcessingStage", "ProgressEvent", "Resources",
-    "StageFailedError", "StagePerf", "StagePlan", "Task", "Run", "Schedule", "StagePlacement", "Counts", "RunStats", "UnknownExecutorError", "WorkerMetadata",
+    "StageFailedError", "StageContractError", "StagePerf", "StagePlan", "Task", "Run", "Schedule", "StagePlacement", "Counts", "RunStats", "UnknownExecutorError", "WorkerMetadata",
     "build_options", "describe_options", "executor_registration", "get_executor", "get_plugin_manager", "hookimpl", "hookspec", "list_executors", "list_plugins", "option",
     "plan_stages", "probe_local", "register_plugin", "unregister_plugin",
 ]

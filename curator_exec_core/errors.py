@@ -13,6 +13,7 @@ __all__ = [
     "UnknownExecutorError",
     "PluginError",
     "StageFailedError",
+    "StageContractError",
     "EngineCompatibilityError",
     "check_engine",
     "engine_check",
@@ -55,22 +56,32 @@ class StageFailedError(CuratorExecError, RuntimeError):
     formatted traceback is in ``remote_traceback`` either way.
     """
 
-    def __init__(self, stage: str, task_id: str, error: str, attempts: int = 1, remote_traceback: str = "") -> None:
+    def __init__(self, stage: str, task_id: str, error: str, attempts: int = 1, remote_traceback: str = "",
+                 retryable: bool = True) -> None:
         self.stage = stage
         self.task_id = task_id
         self.error = error
         self.attempts = attempts
         self.remote_traceback = remote_traceback
+        self.retryable = retryable
         tries = f" after {attempts} attempts" if attempts > 1 else ""
+        retry = ", or max_retries=N to retry" if retryable else " (retrying cannot help: the stage broke its contract)"
         super().__init__(
             f"stage {stage!r} failed on task {task_id!r}{tries}: {error}. "
             "Fix the stage, or pass ignore_failures=True to finish the run and get failed tasks "
-            "on result.failed_tasks, or max_retries=N to retry."
+            f"on result.failed_tasks{retry}."
         )
 
-    def __reduce__(self) -> tuple[type[StageFailedError], tuple[str, str, str, int, str]]:
+    def __reduce__(self) -> tuple[type[StageFailedError], tuple[str, str, str, int, str, bool]]:
         # keep the fields across pickling (Ray ships exceptions)
-        return (type(self), (self.stage, self.task_id, self.error, self.attempts, self.remote_traceback))
+        return (type(self), (self.stage, self.task_id, self.error, self.attempts, self.remote_traceback,
+                             self.retryable))
+
+
+class StageContractError(CuratorExecError, TypeError):
+    """A stage broke its contract: ``process``/``reduce`` returned something that is not a task, a
+    list of tasks or None; ``keys`` returned a string instead of a list of keys, or an unsupported
+    key. The same call would fail the same way, so it is never retried."""
 
 
 class CheckpointError(CuratorExecError, ValueError):

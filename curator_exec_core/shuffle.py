@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, ClassVar
 
+from curator_exec_core.errors import StageContractError
 from curator_exec_core.runner import ManagedStage, retry, task_order
 from curator_exec_core.stages import ProcessingStage
 from curator_exec_core.stats import Counts
@@ -106,8 +107,8 @@ def _canonical(key: Any) -> bytes:
     if isinstance(key, tuple):
         parts = [_canonical(k) for k in key]
         return b"t" + b"".join(len(p).to_bytes(4, "big") + p for p in parts)
-    raise TypeError(f"unsupported shuffle key {key!r} of type {type(key).__name__}: keys() must return str, "
-                    "bytes, int, float, bool, None or tuples of them")
+    raise StageContractError(f"unsupported shuffle key {key!r} of type {type(key).__name__}: keys() must return "
+                             "a list of keys, each a str, bytes, int, float, bool, None or a tuple of them")
 
 
 def key_digest(key: Any) -> str:
@@ -148,7 +149,12 @@ class ManagedShuffle(ManagedStage):
         keys = self.stage.keys
 
         def keyed_of(task: Task) -> list[KeyedTask]:
-            return [(key_digest(k), k, task) for k in keys(task)]
+            got = keys(task)
+            if isinstance(got, (str, bytes)):  # a key, not a list of keys: it would split into characters
+                raise StageContractError(
+                    f"shuffle stage {self.name!r}: keys() returned a {type(got).__name__} ({got[:40]!r}), not a list "
+                    f"of keys; return [key] (a str or bytes is one key, not a list of them)")
+            return [(key_digest(k), k, task) for k in got]
 
         for task in tasks:
             if isinstance(task, FailedTask):
@@ -194,11 +200,15 @@ class ManagedShuffle(ManagedStage):
     def _reduce_group(self, out_id: str, key: Hashable, tasks: list[Task], out: list[Task]) -> int:
         """``reduce(key, tasks)`` into ``out`` with ids from the key; 1 if it made a failure record."""
         reduce = self.stage.reduce
+
+        def call() -> Any:  # a result of the wrong type fails the call like an exception
+            return self._validated(reduce(key, tasks), "reduce()")
+
         try:
-            result = reduce(key, tasks)
+            result = call()
         except Exception as exc:
             holder = Task(data=tasks, task_id=out_id, metadata={"shuffle_key": key})
-            result, record = self._attempt(holder, f"reduce(key={key!r})", lambda: reduce(key, tasks), exc)
+            result, record = self._attempt(holder, f"reduce(key={key!r})", call, exc)
             if record is not None:
                 out.append(record)
                 return 1
@@ -206,11 +216,9 @@ class ManagedShuffle(ManagedStage):
             return 0
         if isinstance(result, list):
             for i, child in enumerate(result):
-                self._check(child, "reduce()")
                 child.task_id = f"{out_id}.{i}"
             out += result
         else:
-            self._check(result, "reduce()")
             result.task_id = out_id
             out.append(result)
         return 0

@@ -7,6 +7,8 @@ from typing import Generic, NamedTuple, TypeVar
 
 import attrs
 
+from curator_exec_core.errors import StageContractError
+
 __all__ = ["FailurePolicy", "Attempt", "retry"]
 
 T = TypeVar("T")
@@ -32,9 +34,10 @@ class Attempt(NamedTuple, Generic[T]):
 
 def retry(fn: Callable[[], T], retries: int, first_error: Exception | None = None) -> Attempt[T]:
     """Call ``fn`` until it returns, at most ``1 + retries`` times in all. ``first_error``: a first
-    call was already made (the caller's fast path) and raised it; it counts as an attempt."""
+    call was already made (the caller's fast path) and raised it; it counts as an attempt. A
+    :class:`~curator_exec_core.errors.StageContractError` is never retried (the same call fails the same way)."""
     attempts, error = (0, None) if first_error is None else (1, first_error)
-    while error is None or attempts <= retries:
+    while error is None or (attempts <= retries and not isinstance(error, StageContractError)):
         attempts += 1
         try:
             return Attempt(fn(), None, attempts)

@@ -35,7 +35,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from curator_exec_core.errors import StageFailedError
+from curator_exec_core.errors import StageContractError, StageFailedError
 from curator_exec_core.runner.node import once_per_node
 from curator_exec_core.runner.retry import FailurePolicy, retry
 from curator_exec_core.stages import NodeInfo, ProcessingStage, Resources, WorkerMetadata, has_lifecycle
@@ -158,7 +158,8 @@ class ManagedStage(ProcessingStage[Task, Task]):
         if what:
             failed.error = f"{what}: {failed.error}"
         if not self.policy.ignore_failures:
-            raise StageFailedError(self.name, task.task_id, failed.error, attempts, failed.traceback) from exc
+            raise StageFailedError(self.name, task.task_id, failed.error, attempts, failed.traceback,
+                                   retryable=not isinstance(exc, StageContractError)) from exc
         return failed
 
     def _counted(self, counts: Counts) -> Counts:
@@ -170,16 +171,16 @@ class ManagedStage(ProcessingStage[Task, Task]):
 
     def _check(self, result: Any, call: str = "process()") -> None:
         if not isinstance(result, Task):
-            raise TypeError(f"stage {self.name!r} returned {type(result).__name__}; {call} must return a Task, "
-                            "a list of Tasks, or None")
+            raise StageContractError(f"stage {self.name!r} returned {type(result).__name__}; {call} must return a "
+                                     "Task, a list of Tasks, or None")
 
-    def _validated(self, result: Any) -> Any:
-        """``process()``'s result, checked (a wrong type fails the call like an exception would)."""
+    def _validated(self, result: Any, call: str = "process()") -> Any:
+        """A call's result, checked (a wrong type fails the call like an exception would)."""
         if isinstance(result, list):
             for child in result:
-                self._check(child)
+                self._check(child, call)
         elif result is not None:
-            self._check(result)
+            self._check(result, call)
         return result
 
     # -- the map kind's work ------------------------------------------------------

@@ -273,6 +273,22 @@ class Bands(ShuffleStage):
         return Task(data={"key": list(key), "members": sorted(t.data for t in tasks)})
 
 
+class WrongReduce(ShuffleStage):
+    """Groups by ``data % 3``; ``reduce`` of key 1 returns a dict instead of a task (a broken
+    contract: a stage failure, never retried)."""
+
+    resources = Resources(cpus=0.5)
+    name = "wrong_reduce"
+
+    def keys(self, task: Task) -> list[int]:
+        return [task.data % 3]
+
+    def reduce(self, key: Any, tasks: list[Task]) -> Any:
+        if key == 1:
+            return {"key": key, "n": len(tasks)}
+        return Task(data={"key": key, "n": len(tasks)})
+
+
 class Unwrap(ProcessingStage):
     """A map stage after a shuffle: the first data of a :class:`KeepFirst` output."""
 

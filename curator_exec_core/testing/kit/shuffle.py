@@ -22,6 +22,7 @@ from curator_exec_core.testing.stages import (
     LifecycleLog,
     RecordedShuffle,
     Unwrap,
+    WrongReduce,
 )
 
 
@@ -94,6 +95,19 @@ class ShuffleTests(ConformanceBase):
         assert info.value.stage == "recorded_shuffle" and info.value.task_id == "3"
         log = LifecycleLog(tmp_path)
         assert log.per_who("setup", "recorded_shuffle") == log.per_who("teardown", "recorded_shuffle")
+
+    def test_shuffle_reduce_returning_the_wrong_type_is_a_stage_failure(self, make_executor: MakeExecutor) -> None:
+        """A ``reduce()`` that returns a dict is a stage failure like any other, on every backend: the
+        core's error naming the stage and the key, not retried (no ``max_retries`` advice: retrying
+        cannot help), and a failure record under ``ignore_failures``."""
+        with pytest.raises(StageFailedError) as info:
+            make_executor(show_progress=False, max_retries=2).run([WrongReduce()], _ints(self.n))
+        err = info.value
+        assert err.stage == "wrong_reduce" and "reduce(key=1)" in err.error and "returned dict" in err.error
+        assert err.attempts == 1 and not err.retryable and "max_retries" not in str(err)
+        got = self.run_and_compare(make_executor, [WrongReduce()], _ints(self.n), ignore_failures=True)
+        assert [f.task_id for f in got.failed_tasks] == [f"wrong_reduce#{key_digest(1)[:16]}"]
+        assert sorted(t.data["key"] for t in got) == [0, 2]
 
     def test_shuffle_failures_become_records_with_ignore_failures(self, make_executor: MakeExecutor,
                                                                  tmp_path: Path) -> None:
