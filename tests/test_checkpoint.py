@@ -235,3 +235,25 @@ def test_pipeline_run_forwards_the_checkpoint(tmp_path):
     result = Pipeline("p", stages).run("local", tasks, checkpoint_path=tmp_path)
     assert result.metrics["checkpoint"]["path"] == str(tmp_path)
     assert canonical(result) == canonical(reference_run(*resume_stages(n=8, seconds=0.0)))
+
+
+def test_a_checkpoint_directory_is_private_and_one_others_can_write_is_not_resumed(tmp_path):
+    """Journals and barrier files are pickles: a resume runs them. The directory is created private to
+    its user, and a checkpoint that other users can write is refused (as ssh refuses such a key)."""
+    import stat
+
+    ck = tmp_path / "ck"
+    stages, tasks = resume_stages(n=8, seconds=0.0)
+    first = get_executor("local", show_progress=False).run(stages, tasks, checkpoint_path=ck)
+    assert stat.S_IMODE(os.stat(ck).st_mode) == 0o700
+    assert all(stat.S_IMODE(os.stat(p).st_mode) & 0o077 == 0 for p in ck.rglob("*.journal"))
+    os.chmod(ck, 0o775)
+    before = sorted(p.name for p in ck.rglob("*"))
+    stages, tasks = resume_stages(n=8, seconds=0.0)
+    with pytest.raises(CheckpointError, match=r"can be written by other users \(mode 775\).*chmod go-w"):
+        get_executor("local", show_progress=False).run(stages, tasks, checkpoint_path=ck)
+    assert sorted(p.name for p in ck.rglob("*")) == before  # nothing touched
+    os.chmod(ck, 0o700)
+    stages, tasks = resume_stages(n=8, seconds=0.0)
+    again = get_executor("local", show_progress=False).run(stages, tasks, checkpoint_path=ck)
+    assert canonical(again) == canonical(first) and again.metrics["checkpoint"]["resumed_tasks"] == 8

@@ -46,6 +46,7 @@ from curator_exec_core.checkpoint.journal import HEADER_SIZE, Journal, frame, re
 from curator_exec_core.checkpoint.lineage import merge_lineage, split_lineage
 from curator_exec_core.checkpoint.manifest import (
     FORMAT_VERSION,
+    PRIVATE_MODE,
     acquire_lock,
     check_manifest,
     pipeline_fingerprint,
@@ -91,7 +92,7 @@ class Checkpoint:
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise self._error("is a file, not a directory; give a directory path (it is created if missing)")
         try:
-            os.makedirs(self.path, exist_ok=True)
+            os.makedirs(self.path, mode=PRIVATE_MODE, exist_ok=True)
             self._lock_fd = acquire_lock(self.path, self._error)  # the first write: fails if not writable
         except OSError as exc:
             raise self._error(f"cannot be written ({exc.strerror or exc}); choose a writable directory") from exc
@@ -137,7 +138,7 @@ class Checkpoint:
         """One map segment: the outputs of its finished sources from the journals, then ``run`` on the
         others with a journal observing the segment's stages."""
         folder = os.path.join(self.path, f"part-{segment.position}")
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(folder, mode=PRIVATE_MODE, exist_ok=True)
         for task in sources:
             if task.lineage:  # a source holds all of its own share: empty lineage (see lineage.shares)
                 task.lineage = ()

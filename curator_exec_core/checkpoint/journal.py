@@ -165,7 +165,7 @@ class Journal:
         payload = pickle.dumps(block, protocol=pickle.HIGHEST_PROTOCOL)
         self._drops, self._out = [], []
         name = f"{self.attempt}-{_process_token().replace(':', '-')}.journal"
-        fd = os.open(os.path.join(self.folder, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(os.path.join(self.folder, name), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, frame(payload))
         finally:

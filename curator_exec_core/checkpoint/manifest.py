@@ -21,7 +21,10 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["FORMAT_VERSION", "write_atomic", "pipeline_fingerprint", "differences", "acquire_lock",
-           "check_manifest"]
+           "check_manifest", "check_private", "PRIVATE_MODE"]
+
+#: checkpoint directories are created private to their user: their records are pickles
+PRIVATE_MODE = 0o700
 
 #: the checkpoint layout this version writes and reads; a newer one is refused
 FORMAT_VERSION = 1
@@ -86,7 +89,7 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def acquire_lock(folder: str, error: ErrorFactory) -> int:
     """Hold ``folder/lock`` (``flock``) with this process as holder; returns its descriptor."""
     path = os.path.join(folder, "lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     if fcntl is not None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -108,6 +111,7 @@ def check_manifest(folder: str, fingerprint: dict[str, Any], overwrite: bool, er
     manifest = os.path.join(folder, "manifest.json")
     entries = [n for n in os.listdir(folder) if n not in ("lock",)]
     if os.path.exists(manifest):
+        check_private(folder, error)
         try:
             with open(manifest) as f:
                 old = json.load(f)
@@ -138,3 +142,19 @@ def check_manifest(folder: str, fingerprint: dict[str, Any], overwrite: bool, er
     # is refused as not a checkpoint, never trusted, and --fresh starts over)
     write_atomic(manifest, json.dumps({"format": FORMAT_VERSION, "created": time.time(), **fingerprint}
                                        ).encode(), durable=False)
+
+
+
+def check_private(folder: str, error: ErrorFactory) -> None:
+    """Refuse to resume from ``folder`` if another user can write it (as ssh refuses a group-writable
+    key): journals, barrier files and the manifest's records are pickles, so whoever can write the
+    directory can run code in the next resume."""
+    st = os.stat(folder)
+    getuid = getattr(os, "getuid", None)
+    if getuid is not None and st.st_uid != getuid():
+        raise error(f"belongs to another user (uid {st.st_uid}, you are {getuid()}); its records are pickles and "
+                    "a resume runs them. Resume as that user, or start in a new directory of your own.")
+    if st.st_mode & 0o022:
+        raise error(f"can be written by other users (mode {st.st_mode & 0o777:o}); its records are pickles, so "
+                    f"whoever can write it can run code in the next resume. If you trust every writer, run "
+                    f"`chmod go-w {folder}`; else start in a new directory.")
