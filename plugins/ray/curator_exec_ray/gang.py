@@ -19,6 +19,7 @@ from curator_exec_core.stats import Counts
 from curator_exec_core.tasks import FailedTask, Task
 from curator_exec_ray.actors import StageActor, remote
 from curator_exec_ray.context import RayRun
+from curator_exec_ray.placement import node_selector
 from curator_exec_ray.teardown import stop_workers
 
 __all__ = ["run_gang", "MAX_GANG_RESTARTS"]
@@ -69,7 +70,9 @@ def _one_gang(ray_run: RayRun, stage: ManagedGang, box: Any, shares: list[Any], 
 
     size, res = stage.size, stage.resources
     bundle = {"CPU": res.cpus, **({"GPU": res.gpus} if res.gpus else {})}
-    pg = placement_group([dict(bundle) for _ in range(size)], strategy=stage.stage.placement_strategy)
+    selectors = _bundle_selectors(ray_run, stage)
+    pg = placement_group([dict(bundle) for _ in range(size)], strategy=stage.stage.placement_strategy,
+                         **({"bundle_label_selector": selectors} if selectors else {}))
     actors: list[Any] = []
     try:
         try:
@@ -89,6 +92,18 @@ def _one_gang(ray_run: RayRun, stage: ManagedGang, box: Any, shares: list[Any], 
     finally:
         stop_workers(actors, stage.run_id, ray_run.teardown_timeout, log=logger, indices=[stage.index])
         remove_placement_group(pg)
+
+
+def _bundle_selectors(ray_run: RayRun, stage: ManagedGang) -> list[dict[str, str]] | None:
+    """Where each rank's bundle may go, from the schedule: rank ``r`` on its pinned node, else off the
+    excluded nodes (the head with ``ignore_head_node``); None if the schedule says nothing."""
+    pins = ray_run.nodes(stage) or []
+    _, excluded = ray_run.allowed_nodes(stage)
+    selectors = []
+    for r in range(stage.size):
+        pin = pins[r % len(pins)] if pins else None
+        selectors.append(node_selector(only=[pin]) if pin else node_selector(never=excluded))
+    return selectors if any(selectors) else None
 
 
 def _together(stage: ManagedGang, refs: list[Any]) -> list[Any]:

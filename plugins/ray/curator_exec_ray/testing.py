@@ -309,3 +309,23 @@ class RayPlacementTests:
                 unregister_plugin(pin)
             assert sorted(t.data for t in result) == list(range(2, 32))
             assert {e["node"] for e in read_trace(folder, "pinned")} == {target}
+
+    def test_a_gang_follows_the_schedule(self, ray_two_node_cluster: RayTestCluster, make_executor: Any,
+                                         tmp_path: Any) -> None:
+        """A gang's ranks (one placement group) stay off the head with ``ignore_head_node``, and on the
+        node a schedule wrapper pins the gang stage to."""
+        from curator_exec_core import Task, register_plugin, unregister_plugin
+        from curator_exec_core.testing.stages import AllReduceSum
+
+        c = ray_two_node_cluster
+        tasks = [Task(data=i) for i in range(10)]
+        got = make_executor(ignore_head_node=True, show_progress=False).run([AllReduceSum(str(tmp_path))], tasks)
+        assert len(got) == 10 and {t.data["node"] for t in got} == {c.worker_node_ids[0]}
+        pin = PinStage(0, [c.head_node_id])
+        register_plugin(pin, name="test-pin-stage")
+        try:
+            got = make_executor(show_progress=False).run([AllReduceSum(str(tmp_path), name="pinned_gang")],
+                                                         [Task(data=i) for i in range(10)])
+        finally:
+            unregister_plugin(pin)
+        assert len(got) == 10 and {t.data["node"] for t in got} == {c.head_node_id}
