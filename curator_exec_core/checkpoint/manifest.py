@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -56,11 +57,13 @@ def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
 
 def pipeline_fingerprint(stages: Sequence[Any], task_ids: Sequence[str], ignore_failures: bool) -> dict[str, Any]:
     """What identifies a run for its checkpoint: the stages and the initial task ids."""
+    from curator_exec_core.runner.kinds import kind_of
+
     users = [getattr(s, "stage", s) for s in stages]
     digest = hashlib.sha256("\0".join(task_ids).encode()).hexdigest()
     return {
         "stages": [{"class": f"{type(u).__module__}.{type(u).__qualname__}", "name": u.name,
-                    "fingerprint": str(u.fingerprint())} for u in users],
+                    "fingerprint": str(u.fingerprint()), "kind": kind_of(u).name} for u in users],
         "ignore_failures": bool(ignore_failures),
         "initial_tasks": {"count": len(task_ids), "sha256": digest},
     }
@@ -140,8 +143,10 @@ def check_manifest(folder: str, fingerprint: dict[str, Any], overwrite: bool, er
             shutil.rmtree(full) if os.path.isdir(full) else os.remove(full)
     # not fsynced (a killed process cannot lose it; after a machine crash that did, the directory
     # is refused as not a checkpoint, never trusted, and --fresh starts over)
-    write_atomic(manifest, json.dumps({"format": FORMAT_VERSION, "created": time.time(), **fingerprint}
-                                       ).encode(), durable=False)
+    # provenance: the command that started the run (``curator-exec status`` shows how to resume it)
+    started = {"argv": list(sys.argv), "cwd": os.getcwd(), "python": sys.executable}
+    write_atomic(manifest, json.dumps({"format": FORMAT_VERSION, "created": time.time(), "started_by": started,
+                                       **fingerprint}).encode(), durable=False)
 
 
 

@@ -37,7 +37,7 @@ def _read_attempts(folder: str) -> tuple[dict[str, dict[tuple[bool, str], Record
     return by_attempt, torn
 
 
-def _owners(by_attempt: dict[str, dict[tuple[bool, str], Record]], sources: set[str]) -> dict[str, str]:
+def _owners(by_attempt: dict[str, dict[tuple[bool, str], Record]], sources: set[str] | None) -> dict[str, str]:
     """Source -> the (earliest) attempt in which all of its share was recorded."""
     owner: dict[str, str] = {}
     for attempt in sorted(by_attempt):
@@ -46,7 +46,7 @@ def _owners(by_attempt: dict[str, dict[tuple[bool, str], Record]], sources: set[
             for s, w in r.lineage:
                 share[s] = share.get(s, Fraction(0)) + w
         for s, total in share.items():
-            if total == 1 and s in sources and s not in owner:
+            if total == 1 and (sources is None or s in sources) and s not in owner:
                 owner[s] = attempt
     while True:  # an output shared by several sources counts only if all of them finished in its attempt
         bad: set[str] = set()
@@ -61,9 +61,9 @@ def _owners(by_attempt: dict[str, dict[tuple[bool, str], Record]], sources: set[
             del owner[s]
 
 
-def finished(folder: str, sources: set[str]) -> tuple[set[str], list[Task], int]:
-    """From the journals of one part: the sources that are done, their outputs, and how many
-    journal files had a torn end."""
+def finished(folder: str, sources: set[str] | None) -> tuple[set[str], list[Task], int]:
+    """From the journals of one part: the sources that are done (of ``sources``; None: any), their
+    outputs, and how many journal files had a torn end."""
     by_attempt, torn = _read_attempts(folder)
     owner = _owners(by_attempt, sources)
     outputs = [r.task for attempt, recs in by_attempt.items() for r in recs.values()

@@ -8,6 +8,7 @@
     curator-exec demo [--executor NAME] [--tasks N] [--set key=value ...] [--json]
     curator-exec run --pipeline module:factory [--executor NAME] [--set key=value ...]
                      [--checkpoint DIR] [--fresh] [--json]  run your pipeline
+    curator-exec status DIR [--json]              a checkpoint's run: progress, failures, lock, resume command
 
 ``python -m curator_exec_core`` is the same command.
 
@@ -35,7 +36,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from curator_exec_core.cli.commands import cmd_demo, cmd_info, cmd_plan, cmd_plugins, cmd_run
+from curator_exec_core.cli.commands import cmd_demo, cmd_info, cmd_plan, cmd_plugins, cmd_run, cmd_status
 from curator_exec_core.cli.common import PROG, USER_ERRORS, UsageError, core_version
 from curator_exec_core.cli.report import one_line
 from curator_exec_core.config import parse_settings
@@ -94,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true",
                    help="discard a checkpoint in DIR that another pipeline or other inputs wrote")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="what a checkpoint directory says about its run (runs nothing); exit 0 "
+                       "finished, 1 finished with failed tasks, 3 unfinished, 4 not a checkpoint")
+    p.add_argument("dir", metavar="DIR", help="a checkpoint directory (--checkpoint / checkpoint_path)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
     return parser
 
 

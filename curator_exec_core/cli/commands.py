@@ -200,3 +200,52 @@ def _print_run(report: dict[str, Any]) -> None:
         print(f"Checkpoint: {ck['path']} ({ck['resumed_tasks']} of {ck['source_tasks']} source tasks "
               f"resumed{after}).")
     print(f"Time: {report['total_seconds']:.2f} s.")
+
+
+#: ``curator-exec status`` exit statuses a script can use
+STATUS_EXIT = {"finished": 0, "failed": 1, "running": 3, "stopped": 3, "not a checkpoint": 4}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """What a checkpoint directory says about its run, without running anything."""
+    from curator_exec_core.checkpoint.status import NotACheckpoint, read_status
+
+    try:
+        status = read_status(args.dir)
+    except NotACheckpoint as exc:
+        if args.json:
+            print_json({"path": args.dir, "state": "not a checkpoint", "error": str(exc)})
+        else:
+            print(f"{exc}")
+        return STATUS_EXIT["not a checkpoint"]
+    if args.json:
+        print_json(status.as_dict())
+    else:
+        _print_status(status)
+    return STATUS_EXIT[status.state]
+
+
+def _print_status(status: Any) -> None:
+    from curator_exec_core.checkpoint.status import age
+
+    print(f"Checkpoint {status.path}: {status.state}")
+    print(f"Pipeline: {' -> '.join(status.pipeline)} ({status.source_tasks} source tasks)")
+    for seg in status.segments:
+        total = "?" if seg.total is None else seg.total
+        what = "source tasks finished" if seg.kind == "map" else f"{seg.kind} stage finished"
+        print(f"  {seg.position}: {', '.join(seg.stages):<40} {seg.done}/{total} {what}")
+    lock = status.lock
+    if lock.state == "held":
+        alive = {True: ", alive", False: ", its process is gone", None: ", on another host"}[lock.alive]
+        print(f"Lock: held by {lock.holder}{alive}: a run is using this checkpoint")
+    else:
+        print("Lock: free" + (f" (last held by {lock.holder})" if lock.holder else ""))
+    print(f"Last write: {age(status.last_write)}")
+    if status.failed_total:
+        print(f"Failed tasks: {status.failed_total}")
+        for f in status.failed:
+            print(f"  {f['task_id']} in stage {f['stage']!r} after {f['attempts']} attempt(s): {f['error']}")
+        if status.failed_total > len(status.failed):
+            print(f"  ... and {status.failed_total - len(status.failed)} more")
+    if status.state in ("stopped", "running"):
+        print(f"Resume: {status.resume_command}")
