@@ -8,7 +8,6 @@ read from the stats, so how progress is displayed cannot change what a run repor
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -62,30 +61,26 @@ class ProgressReporter:
         n = len(stats.names)
         self._last = [0.0] * n
         self._dirty = [False] * n
-        self._lock = threading.Lock()
         stats.listen(self._changed)
 
     def _changed(self, index: int) -> None:
+        # no lock: at worst two threads both send an event (the counts are read from the stats)
         now = time.monotonic()
-        with self._lock:
-            self._dirty[index] = True
-            due = now - self._last[index] >= self.min_interval
-            if due:
-                self._last[index], self._dirty[index] = now, False
-        if due:
+        if now - self._last[index] >= self.min_interval:
+            self._last[index], self._dirty[index] = now, False
             self._send(index)
+        else:
+            self._dirty[index] = True
 
     def _send(self, index: int) -> None:
-        c, stats = self.stats.counts[index], self.stats
+        c, stats = self.stats.stage(index), self.stats
         self.emit(ProgressEvent(kind="stage_progress", executor=self.executor, run_id=self.run_id,
                                 stage=stats.names[index], index=index, tasks_in=c.tasks_in, tasks_out=c.tasks_out,
                                 tasks_failed=c.tasks_failed, tasks_resumed=stats.resumed[index]))
 
     def flush(self) -> None:
         """Send the final counts of every stage that changed since its last event."""
-        with self._lock:
-            dirty = [i for i, d in enumerate(self._dirty) if d]
-            for i in dirty:
-                self._dirty[i] = False
+        dirty = [i for i, d in enumerate(self._dirty) if d]
         for i in dirty:
+            self._dirty[i] = False
             self._send(i)

@@ -61,21 +61,32 @@ class RunStats:
 
     def __init__(self, stage_names: Sequence[str]) -> None:
         self.names = list(stage_names)
-        self.counts: list[Counts] = [Counts()] * len(self.names)
-        self.resumed: list[int] = [0] * len(self.names)
+        n = len(self.names)
+        self._in, self._out, self._failed = [0] * n, [0] * n, [0] * n
+        self.resumed: list[int] = [0] * n
         self._lock = threading.Lock()
         self._listeners: list[Callable[[int], None]] = []
+
+    @property
+    def counts(self) -> list[Counts]:
+        """Each stage's totals so far."""
+        with self._lock:
+            return [Counts(a, b, c) for a, b, c in zip(self._in, self._out, self._failed, strict=True)]
 
     def listen(self, listener: Callable[[int], None]) -> None:
         self._listeners.append(listener)
 
     def add(self, index: int, counts: Sequence[int]) -> None:
         """Stage ``index`` did ``counts`` (a :class:`Counts` or an ``(in, out, failed)`` triple)."""
-        if not any(counts):
+        n_in, n_out, n_failed = counts
+        if not (n_in or n_out or n_failed):
             return
         with self._lock:
-            self.counts[index] = self.counts[index].plus(counts)
-        self._changed(index)
+            self._in[index] += n_in
+            self._out[index] += n_out
+            self._failed[index] += n_failed
+        for listener in self._listeners:
+            listener(index)
 
     def add_all(self, counts: Mapping[int, Sequence[int]] | Iterable[tuple[int, Sequence[int]]]) -> None:
         """Several stages' counts at once (what a chunk carries back)."""
@@ -87,14 +98,16 @@ class RunStats:
         """``n`` tasks into stage ``index`` were finished by an earlier run (a checkpoint)."""
         with self._lock:
             self.resumed[index] += n
-        self._changed(index)
-
-    def _changed(self, index: int) -> None:
         for listener in self._listeners:
             listener(index)
 
+    def stage(self, index: int) -> Counts:
+        """Stage ``index``'s totals so far."""
+        with self._lock:
+            return Counts(self._in[index], self._out[index], self._failed[index])
+
     def metrics(self) -> dict[str, StageMetrics]:
         """``result.metrics["stages"]``: per stage key, its index and counts."""
-        with self._lock:
-            return {key: StageMetrics(index=i, tasks_in=c.tasks_in, tasks_out=c.tasks_out, tasks_failed=c.tasks_failed)
-                    for i, (key, c) in enumerate(zip(stage_metrics_keys(self.names), self.counts, strict=True))}
+        counts = self.counts
+        return {key: StageMetrics(index=i, tasks_in=c.tasks_in, tasks_out=c.tasks_out, tasks_failed=c.tasks_failed)
+                for i, (key, c) in enumerate(zip(stage_metrics_keys(self.names), counts, strict=True))}

@@ -51,6 +51,10 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["ManagedStage"]
 
 
+#: ``Counts`` from a triple, without the NamedTuple constructor's extra call (the runner's hot path)
+_counts = functools.partial(tuple.__new__, Counts)
+
+
 def _inherit(child: Task, parent: Task, task_id: str) -> None:
     """Give an output its id; a new task also inherits what it left empty
     (stage history, metadata, dataset name) from its parent."""
@@ -100,8 +104,7 @@ class ManagedStage(ProcessingStage[Task, Task]):
         self.stats: RunStats | None = None
         #: set by a checkpointed run: told what this stage makes and drops (see runner.observer)
         self.observer: RunnerObserver | None = None
-        #: the counts of the last call
-        self.last_counts: Counts = Counts()
+        self._last: tuple[int, ...] = (0, 0, 0)  # the counts of the last call (see last_counts)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -164,9 +167,10 @@ class ManagedStage(ProcessingStage[Task, Task]):
 
     def _counted(self, counts: Counts) -> Counts:
         """The end of a call: remember its counts and, in the driver process, add them to the run's."""
-        self.last_counts = counts
-        if self.stats is not None:
-            self.stats.add(self.index, counts)
+        self._last = counts
+        stats = self.stats
+        if stats is not None:
+            stats.add(self.index, counts)
         return counts
 
     def _check(self, result: Any, call: str = "process()") -> None:
@@ -189,14 +193,11 @@ class ManagedStage(ProcessingStage[Task, Task]):
         return self.process_batch([task])
 
     def process_batch(self, tasks: list[Task]) -> list[Task]:
-        """Process any number of tasks in ``batch_size`` chunks. FailedTasks pass through."""
-        return self.process_counted(tasks)[0]
-
-    def process_counted(self, tasks: list[Task]) -> tuple[list[Task], Counts]:
-        """:meth:`process_batch` and the call's counts (what a worker sends back with the outputs)."""
+        """Process any number of tasks in ``batch_size`` chunks. FailedTasks pass through. The call's
+        counts are ``last_counts`` (and go to the run's stats in the driver process)."""
         out: list[Task] = []
         pending: list[Task] = []
-        size = self.batch_size
+        size, retries = self.batch_size, self.policy.max_retries
         passed = new_failed = 0
         for task in tasks:
             if isinstance(task, FailedTask):
@@ -205,14 +206,31 @@ class ManagedStage(ProcessingStage[Task, Task]):
                 continue
             pending.append(task)
             if len(pending) >= size:
-                new_failed += self._run_into(pending, out, self.policy.max_retries)
+                new_failed += self._run_into(pending, out, retries)
                 pending = []
         if pending:
-            new_failed += self._run_into(pending, out, self.policy.max_retries)
-        counts = self._counted(Counts(len(tasks) - passed, len(out) - passed - new_failed, new_failed))
+            new_failed += self._run_into(pending, out, retries)
+        counts = (len(tasks) - passed, len(out) - passed - new_failed, new_failed)
+        self._last = counts
+        if self.stats is not None:
+            self.stats.add(self.index, counts)
         if self.observer is not None:
             self.observer.call_done(self, out)
-        return out, counts
+        return out
+
+    def process_counted(self, tasks: list[Task]) -> tuple[list[Task], Counts]:
+        """:meth:`process_batch` and the call's counts (what a worker sends back with the outputs)."""
+        out = self.process_batch(tasks)
+        return out, _counts(self._last)
+
+    @property
+    def last_counts(self) -> Counts:
+        """The counts of the last call (tasks in, outputs, new failure records)."""
+        return _counts(self._last)
+
+    @last_counts.setter
+    def last_counts(self, counts: Counts) -> None:
+        self._last = tuple(counts)
 
     def run_once(self, batch: list[Task]) -> list[Task]:
         """``batch`` as one call of the user's stage, without retries (a gang rank's share)."""
@@ -226,22 +244,20 @@ class ManagedStage(ProcessingStage[Task, Task]):
     def _run_into(self, batch: list[Task], out: list[Task], retries: int) -> int:
         """Run ``batch``, append its outputs to ``out``; returns how many failure records it made."""
         start = time.perf_counter()
-        n = len(out)
-        if self._custom_batch:
-            self._batch_path(batch, out, retries)
-        else:
-            self._task_path(batch, out, retries)
-        if len(out) > n:
+        made = self._batch_path(batch, retries) if self._custom_batch else self._task_path(batch, retries)
+        if made:
             perf = StagePerf(self.name, time.perf_counter() - start, len(batch), self.worker_id)
-            for task in out[n:]:
-                if not isinstance(task, FailedTask):
+            for task in made:
+                if type(task) is not FailedTask:
                     task.stage_perf.append(perf)
+            out.extend(made)
         if not self.policy.ignore_failures:
             return 0
-        return sum(1 for t in out[n:] if isinstance(t, FailedTask))
+        return sum(1 for t in made if isinstance(t, FailedTask))
 
-    def _task_path(self, batch: list[Task], out: list[Task], retries: int) -> None:
+    def _task_path(self, batch: list[Task], retries: int) -> list[Task]:
         """The user's ``process`` on every task (fast path: one call, retries only after an error)."""
+        out: list[Task] = []
         process, observer = self.stage.process, self.observer
         for task in batch:
             try:
@@ -271,8 +287,9 @@ class ManagedStage(ProcessingStage[Task, Task]):
                 if observer is not None:
                     observer.derived(self, [task], [result])
                 out.append(result)
+        return out
 
-    def _batch_path(self, batch: list[Task], out: list[Task], retries: int) -> None:
+    def _batch_path(self, batch: list[Task], retries: int) -> list[Task]:
         """The user's ``process_batch`` on the whole batch (a failure fails every task of it)."""
         def call() -> list[Task]:
             result = self.stage.process_batch(list(batch)) or []
@@ -284,8 +301,7 @@ class ManagedStage(ProcessingStage[Task, Task]):
         if attempt.error is not None:
             if not self.policy.ignore_failures:
                 self._fail(batch[0], attempt.error, attempt.attempts)
-            out.extend(FailedTask.from_exception(t, self.name, attempt.error, attempt.attempts) for t in batch)
-            return
+            return [FailedTask.from_exception(t, self.name, attempt.error, attempt.attempts) for t in batch]
         result = attempt.value or []
         observer = self.observer
         if len(result) == len(batch):
@@ -298,7 +314,7 @@ class ManagedStage(ProcessingStage[Task, Task]):
                 _inherit(child, batch[0], f"{batch[0].task_id}.{i}")
             if observer is not None:
                 observer.derived(self, batch, result)
-        out.extend(result)
+        return result
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.index}:{self.name!r} {self.resources.describe()} " \
