@@ -289,6 +289,21 @@ class WrongReduce(ShuffleStage):
         return Task(data={"key": key, "n": len(tasks)})
 
 
+class HashDedup(ShuffleStage):
+    """Exact dedup keyed by Python's ``hash()`` of the text (salted per process for ``str``): right
+    only if every worker that keys a task hashes alike."""
+
+    resources = Resources(cpus=0.5)
+    name = "hash_dedup"
+    num_partitions = 4
+
+    def keys(self, task: Task) -> list[int]:
+        return [hash(f"text-{task.data % 25}")]
+
+    def reduce(self, key: Any, tasks: list[Task]) -> Task:
+        return Task(data=min(t.data for t in tasks))
+
+
 class Unwrap(ProcessingStage):
     """A map stage after a shuffle: the first data of a :class:`KeepFirst` output."""
 

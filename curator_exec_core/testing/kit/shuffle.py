@@ -18,6 +18,7 @@ from curator_exec_core.testing.stages import (
     DropAll,
     FailOn,
     FanOut,
+    HashDedup,
     KeepFirst,
     LifecycleLog,
     RecordedShuffle,
@@ -95,6 +96,12 @@ class ShuffleTests(ConformanceBase):
         assert info.value.stage == "recorded_shuffle" and info.value.task_id == "3"
         log = LifecycleLog(tmp_path)
         assert log.per_who("setup", "recorded_shuffle") == log.per_who("teardown", "recorded_shuffle")
+
+    def test_shuffle_keys_built_with_hash_group_right(self, make_executor: MakeExecutor) -> None:
+        """``hash()`` of a ``str`` is salted per process: keys built with it are right only if every
+        worker hashes alike (the Ray backends start their clusters with one ``PYTHONHASHSEED``)."""
+        got = make_executor(show_progress=False).run([AddOne(), HashDedup()], _ints(200))
+        assert sorted(t.data for t in got) == list(range(1, 26))  # one output per distinct text
 
     def test_shuffle_reduce_returning_the_wrong_type_is_a_stage_failure(self, make_executor: MakeExecutor) -> None:
         """A ``reduce()`` that returns a dict is a stage failure like any other, on every backend: the

@@ -125,6 +125,16 @@ def _existing_address() -> str | None:
     return address
 
 
+def hash_seed_env() -> dict[str, str]:
+    """``PYTHONHASHSEED`` for the Ray processes of a cluster we start: ``hash()`` of a ``str`` or
+    ``bytes`` is salted per process, so shuffle keys built with it would differ between workers and
+    split groups silently. Every worker of the cluster inherits one seed: the driver's if it set one,
+    else a random one per cluster."""
+    import random
+
+    return {"PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED") or str(random.randrange(1, 2**32 - 1))}
+
+
 def ensure_ray(runtime_env: Mapping[str, Any] | None = None, *, start_env: Mapping[str, str] | None = None,
                **init_kwargs: Any) -> RaySession:
     """Attach to Ray as described in the module doc and return the session.
@@ -158,7 +168,7 @@ def ensure_ray(runtime_env: Mapping[str, Any] | None = None, *, start_env: Mappi
             ray.init(address=address, **kwargs)
             how, owned = "connected", False
         else:
-            with temporary_env(start_env):
+            with temporary_env({**hash_seed_env(), **(start_env or {})}):
                 ray.init(address="local", **kwargs)  # a new cluster even if a ray_current_cluster file names one
             how, owned = "started", True
             _register_exit_reaper()

@@ -48,7 +48,8 @@ def key_chunk(key: tuple[str, int], stage_box: list[Any], partitions: int, chunk
     """A Ray task: key ``chunk``; returns ``(counts, records)`` and one piece per partition."""
     stage = stage_in_process(key[0], key[1], stage_box)
     keyed, records = stage.key_tasks(chunk)
-    return (stage.last_counts, records), *partitioned(stage, keyed, partitions)
+    # this process's hash() of a str: the driver checks that every process that keyed agrees
+    return (stage.last_counts, records, hash(_HASH_PROBE)), *partitioned(stage, keyed, partitions)
 
 
 def reduce_parts(stage: ManagedShuffle, *parts: list[Any]) -> tuple[Counts, list[Task]]:
@@ -100,13 +101,38 @@ def _insert(ray_run: RayRun, stage: ManagedShuffle, box: list[Any], inputs: list
                                                              else chunk.tasks) for i, chunk in enumerate(inputs)]
     pieces: list[list[Any]] = [[] for _ in range(parts)]
     records: list[Task] = []
+    hashes: set[int] = set()
     for refs in pending:
-        counts, recs = ray.get(refs[0])
+        counts, recs, probe = ray.get(refs[0])
         ray_run.report(stage.index, counts)
+        hashes.add(probe)
         records += recs
         for p, ref in enumerate(refs[1:]):
             pieces[p].append(ref)
+    if len(hashes) > 1:
+        _warn_hash_seed(stage)
     return pieces, records
+
+
+#: a string whose hash() every worker process that keys a shuffle computes
+_HASH_PROBE = "curator-exec: is hash() salted alike in every worker?"
+_warned_hash: set[str] = set()
+
+
+def _warn_hash_seed(stage: ManagedShuffle) -> None:
+    """The cluster's worker processes hash strings differently (no common ``PYTHONHASHSEED``)."""
+    from curator_exec_ray.session import current_session
+
+    session = current_session()
+    key = session.token if session is not None else ""
+    if key in _warned_hash:
+        return
+    _warned_hash.add(key)
+    logger.warning(
+        "shuffle stage %r: this Ray cluster's worker processes hash strings differently (each has its own "
+        "PYTHONHASHSEED). Keys built with hash() of a str or bytes would split groups silently: use "
+        "hashlib (or the values themselves) as keys, or start the cluster with one PYTHONHASHSEED for all its "
+        "processes (`PYTHONHASHSEED=0 ray start ...`; a cluster curator-exec starts has one).", stage.name)
 
 
 def _reduce_in_tasks(ray_run: RayRun, stage: ManagedShuffle, box: list[Any], pieces: list[list[Any]],

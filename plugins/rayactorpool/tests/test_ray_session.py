@@ -174,3 +174,27 @@ def test_cluster_helper_stops_only_its_cluster_and_reattaches(ray_attached):
     if address_file:
         assert (open(address_file).read() if os.path.exists(address_file) else None) == file_before
     assert cl.NVML_MODULE_ENV not in os.environ
+
+
+def test_workers_of_a_cluster_we_start_hash_alike_and_a_foreign_one_is_warned_about(ray_attached):
+    """hash() of a str is salted per process. A cluster the executor starts gives all its processes
+    one PYTHONHASHSEED, so shuffle keys built with hash() group right; on a cluster the user started
+    without one, the shuffle warns (it cannot know whether keys() uses hash())."""
+    out = run_script("""
+        import logging
+        from curator_exec_core.testing.stages import HashDedup
+        logging.basicConfig(level=logging.WARNING, stream=sys.stdout)
+        def dedup():
+            got = RayActorPoolExecutor(show_progress=False).run([AddOne(), HashDedup()],
+                                                                [Task(data=i) for i in range(200)])
+            return len(got)
+        print("OURS", dedup(), rs.current_session().how)
+        ray.shutdown()
+        ray.init(num_cpus=2, include_dashboard=False)  # the user's own cluster, no common seed
+        print("FOREIGN", dedup(), rs.current_session().how)
+    """, {"RAY_ADDRESS": "local", "PYTHONHASHSEED": None})
+    lines = dict(line.split(" ", 1) for line in out.splitlines() if line.startswith(("OURS", "FOREIGN")))
+    assert lines["OURS"] == "25 started"  # one output per distinct text
+    assert lines["FOREIGN"].endswith("existing") and lines["FOREIGN"] != "25 existing"  # wrong, as warned
+    warnings = [line for line in out.splitlines() if "hash strings differently" in line]
+    assert len(warnings) == 1 and "PYTHONHASHSEED" in warnings[0]
