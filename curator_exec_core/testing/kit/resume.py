@@ -120,8 +120,9 @@ class ResumeTests(ConformanceBase):
             out, err = proc.communicate()
         assert proc.returncode in (0, -signal.SIGKILL), err.decode()[-2000:]
         got = self._resume_and_compare(make_executor, ck, **params)
-        if proc.returncode != 0:  # killed mid-run: some work came from the checkpoint, the rest ran now
-            assert got.metrics["checkpoint"]["resumed_tasks"] < self.n
+        if proc.returncode != 0:  # killed: what the checkpoint held was resumed, the rest ran now (a kill that
+            # lands after the last record but before the driver exits leaves all of it resumed)
+            assert 0 <= got.metrics["checkpoint"]["resumed_tasks"] <= self.n
 
     def test_resume_after_a_worker_is_killed(self, make_executor: MakeExecutor, driver_env: dict[str, str],
                                              tmp_path: Path) -> None:
