@@ -1,4 +1,11 @@
-"""The core conformance kit, in streaming and in batch mode."""
+"""The core conformance kit: all of it in streaming mode; in batch mode, what Xenna's mode changes.
+
+Batch mode runs each stage to completion before the next, which changes how tasks flow through the
+map stages, their workers' lifecycle and where failures surface: those mixins run in both modes.
+Shuffles, gangs, resumes and option checks go through the Ray layer and the core the same way in
+both modes, so they run once, in streaming mode (they are the kit's most expensive cases on Xenna,
+whose every run creates its workers).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import pytest
 
 from curator_exec_core import get_executor
 from curator_exec_core.testing import ExecutorConformance
+from curator_exec_core.testing.kit import FailureTests, LifecycleTests, OutputTests
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -22,7 +30,7 @@ class TestXennaStreaming(_Ray, ExecutorConformance):
         return lambda **options: get_executor("xenna", execution_mode="streaming", **options)
 
 
-class TestXennaBatch(_Ray, ExecutorConformance):
+class TestXennaBatch(_Ray, FailureTests, LifecycleTests, OutputTests):
     @pytest.fixture
     def make_executor(self, ray_session):
         return lambda **options: get_executor("xenna", execution_mode="batch", **options)
