@@ -21,7 +21,6 @@ from typing import Any, ClassVar
 from curator_exec_core.errors import StageFailedError
 from curator_exec_core.runner import ManagedStage, task_order
 from curator_exec_core.stages import GangInfo, ProcessingStage, WorkerMetadata
-from curator_exec_core.stats import Counts
 from curator_exec_core.tasks import FailedTask, Task
 
 __all__ = ["GangStage", "ManagedGang", "PLACEMENT_STRATEGIES", "run_gang_in_threads"]
@@ -95,7 +94,7 @@ class ManagedGang(ManagedStage):
         self.setup(WorkerMetadata(worker_id=worker_id, node_id=node_id or socket.gethostname(),
                                   allocation=allocation, gang=GangInfo(rank=rank, size=self.size, root=root)))
 
-    def process_counted(self, tasks: list[Task]) -> tuple[list[Task], Counts]:
+    def process_batch(self, tasks: list[Task]) -> list[Task]:
         raise TypeError(f"gang stage {self.name!r} runs its ranks' shares with run_share(), not process_batch()")
 
     def run_share(self, share: list[Task]) -> list[Task]:

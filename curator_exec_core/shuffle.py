@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 from curator_exec_core.errors import StageContractError
 from curator_exec_core.runner import ManagedStage, retry, task_order
 from curator_exec_core.stages import ProcessingStage
-from curator_exec_core.stats import Counts
 from curator_exec_core.tasks import FailedTask, Task
 
 __all__ = ["ShuffleStage", "ManagedShuffle", "GroupBy", "Repartition", "key_digest", "task_order",
@@ -129,7 +128,7 @@ class ManagedShuffle(ManagedStage):
             raise TypeError(f"stage {stage.name!r} is not a ShuffleStage")
         super().__init__(stage, **kwargs)
 
-    def process_counted(self, tasks: list[Task]) -> tuple[list[Task], Counts]:
+    def process_batch(self, tasks: list[Task]) -> list[Task]:
         raise TypeError(f"shuffle stage {self.name!r} runs as key_tasks() then reduce_groups(), not process_batch()")
 
     def _attempt(self, task: Task, what: str, fn: Callable[[], Any], error: Exception) -> tuple[Any, FailedTask | None]:
@@ -172,7 +171,7 @@ class ManagedShuffle(ManagedStage):
             if len(got) > 1 and len({d for d, _, _ in got}) < len(got):
                 got = list({d: (d, k, t) for d, k, t in got}.values())
             keyed += got
-        self._counted(Counts(n_in, 0, failed))
+        self._counted((n_in, 0, failed))
         return keyed, records
 
     def partition(self, digest: str, partitions: int) -> int:
@@ -194,7 +193,7 @@ class ManagedShuffle(ManagedStage):
             if len(tasks) > 1:
                 tasks.sort(key=lambda t: task_order(t.task_id))
             failed += self._reduce_group(f"{self.name}#{digest[:16]}", key, tasks, out)
-        self._counted(Counts(0, len(out) - failed, failed))
+        self._counted((0, len(out) - failed, failed))
         return out
 
     def _reduce_group(self, out_id: str, key: Hashable, tasks: list[Task], out: list[Task]) -> int:

@@ -96,3 +96,14 @@ def test_under_ignore_failures_a_broken_contract_is_a_failure_record() -> None:
     result = get_executor("local", show_progress=False, ignore_failures=True).run([DocKey(str)], ints(4))
     assert len(result) == 0 and all(isinstance(f, FailedTask) for f in result.failed_tasks)
     assert sorted(f.task_id for f in result.failed_tasks) == ["0", "1", "2", "3"]
+
+
+def test_barrier_stages_refuse_the_map_path() -> None:
+    """A managed shuffle or gang runs through its own calls; handing it to a map path is a clear error."""
+    from curator_exec_core import ManagedGang, ManagedShuffle
+    from curator_exec_core.testing.stages import AllReduceSum, KeepFirst
+
+    with pytest.raises(TypeError, match="key_tasks"):
+        ManagedShuffle(KeepFirst()).process_counted(ints(2))
+    with pytest.raises(TypeError, match="run_share"):
+        ManagedGang(AllReduceSum("/tmp")).process_batch(ints(2))

@@ -165,13 +165,12 @@ class ManagedStage(ProcessingStage[Task, Task]):
                                    retryable=not isinstance(exc, StageContractError)) from exc
         return failed
 
-    def _counted(self, counts: Counts) -> Counts:
-        """The end of a call: remember its counts and, in the driver process, add them to the run's."""
+    def _counted(self, counts: tuple[int, int, int]) -> None:
+        """The end of a call: remember its counts (tasks in, outputs, new failure records) and, in the
+        driver process, add them to the run's."""
         self._last = counts
-        stats = self.stats
-        if stats is not None:
-            stats.add(self.index, counts)
-        return counts
+        if self.stats is not None:
+            self.stats.add(self.index, counts)
 
     def _check(self, result: Any, call: str = "process()") -> None:
         if not isinstance(result, Task):
@@ -210,13 +209,7 @@ class ManagedStage(ProcessingStage[Task, Task]):
                 pending = []
         if pending:
             new_failed += self._run_into(pending, out, retries)
-        counts = (len(tasks) - passed, len(out) - passed - new_failed, new_failed)
-        self._last = counts
-        if self.stats is not None:
-            self.stats.add(self.index, counts)
-        if self.observer is not None:
-            self.observer.call_done(self, out)
-        return out
+        return self._call_done((len(tasks) - passed, len(out) - passed - new_failed, new_failed), out)
 
     def process_counted(self, tasks: list[Task]) -> tuple[list[Task], Counts]:
         """:meth:`process_batch` and the call's counts (what a worker sends back with the outputs)."""
@@ -236,7 +229,11 @@ class ManagedStage(ProcessingStage[Task, Task]):
         """``batch`` as one call of the user's stage, without retries (a gang rank's share)."""
         out: list[Task] = []
         failed = self._run_into(batch, out, 0) if batch else 0
-        self._counted(Counts(len(batch), len(out) - failed, failed))
+        return self._call_done((len(batch), len(out) - failed, failed), out)
+
+    def _call_done(self, counts: tuple[int, int, int], out: list[Task]) -> list[Task]:
+        """The end of a map call: its counts, and the observer told what it returned."""
+        self._counted(counts)
         if self.observer is not None:
             self.observer.call_done(self, out)
         return out
