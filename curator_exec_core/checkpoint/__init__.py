@@ -39,17 +39,19 @@ import os
 import pickle
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from curator_exec_core.checkpoint.inputs import SourceDigest
 from curator_exec_core.checkpoint.journal import HEADER_SIZE, Journal, frame, read_journal, unframe
 from curator_exec_core.checkpoint.lineage import merge_lineage, split_lineage
 from curator_exec_core.checkpoint.manifest import (
     FORMAT_VERSION,
     PRIVATE_MODE,
+    accept_manifest,
     acquire_lock,
-    check_manifest,
     pipeline_fingerprint,
+    read_manifest,
     write_atomic,
 )
 from curator_exec_core.checkpoint.recovery import finished
@@ -82,13 +84,9 @@ class Checkpoint:
     def _error(self, what: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {self.path}: {what}")
 
-    def open(self, stages: Sequence[Any], tasks: Sequence[Task], ignore_failures: bool) -> None:
-        ids = [t.task_id for t in tasks]
-        if len(set(ids)) != len(ids):
-            seen: set[str] = set()
-            dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
-            raise self._error(f"the initial tasks must have distinct task_ids to be resumable; {dup!r} "
-                              "appears more than once")
+    def open(self, stages: Sequence[Any], tasks: Iterable[Task], ignore_failures: bool) -> None:
+        """Check, lock and (re)write the directory for a run of ``stages`` on ``tasks``: one pass over
+        the tasks digests their ids and content (:class:`~.inputs.SourceDigest`)."""
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise self._error("is a file, not a directory; give a directory path (it is created if missing)")
         try:
@@ -97,8 +95,17 @@ class Checkpoint:
         except OSError as exc:
             raise self._error(f"cannot be written ({exc.strerror or exc}); choose a writable directory") from exc
         try:
-            check_manifest(self.path, pipeline_fingerprint(stages, ids, ignore_failures), self.overwrite,
-                           self._error)
+            old = read_manifest(self.path, self.overwrite, self._error)
+            previous = old.get("initial_tasks") if old is not None and not self.overwrite else None
+            inputs = SourceDigest(self.path, self.attempt, previous, self._error)
+            try:
+                for task in tasks:
+                    inputs.add(task)
+                fingerprint = pipeline_fingerprint(stages, inputs.finish(), ignore_failures)
+            except BaseException:
+                inputs.discard()
+                raise
+            accept_manifest(self.path, old, fingerprint, self.overwrite, self._error, inputs)
         except BaseException:
             self.close()
             raise
