@@ -23,10 +23,13 @@ nox.options.default_venv_backend = "venv"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY311 = "3.11"
-PLUGINS = ["local", "ray", "rayactorpool", "raydata"]  # plugins tested on the default Python
-#: what a plugin directory needs from this repository besides the core (not on any index)
-LOCAL_DEPS = {"rayactorpool": ["ray"], "raydata": ["ray"], "xenna": ["ray"]}
-ALL_PLUGINS = ["local", "ray", "rayactorpool", "raydata", "xenna"]
+PLUGINS = ["local", "ray", "rayactorpool", "raydata", "io"]  # plugins tested on the default Python
+#: plugin directories that are libraries (no executor entry point): the Ray layer, the io stages
+LIBRARIES = {"ray", "io"}
+#: what a plugin directory needs from this repository besides the core (not on any index); io's tests
+#: run pipelines on the `local` executor
+LOCAL_DEPS = {"rayactorpool": ["ray"], "raydata": ["ray"], "xenna": ["ray"], "io": ["local"]}
+ALL_PLUGINS = ["local", "ray", "rayactorpool", "raydata", "xenna", "io"]
 XENNA_PINS = {"3.11": "cosmos-xenna==0.3.0", "3.12": "cosmos-xenna>=0.5,<0.6"}
 TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.2", "psutil"]
 
@@ -81,7 +84,9 @@ def core(session: nox.Session) -> None:
 def plugin(session: nox.Session, name: str) -> None:
     """One plugin in a fresh venv holding only the core, that plugin and the libraries it declares."""
     session.install(".", *_install_args(name), *TEST_DEPS)
-    if name != "ray":  # the Ray layer is a library, not an executor
+    if name in LIBRARIES:  # a library, not an executor: it only has to import
+        session.run("python", "-c", f"import curator_exec_{name}")
+    else:
         session.run("python", "-c", f"import curator_exec_core as c; print(c.get_executor({_exec_name(name)!r}))")
     if _has_tests(name):
         session.run("pytest", os.path.join("plugins", name, "tests"), *session.posargs)
