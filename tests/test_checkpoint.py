@@ -257,3 +257,141 @@ def test_a_checkpoint_directory_is_private_and_one_others_can_write_is_not_resum
     stages, tasks = resume_stages(n=8, seconds=0.0)
     again = get_executor("local", show_progress=False).run(stages, tasks, checkpoint_path=ck)
     assert canonical(again) == canonical(first) and again.metrics["checkpoint"]["resumed_tasks"] == 8
+
+
+# -- the initial tasks' content (format 2) ------------------------------------------------------
+def docs(n: int = 6, changed: dict[int, str] | None = None) -> list[Task]:
+    changed = changed or {}
+    return [Task(data={"text": changed.get(i, f"document {i}"), "tags": {"a", "b", f"t{i}"}}, task_id=f"doc-{i}")
+            for i in range(n)]
+
+
+class Words(ProcessingStage):
+    def process(self, task: Task) -> list[Task]:
+        return [Task(data=w) for w in task.data["text"].split()]
+
+
+def test_changed_content_with_the_same_ids_is_refused_naming_the_first_changed_task(tmp_path):
+    ex = get_executor("local", show_progress=False)
+    first = ex.run([Words()], docs(), checkpoint_path=tmp_path)
+    kept = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name != "lock"}
+    assert {"manifest.json", "inputs.digests"} <= set(kept)
+    manifest = json.loads(kept["manifest.json"])
+    assert manifest["format"] == 2 and manifest["initial_tasks"]["content"]["file"] == "inputs.digests"
+    assert len(kept["inputs.digests"]) == 8 + 24 * 6  # a header, 24 bytes a task
+    with pytest.raises(CheckpointError, match=rf"checkpoint {tmp_path}: .*content of initial task 'doc-2' "
+                                              r"\(position 2\) changed \(the first of 2 changed tasks\).*"
+                                              r"overwrite=True \(curator-exec run --fresh\)"):
+        ex.run([Words()], docs(changed={2: "other text", 4: "more"}), checkpoint_path=tmp_path)
+    assert kept == {n: (tmp_path / n).read_bytes() for n in kept}  # nothing changed
+    assert not list(tmp_path.glob("inputs.digests.tmp-*"))
+    # the same content, in new objects (a set's order and shared strings do not matter): resumed
+    again = ex.run([Words()], docs(), checkpoint_path=tmp_path)
+    assert again.metrics["checkpoint"]["resumed_tasks"] == 6 and canonical(again) == canonical(first)
+    # overwrite starts over with the new content
+    fresh = ex.run([Words()], docs(changed={2: "other text"}), checkpoint_path=tmp_path, overwrite=True)
+    assert fresh.metrics["checkpoint"]["resumed_tasks"] == 0
+    assert canonical(fresh) == canonical(reference_run([Words()], docs(changed={2: "other text"})))
+    assert ex.run([Words()], docs(changed={2: "other text"}), checkpoint_path=tmp_path).metrics[
+        "checkpoint"]["resumed_tasks"] == 6
+
+
+def test_metadata_is_content_and_other_ids_are_named(tmp_path):
+    ex = get_executor("local", show_progress=False)
+    ex.run([Words()], docs(), checkpoint_path=tmp_path)
+    tasks = docs()
+    tasks[3].metadata["lang"] = "fr"
+    with pytest.raises(CheckpointError, match="content of initial task 'doc-3'"):
+        ex.run([Words()], tasks, checkpoint_path=tmp_path)
+    swapped = docs()
+    swapped[1], swapped[2] = swapped[2], swapped[1]
+    with pytest.raises(CheckpointError, match=r"initial tasks: 6 tasks .* -> 6 tasks .*the first other id is "
+                                              r"'doc-2' at position 1"):
+        ex.run([Words()], swapped, checkpoint_path=tmp_path)
+
+
+def test_without_the_digests_file_a_change_is_still_refused_and_the_same_content_resumes(tmp_path):
+    ex = get_executor("local", show_progress=False)
+    ex.run([Words()], docs(), checkpoint_path=tmp_path)
+    (tmp_path / "inputs.digests").unlink()
+    with pytest.raises(CheckpointError, match="content of the initial tasks changed .*cannot be named"):
+        ex.run([Words()], docs(changed={0: "x"}), checkpoint_path=tmp_path)
+    assert ex.run([Words()], docs(), checkpoint_path=tmp_path).metrics["checkpoint"]["resumed_tasks"] == 6
+    assert (tmp_path / "inputs.digests").exists()  # written again
+
+
+def test_a_format_1_checkpoint_resumes_with_a_warning_and_is_upgraded(tmp_path, caplog):
+    ex = get_executor("local", show_progress=False)
+    first = ex.run([Words()], docs(), checkpoint_path=tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    del manifest["initial_tasks"]["content"]
+    manifest["format"] = 1  # as an older curator-exec wrote it: ids only, no digests file
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "inputs.digests").unlink()
+    with pytest.raises(CheckpointError, match="initial tasks: 6 tasks"):  # the ids are still checked
+        ex.run([Words()], docs(5), checkpoint_path=tmp_path)
+    with caplog.at_level("WARNING", logger="curator_exec"):
+        again = ex.run([Words()], docs(), checkpoint_path=tmp_path)
+    assert "format 1, which recorded the initial tasks' ids but not their content" in caplog.text
+    assert again.metrics["checkpoint"]["resumed_tasks"] == 6 and canonical(again) == canonical(first)
+    upgraded = json.loads((tmp_path / "manifest.json").read_text())
+    assert upgraded["format"] == 2 and "content" in upgraded["initial_tasks"]
+    assert upgraded["started_by"] == manifest["started_by"] and upgraded["created"] == manifest["created"]
+    with pytest.raises(CheckpointError, match="content of initial task 'doc-1'"):  # checked from now on
+        ex.run([Words()], docs(changed={1: "new"}), checkpoint_path=tmp_path)
+
+
+def test_content_digest_is_by_value_and_type():
+    from curator_exec_core.checkpoint.inputs import content_digest
+
+    def d(data, **kw):
+        return content_digest(Task(data=data, **kw))
+
+    text = "x" * 10
+    assert d([text, text]) == d(["x" * 10, "".join(["x"] * 10)])  # sharing does not matter
+    assert d({"a": 1, "b": 2}) != d({"b": 2, "a": 1})  # a dict's order does (a stage can see it)
+    assert d({1, 2, 3}) == d({3, 2, 1}) and d(frozenset({1})) != d({1})
+    assert len({d(1), d(1.0), d(True), d("1"), d(b"1"), d((1,)), d([1])}) == 7
+    assert d(1) != d(1, dataset_name="other") and d(1) != d(1, metadata={"k": 1})
+    assert d(Fraction(1, 3)) == d(Fraction(1, 3)) != d(Fraction(1, 2))  # other objects: by their pickle
+    cycle: list = [1]
+    cycle.append(cycle)  # a list that holds itself: by its pickle
+    assert d(cycle) == d(pickle.loads(pickle.dumps(cycle))) != d([1, [1]])
+    assert len(d("x")) == 16
+
+
+def test_a_set_of_strings_digests_the_same_in_another_process():
+    from curator_exec_core.checkpoint.inputs import content_digest
+
+    data = {"tags": {f"tag{i}" for i in range(50)}, "text": "t"}
+    code = ("from curator_exec_core.checkpoint.inputs import content_digest; from curator_exec_core import Task; "
+            "print(content_digest(Task(data={'tags': {f'tag{i}' for i in range(50)}, 'text': 't'})).hex())")
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert out == content_digest(Task(data=data)).hex()
+
+
+def test_source_digest_compares_in_windows_and_names_a_change_past_the_first(tmp_path):
+    from curator_exec_core.checkpoint.inputs import WINDOW, SourceDigest
+
+    n = 2 * WINDOW + 7
+    first = SourceDigest(str(tmp_path), "a")
+    for i in range(n):
+        first.add(Task(data=i, task_id=str(i)))
+    old = first.finish()
+    first.keep()
+    assert os.path.getsize(tmp_path / "inputs.digests") == 8 + 24 * n
+    second = SourceDigest(str(tmp_path), "b", previous=old)
+    for i in range(n):
+        second.add(Task(data=-i if i in (WINDOW + 3, n - 1) else i, task_id=str(i)))
+    new = second.finish()
+    second.discard()
+    assert new["sha256"] == old["sha256"] and new["content"] != old["content"]
+    assert second.first_changed == (WINDOW + 3, str(WINDOW + 3)) and second.changed == 2
+    assert sorted(os.listdir(tmp_path)) == ["inputs.digests"]
+    with pytest.raises(CheckpointError, match="'7' appears more than once"):
+        third = SourceDigest(str(tmp_path), "c")
+        for i in (5, 7, 7):
+            third.add(Task(data=i, task_id=str(i)))
+    assert sorted(os.listdir(tmp_path)) == ["inputs.digests"]

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -32,7 +33,8 @@ class ResumeTests(ConformanceBase):
     """Resumable runs (``run(..., checkpoint_path=...)``): a finished run resumed without work; a
     driver killed at seeded random points and a worker killed by a stage, each resumed to the
     reference answer; a resume after a finished shuffle that redoes nothing before it; a torn
-    journal end; the checkpoint errors (mismatch, lock, bad paths, newer format).
+    journal end; the checkpoint errors (mismatch, changed content with the same ids, lock, bad paths,
+    newer format).
 
     The kill tests start a second driver, ``python -m curator_exec_core run --executor <name>``
     (or ``module:Class`` if the executor is not registered), with the ``driver_env`` fixture's
@@ -161,6 +163,29 @@ class ResumeTests(ConformanceBase):
             f.truncate(max(1, os.path.getsize(journals[-1]) - 7))
         got = self._resume_and_compare(make_executor, tmp_path, n=self.n, seconds=0.0)
         assert got.metrics["checkpoint"]["resumed_tasks"] < self.n
+
+    def test_checkpoint_of_changed_content_is_refused(self, make_executor: MakeExecutor, tmp_path: Path) -> None:
+        """Same ids, other data: the checkpoint's content digests refuse it, naming the first changed
+        task, and change nothing; ``overwrite=True`` starts over."""
+        executor = make_executor(show_progress=False)
+        stages, tasks = resume_stages(n=8, seconds=0.0)
+        executor.run(stages, tasks, checkpoint_path=tmp_path / "ck")
+        kept = {p.name: p.read_bytes() for p in (tmp_path / "ck").iterdir() if p.is_file() and p.name != "lock"}
+        assert "inputs.digests" in kept
+        stages, tasks = resume_stages(n=8, seconds=0.0)
+        changed = tasks[5].task_id or "5"  # initial tasks without an id get their index
+        tasks[5].data = -1000
+        where = re.escape(str(tmp_path / "ck"))
+        with pytest.raises(CheckpointError, match=rf"{where}.*content of initial task '{changed}'.*"
+                                                  r"overwrite=True \(curator-exec run --fresh\)"):
+            executor.run(stages, tasks, checkpoint_path=tmp_path / "ck")
+        assert kept == {n: (tmp_path / "ck" / n).read_bytes() for n in kept}  # nothing changed
+        assert sorted(p.name for p in (tmp_path / "ck").iterdir() if p.is_file()) == sorted([*kept, "lock"])
+        ref_stages, ref_tasks = resume_stages(n=8, seconds=0.0)
+        ref_tasks[5].data = -1000
+        fresh = executor.run(stages, tasks, checkpoint_path=tmp_path / "ck", overwrite=True)
+        assert canonical(fresh) == canonical(reference_run(ref_stages, ref_tasks))
+        assert fresh.metrics["checkpoint"]["resumed_tasks"] == 0
 
     def test_checkpoint_mismatch_lock_and_bad_paths_are_clear_errors(self, make_executor: MakeExecutor,
                                                                      tmp_path: Path) -> None:
