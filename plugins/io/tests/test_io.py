@@ -347,3 +347,72 @@ def test_fingerprints_include_paths_and_options(tmp_path):
     assert FilePartitioning(a).fingerprint() != FilePartitioning(b).fingerprint()
     secret = ParquetWriter(a, storage_options={"key": "SECRET"}).fingerprint()
     assert "SECRET" not in secret and secret == ParquetWriter(a).fingerprint()
+
+
+# -- a driver killed with SIGKILL mid-write, then run again -------------------------------------------------
+
+_KILL_SCRIPT = '''
+import os, sys, time
+from curator_exec_core import Pipeline
+from curator_exec_io import FilePartitioning, JsonlReader, ParquetWriter
+
+root, mode = sys.argv[1], sys.argv[2]
+
+
+class SlowWriter(ParquetWriter):
+    def write_table(self, table, f):
+        super().write_table(table, f)
+        if os.environ.get("HANG_AT") and self._n >= 2:   # the third file: half written, then hang
+            f.flush()
+            open(os.environ["HANG_AT"], "w").close()
+            time.sleep(600)
+        self._n += 1
+
+    _n = 0
+
+
+part = FilePartitioning(os.path.join(root, "in"), files_per_task=1)
+stages = [JsonlReader(batch_rows=2), SlowWriter(os.path.join(root, "out"))]
+if mode == "in-pipeline":
+    result = Pipeline("kill", [part, *stages]).run("local", checkpoint_path=os.path.join(root, "ckpt"))
+else:
+    result = Pipeline("kill", stages).run("local", part.tasks(), checkpoint_path=os.path.join(root, "ckpt"))
+print(len(result))
+'''
+
+
+@pytest.mark.parametrize("mode", ["in-pipeline", "driver-listed"])
+def test_sigkilled_driver_then_rerun_one_file_per_task(tmp_path, mode):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rows = _jsonl_inputs(tmp_path, n_files=4, rows_per_file=3)
+    script = tmp_path / "kill.py"
+    script.write_text(_KILL_SCRIPT)
+    marker = tmp_path / "hanging"
+    env = {**os.environ, "HANG_AT": str(marker)}
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), mode], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    out = tmp_path / "out"
+    assert any(f.endswith(".tmp") for f in os.listdir(out / TEMPORARY_DIR))  # a killed attempt's leftover
+
+    rerun = subprocess.run([sys.executable, str(script), str(tmp_path), mode], capture_output=True, text=True,
+                           env={k: v for k, v in os.environ.items() if k != "HANG_AT"}, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    n_tasks = int(rerun.stdout.strip().splitlines()[-1])
+    files = sorted(os.listdir(out))
+    assert len(files) == n_tasks == 8  # 4 files of 3 rows, batches of 2: 2 output tasks per file
+    assert all(f.startswith("part-") and f.endswith(".parquet") for f in files)
+    back = [r for f in files for r in pq.read_table(out / f).to_pylist()]
+    assert sorted(back, key=lambda r: r["n"]) == rows  # every row once
