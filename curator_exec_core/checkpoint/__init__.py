@@ -23,12 +23,14 @@ finished, its outputs are written as one file (atomically: temporary file, fsync
 resumed run starts after the last finished barrier and redoes nothing before it.
 
 The package: :mod:`.lineage` (shares), :mod:`.journal` (the runner's observer, typed records, block
-framing), :mod:`.recovery` (finished sources from journals), :mod:`.manifest` (fingerprint, lock,
-atomic writes), and :class:`Checkpoint` here, the driver's use of a directory.
+framing), :mod:`.recovery` (finished sources from journals), :mod:`.inputs` (the initial tasks' ids
+and content, digested in one pass), :mod:`.manifest` (fingerprint, lock, atomic writes), and
+:class:`Checkpoint` here, the driver's use of a directory.
 
 ``DIR/manifest.json`` holds the format version and the fingerprint of the pipeline (stage classes,
 names, order, each stage's :meth:`~curator_exec_core.stages.ProcessingStage.fingerprint`,
-``ignore_failures``) and of the initial task ids. ``DIR/lock`` is held (``flock``) for the whole
+``ignore_failures``) and of the initial tasks: their ids, and the digest of their content, with one
+24-byte record per task in ``DIR/inputs.digests`` so that a changed task is named. ``DIR/lock`` is held (``flock``) for the whole
 run, so a second run on the same checkpoint is refused instead of interleaved.
 """
 
