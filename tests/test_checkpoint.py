@@ -285,9 +285,11 @@ def test_changed_content_with_the_same_ids_is_refused_naming_the_first_changed_t
         ex.run([Words()], docs(changed={2: "other text", 4: "more"}), checkpoint_path=tmp_path)
     assert kept == {n: (tmp_path / n).read_bytes() for n in kept}  # nothing changed
     assert not list(tmp_path.glob("inputs.digests.tmp-*"))
+    (tmp_path / "inputs.digests.tmp-0123").write_bytes(b"left by a run killed while it read its inputs")
     # the same content, in new objects (a set's order and shared strings do not matter): resumed
     again = ex.run([Words()], docs(), checkpoint_path=tmp_path)
     assert again.metrics["checkpoint"]["resumed_tasks"] == 6 and canonical(again) == canonical(first)
+    assert not list(tmp_path.glob("inputs.digests.tmp-*"))
     # overwrite starts over with the new content
     fresh = ex.run([Words()], docs(changed={2: "other text"}), checkpoint_path=tmp_path, overwrite=True)
     assert fresh.metrics["checkpoint"]["resumed_tasks"] == 0
@@ -395,3 +397,12 @@ def test_source_digest_compares_in_windows_and_names_a_change_past_the_first(tmp
         for i in (5, 7, 7):
             third.add(Task(data=i, task_id=str(i)))
     assert sorted(os.listdir(tmp_path)) == ["inputs.digests"]
+
+
+def test_a_first_start_killed_before_its_manifest_starts_again(tmp_path):
+    (tmp_path / "inputs.digests").write_bytes(b"CXDIGv1\n")  # written, then killed before the manifest
+    (tmp_path / "inputs.digests.tmp-1").write_bytes(b"")
+    result = get_executor("local", show_progress=False).run([Words()], docs(), checkpoint_path=tmp_path)
+    assert result.metrics["checkpoint"]["resumed_tasks"] == 0
+    assert sorted(p.name for p in tmp_path.glob("inputs.digests*")) == ["inputs.digests"]
+    assert os.path.getsize(tmp_path / "inputs.digests") == 8 + 24 * 6

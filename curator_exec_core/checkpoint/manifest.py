@@ -162,6 +162,9 @@ def accept_manifest(folder: str, old: dict[str, Any] | None, fingerprint: dict[s
     A checkpoint of format 1 recorded the initial task ids but not their content: it is resumed with
     a warning if everything else matches, and its manifest is upgraded (content recorded from now)."""
     path = os.path.join(folder, MANIFEST)
+    for name in os.listdir(folder):  # digests of a run killed while it read its inputs (we hold the lock)
+        if name.startswith(f"{DIGESTS_FILE}.tmp-") and name != os.path.basename(inputs.tmp_path):
+            os.remove(os.path.join(folder, name))
     if old is not None:
         changes = differences(old, fingerprint, inputs)
         legacy = not isinstance(old.get("initial_tasks", {}).get("content"), dict)
