@@ -114,10 +114,10 @@ class FilePartitioning(ProcessingStage[Task, Task]):
         paths = self.paths
         if paths is None:
             data = task.data
-            paths = [data] if isinstance(data, (str, os.PathLike)) else data
-            if not paths:
+            given = [data] if isinstance(data, (str, os.PathLike)) else data
+            if not given:
                 raise ValueError(f"{self.name}: task {task.task_id!r} names no files (data={data!r})")
-            paths = [normalize_url(p) for p in paths]
+            paths = [normalize_url(p) for p in given]
         return [Task(data=group) for group in self.groups(paths)]
 
     def fingerprint(self) -> str:

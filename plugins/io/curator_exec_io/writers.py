@@ -251,7 +251,7 @@ class JsonlWriter(BaseWriter):
         import lzma
 
         # these leave ``f`` open when they close (the writer still asks it its size)
-        out: IO[bytes]
+        out: Any
         if self.compression == "gzip":
             out = gzip.GzipFile(fileobj=f, mode="wb", mtime=0)  # mtime=0: the same bytes on every attempt
         elif self.compression == "bz2":
