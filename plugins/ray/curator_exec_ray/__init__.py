@@ -19,6 +19,8 @@ run starts.
 * Chunk sizing: :func:`auto_chunk_size`, :func:`split`, :func:`put_chunks`, :class:`ChunkSizer`.
 * Engines that create their own workers: :class:`Coordinator`, :class:`WorkerLink`, :class:`ProgressPoller`.
 * Barriers: :func:`run_shuffle`, :func:`shuffle_chunks`, :func:`run_gang`.
+* Waiting for workers Ray has to place (the ``placement_warning_s`` warning): :class:`PlacementWatch`,
+  :func:`wait_started`, :func:`worker_request`, :func:`cluster_free`, :func:`placement_message`.
 * Test fixtures live in :mod:`curator_exec_ray.testing` (imports pytest; not re-exported here).
 """
 
@@ -39,12 +41,14 @@ from curator_exec_ray.placement import assign_nodes, exclude_head_selector, remo
 from curator_exec_ray.session import RaySession, current_session, ensure_ray, preserved_env
 from curator_exec_ray.shuffle import run_shuffle, shuffle_chunks
 from curator_exec_ray.teardown import kill, register, stop_workers, teardown_live, teardown_workers, unregister
+from curator_exec_ray.waiting import PlacementWatch, cluster_free, placement_message, wait_started, worker_request
 
 __all__ = [
-    "RAY_BARRIERS", "ChunkSizer", "Coordinator", "ProgressPoller", "RayExecutorBase", "RayExecutorOptions", "RayRun",
-    "RaySession", "RayTaskOptions", "StageActor", "TaskChunk", "WorkerLink", "alive_nodes", "assign_nodes",
-    "auto_chunk_size", "check_shared_path", "chunks", "cluster_capacity", "current_session", "ensure_ray",
-    "exclude_head_selector", "head_node_ids", "kill", "on_nodes", "preserved_env", "put_chunks", "register",
-    "remote", "remote_options", "replacement_node", "run_gang", "run_shuffle", "shuffle_chunks", "split",
-    "stage_in_process", "stop_workers", "teardown_live", "teardown_workers", "unregister", "warm_up",
+    "RAY_BARRIERS", "ChunkSizer", "Coordinator", "PlacementWatch", "ProgressPoller", "RayExecutorBase",
+    "RayExecutorOptions", "RayRun", "RaySession", "RayTaskOptions", "StageActor", "TaskChunk", "WorkerLink",
+    "alive_nodes", "assign_nodes", "auto_chunk_size", "check_shared_path", "chunks", "cluster_capacity",
+    "cluster_free", "current_session", "ensure_ray", "exclude_head_selector", "head_node_ids", "kill", "on_nodes",
+    "placement_message", "preserved_env", "put_chunks", "register", "remote", "remote_options", "replacement_node",
+    "run_gang", "run_shuffle", "shuffle_chunks", "split", "stage_in_process", "stop_workers", "teardown_live",
+    "teardown_workers", "unregister", "wait_started", "warm_up", "worker_request",
 ]

@@ -37,6 +37,9 @@ class RayRun:
     progress_interval: float
     #: attach to Ray (start a local one if none runs); returns the session
     ensure_ray: Callable[[], RaySession]
+    #: seconds workers may wait to be placed before a warning, then between warnings (the
+    #: ``placement_warning_s`` option; None or 0: no warning)
+    placement_warning_s: float | None = 30.0
 
     @property
     def id(self) -> str:
@@ -90,11 +93,18 @@ class RayRun:
         """``runtime_env=`` for a worker this run creates ({} if none)."""
         return {"runtime_env": dict(self.runtime_env)} if self.runtime_env else {}
 
-    def start_timeout_error(self, stage: ManagedStage, cls: type[Exception] | None = None) -> Exception:
-        """The error for a stage whose workers Ray could not start within ``start_timeout``."""
-        import ray
+    def start_timeout_error(self, stage: ManagedStage, cls: type[Exception] | None = None, *,
+                            placed: int = 0, wanted: int | None = None, request: str | None = None,
+                            unit: str = "workers") -> Exception:
+        """The error for a stage whose workers Ray could not start within ``start_timeout``:
+        ``placed`` of ``wanted`` started, each asking Ray for ``request`` (default: the stage's
+        resources), and what every node has free."""
+        from curator_exec_ray.waiting import cluster_free, worker_request
 
+        wanted = wanted if wanted is not None else (stage.num_workers() or 1)
+        request = request or worker_request(stage.resources.cpus, stage.resources.gpus)
         return (cls or CuratorExecError)(
-            f"stage {stage.name!r}: no worker started within actor_start_timeout={self.start_timeout:g}s (each asks "
-            f"Ray for {stage.resources.describe()}; Ray has {ray.available_resources()} free). Is the cluster busy, "
-            "or a node gone? Raise the executor's actor_start_timeout option to wait longer.")
+            f"stage {stage.name!r}: no worker started within actor_start_timeout={self.start_timeout:g}s "
+            f"({placed} of {wanted} {unit} placed; each asks Ray for {request}; free (free/total): "
+            f"{cluster_free()}). Is the cluster busy, or a node gone? Raise the executor's actor_start_timeout "
+            "option to wait longer.")

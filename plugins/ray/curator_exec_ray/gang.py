@@ -21,6 +21,7 @@ from curator_exec_ray.actors import StageActor, remote
 from curator_exec_ray.context import RayRun
 from curator_exec_ray.placement import node_selector
 from curator_exec_ray.teardown import stop_workers
+from curator_exec_ray.waiting import wait_started, worker_request
 
 __all__ = ["run_gang", "MAX_GANG_RESTARTS"]
 
@@ -64,7 +65,6 @@ def run_gang(ray_run: RayRun, stage: ManagedGang, tasks: list[Task]) -> list[Tas
 
 def _one_gang(ray_run: RayRun, stage: ManagedGang, box: Any, shares: list[Any], attempt: int) -> list[Any]:
     import ray
-    from ray.exceptions import GetTimeoutError
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -75,10 +75,10 @@ def _one_gang(ray_run: RayRun, stage: ManagedGang, box: Any, shares: list[Any], 
                          **({"bundle_label_selector": selectors} if selectors else {}))
     actors: list[Any] = []
     try:
-        try:
-            ray.get(pg.ready(), timeout=ray_run.start_timeout)
-        except GetTimeoutError:
-            raise ray_run.start_timeout_error(stage) from None
+        strategy = stage.stage.placement_strategy
+        wait_started(ray_run, stage, [pg.ready()], f"{worker_request(res.cpus, res.gpus)} per rank",
+                     unit="placement groups", detail=f" (one group of {size} bundles, strategy {strategy}"
+                     + (f", label selectors {selectors}" if selectors else "") + ")")
         actors = [remote(StageActor).options(
             num_cpus=res.cpus, num_gpus=res.gpus, max_restarts=0, **ray_run.remote_env(),
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=r)).remote()

@@ -28,6 +28,7 @@ from curator_exec_ray.chunking import TaskChunk, put_chunks
 from curator_exec_ray.context import RayRun
 from curator_exec_ray.placement import remote_options
 from curator_exec_ray.teardown import stop_workers
+from curator_exec_ray.waiting import wait_started, worker_request
 
 __all__ = ["run_shuffle", "shuffle_chunks", "partitions_for", "MAX_REDUCE_RESTARTS"]
 
@@ -178,7 +179,6 @@ class _Reducers:
 
     def start(self, node: str | None) -> Any:
         import ray
-        from ray.exceptions import GetTimeoutError
 
         res, rr = self.stage.resources, self.ray_run
         opts = remote_options(res.cpus, res.gpus, node_id=node, runtime_env=rr.runtime_env, max_restarts=0,
@@ -187,10 +187,11 @@ class _Reducers:
         self.actors.append(handle)
         # setup (setup_on_node once per node) before the first reduce; its error is the run's error
         worker = f"{self.stage.run_id}/{self.stage.index}:{self.stage.name}/reduce{len(self.actors) - 1}"
-        try:
-            ray.get(handle.setup.remote(self.box[0], worker), timeout=rr.start_timeout)
-        except GetTimeoutError:
-            raise rr.start_timeout_error(self.stage) from None
+        placed = handle.__ray_ready__.remote()  # runs when Ray placed the actor, before its setup
+        setup = handle.setup.remote(self.box[0], worker)
+        wait_started(rr, self.stage, [setup], worker_request(res.cpus, res.gpus, node=node), placed_refs=[placed],
+                     unit="reduce workers")
+        ray.get(setup)
         return handle
 
     def submit(self, p: int, actor: Any) -> None:

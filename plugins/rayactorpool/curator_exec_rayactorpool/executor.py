@@ -22,6 +22,7 @@ from curator_exec_core.errors import CuratorExecError
 from curator_exec_core.runner import ManagedStage
 from curator_exec_ray import (
     ChunkSizer,
+    PlacementWatch,
     RayExecutorBase,
     RayRun,
     RayTaskOptions,
@@ -29,16 +30,20 @@ from curator_exec_ray import (
     TaskChunk,
     current_session,
     kill,
+    placement_message,
     remote,
     remote_options,
     replacement_node,
     stop_workers,
+    worker_request,
 )
 from curator_exec_rayactorpool.worker import Meta, process_in_task, run_chunks
 
 __all__ = ["RayActorPoolExecutor", "RayActorPoolOptions", "ActorPoolError"]
 
 logger = logging.getLogger("curator_exec.ray_actor_pool")
+#: placement warnings go where the Ray layer's go (``curator_exec_ray.waiting``)
+placement_log = logging.getLogger("curator_exec.ray")
 
 #: before anything was measured, a call carries this many tasks
 FIRST_CHUNK = 4
@@ -86,6 +91,7 @@ class _Actor:
     info: dict[str, Any] = attrs.Factory(dict)  # worker id, node id, pid (from its setup)
     requested_at: float = attrs.Factory(time.monotonic)
     setup_ref: Any = None
+    placed_ref: Any = None  # ready once Ray placed the actor (before its setup); None: placed already
     key: tuple = ()
 
 
@@ -183,6 +189,8 @@ class _PoolRun:
         #: stages run as Ray tasks (no lifecycle methods), see ``stateless_as_tasks``
         self.as_tasks = [self.opts.stateless_as_tasks and not st.has_lifecycle for st in stages]
         self.task_options: dict[tuple[int, str | None], dict[str, Any]] = {}
+        #: when to warn about actors Ray has not placed (``placement_warning_s``); when starts were last checked
+        self.watch, self.checked = PlacementWatch(ray_run.placement_warning_s), time.monotonic()
 
     # -- actors ------------------------------------------------------------------
     def _options(self, stage: ManagedStage, node: str | None, task: bool = False) -> dict[str, Any]:
@@ -213,8 +221,10 @@ class _PoolRun:
         reused = self.executor.take_idle(key) if self.opts.reuse_actors else None
         handle = reused.handle if reused is not None else remote(StageActor).options(
             **self._options(stage, node)).remote()
+        # __ray_ready__ runs as soon as Ray placed the actor, before its setup: placed vs setting up
+        placed_ref = None if reused is not None else handle.__ray_ready__.remote()
         actor = _Actor(handle, s, worker_id, node, self.opts.max_in_flight, reused=reused is not None, key=key,
-                       setup_ref=handle.setup.remote(self.stage_refs[s], worker_id))
+                       placed_ref=placed_ref, setup_ref=handle.setup.remote(self.stage_refs[s], worker_id))
         self.actors[s].append(actor)
         self.setups[actor.setup_ref] = actor
         return actor
@@ -366,12 +376,38 @@ class _PoolRun:
         return self.src_pos >= len(self.source) and not self.calls and not any(self.queues)
 
     def check_start(self) -> None:
-        now = time.monotonic()
+        """Fail a stage none of whose actors started within ``actor_start_timeout``; warn (every
+        ``placement_warning_s``) about a stage whose actors Ray has not all placed."""
+        now = self.checked = time.monotonic()
         for s, actors in enumerate(self.actors):
-            if not actors or any(a.ready for a in actors):
+            waiting = [a for a in actors if not a.ready]
+            if not waiting:
+                self.watch.reset(s)
                 continue
-            if now - min(a.requested_at for a in actors) > self.ray_run.start_timeout:
-                raise self.ray_run.start_timeout_error(self.stages[s], ActorPoolError)
+            blocked = len(waiting) == len(actors)
+            timed_out = blocked and now - min(a.requested_at for a in actors) > self.ray_run.start_timeout
+            since = min(a.requested_at for a in waiting)
+            if timed_out or self.watch.due(s, since, blocked, now):
+                self.placement_problem(s, waiting, now - since, timed_out)
+
+    def placement_problem(self, s: int, waiting: list[_Actor], waited: float, timed_out: bool) -> None:
+        """Warn that ``waiting`` actors of stage ``s`` are not started yet (or, ``timed_out``, fail the run)."""
+        stage, actors = self.stages[s], self.actors[s]
+        refs = [a.placed_ref for a in waiting if a.placed_ref is not None]
+        placed_setting_up = len(self.ray.wait(refs, num_returns=len(refs), timeout=0)[0]) if refs else 0
+        placed = len(actors) - len(waiting) + placed_setting_up
+        pins = sorted({a.node[:12] for a in waiting if a.node})
+        request = worker_request(stage.resources.cpus, stage.resources.gpus) + (
+            f", pinned to node(s) {', '.join(pins)}" if pins else "")
+        if not timed_out and placed >= len(actors):
+            return  # all placed, some still in setup: not a placement problem
+        if timed_out:
+            raise self.ray_run.start_timeout_error(stage, ActorPoolError, placed=placed, wanted=len(actors),
+                                                   request=request, unit="actors")
+        detail = f" ({placed_setting_up} placed and still in setup)" if placed_setting_up else ""
+        placement_log.warning(placement_message(stage, waited, placed, len(actors), request,
+                                                start_timeout=self.ray_run.start_timeout, unit="actors",
+                                                detail=detail))
 
     def run(self) -> list[Task]:
         ray = self.ray
@@ -382,8 +418,9 @@ class _PoolRun:
             if not waitable:
                 raise ActorPoolError("internal error: work is left but nothing is running")  # pragma: no cover
             ready, _ = ray.wait(waitable, num_returns=1, timeout=1.0)
-            if not ready:
+            if not ready or time.monotonic() - self.checked >= 1.0:
                 self.check_start()
+            if not ready:
                 continue
             if len(waitable) > 1:
                 ready, _ = ray.wait(waitable, num_returns=len(waitable), timeout=0)
@@ -407,6 +444,14 @@ class _PoolRun:
                 except Exception:
                     pass
         live = [a for actors in self.actors for a in actors if not a.dead and a.handle is not None]
+        # actors Ray never placed ran no setup: killed now, not waited for (teardown_timeout) behind it
+        unplaced = [a for a in live if not a.ready and a.placed_ref is not None]
+        if unplaced:
+            refs = [a.placed_ref for a in unplaced]
+            placed = set(self.ray.wait(refs, num_returns=len(refs), timeout=0)[0])
+            unplaced = [a for a in unplaced if a.placed_ref not in placed]
+            kill([a.handle for a in unplaced])
+            live = [a for a in live if a not in unplaced]
         # after a failure, the stage's error is what matters (teardown problems are not logged) and nothing is kept
         kept, _ = stop_workers([a.handle for a in live], self.run_id, self.opts.teardown_timeout,
                                        spare=self.opts.reuse_actors and error is None,
