@@ -67,6 +67,39 @@ def cluster_pids(nodes: list[Any] | None = None) -> list[int]:
             if getattr(info, "process", None) is not None]
 
 
+def logs_dir() -> str | None:
+    """The log folder of the Ray session this driver is attached to (None: no local session)."""
+    import ray
+
+    node = ray._private.worker._global_node
+    return node.get_logs_dir_path() if node is not None else None
+
+
+def wrap_worker_lines_handler(wrap: Any) -> None:
+    """Replace Ray's handler of the lines workers forward to the driver (``log_to_driver``) by
+    ``wrap(handler)``, under the same name (so Ray's disconnect removes it as its own)."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    with dispatcher._lock:
+        dispatcher.handlers = [(name, wrap(fn) if name == "ray_print_logs" else fn)
+                               for name, fn in dispatcher.handlers]
+
+
+def quiet_blocking_get_warning() -> None:
+    """In a worker: Ray's once-per-process "Using blocking ray.get inside async actor" warning counts
+    as given (Xenna's ``StageWorker`` is an async actor and our adapter resolves its inputs there)."""
+    import ray
+
+    ray._private.worker.blocking_get_inside_async_warned = True
+
+
+def dead_jobs() -> set[str]:
+    """Hex ids of the jobs (drivers) of the attached cluster that have ended (GCS job table)."""
+    from ray._private import state
+
+    return {j["JobID"] for j in state.jobs() if j.get("IsDead")}
+
+
 def _defines(module: Any, text: str) -> bool | None:
     with open(module.__file__, encoding="utf-8") as f:
         return (text in f.read()) or None
@@ -85,6 +118,12 @@ def check() -> None:
             lambda: getattr(services, "canonicalize_bootstrap_address", None),
         "ray._common.utils.get_ray_address_file": lambda: __import__(
             "ray._common.utils", fromlist=["get_ray_address_file"]).get_ray_address_file,
+        "Node.get_logs_dir_path": lambda: getattr(ray._private.node.Node, "get_logs_dir_path", None),
+        "ray_logging.global_worker_stdstream_dispatcher (handlers, _lock)": lambda: all(
+            hasattr(__import__("ray._private.ray_logging", fromlist=["x"]).global_worker_stdstream_dispatcher, a)
+            for a in ("handlers", "_lock")) or None,
+        "worker.blocking_get_inside_async_warned": lambda: hasattr(worker, "blocking_get_inside_async_warned") or None,
+        "ray._private.state.jobs": lambda: getattr(__import__("ray._private.state", fromlist=["x"]), "jobs", None),
         # __ray_call__ is added to every actor class when Ray builds it: look for it where it is defined
         "actor method __ray_call__": lambda: _defines(ray.actor, "def __ray_call__"),
     }, package="ray")

@@ -3,6 +3,7 @@ one plan check, and the segment loop with the data in the object store between s
 
 from __future__ import annotations
 
+import logging
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
@@ -19,6 +20,7 @@ from curator_exec_core.runner import ManagedStage
 from curator_exec_core.runner.segments import BarrierSegment, MapSegment, run_segments, split_segments
 from curator_exec_core.scheduling import Schedule
 from curator_exec_core.tasks import Task
+from curator_exec_ray import engine_logs
 from curator_exec_ray.chunking import TaskChunk, put_chunks
 from curator_exec_ray.cluster import cluster_capacity, head_node_ids
 from curator_exec_ray.context import RayRun
@@ -26,6 +28,8 @@ from curator_exec_ray.placement import assign_nodes
 from curator_exec_ray.session import RaySession, ensure_ray
 
 __all__ = ["RayExecutorOptions", "RayTaskOptions", "RayExecutorBase", "RAY_BARRIERS"]
+
+logger = logging.getLogger("curator_exec.ray")
 
 
 @attrs.define(kw_only=True)
@@ -47,14 +51,13 @@ class RayExecutorOptions(ExecutorOptions):
     actor_start_timeout: float = option(
         300.0, float, "Seconds a stage's workers (actors, a gang's placement group, reduce workers) may take to "
         "start before the run fails, instead of hanging when Ray cannot place them.", minimum=0)
-    placement_warning_s: float | None = option(
-        30.0, float, "Seconds a stage's workers (actors, a gang's placement group, reduce workers) may wait for Ray "
-        "to place them before a warning names the stage, what each worker asks for and what the cluster has free; "
-        "repeated every placement_warning_s until they start or actor_start_timeout fails the run. 0 or None: no "
-        "warning.", minimum=0, allow_none=True)
     teardown_timeout: float = option(
         60.0, float, "Seconds to wait for the workers' teardown at the end of a run before they are killed anyway.",
         minimum=0)
+    engine_logs: str = option(
+        "file", str, "'file': the engines' own log lines below ERROR (Ray's, Ray Data's, Xenna's, their workers') "
+        "go to <Ray session dir>/logs/curator_exec/driver-<pid>.log, not to the console (errors are printed "
+        "too); 'console': printed as the engines print them.", choices=("file", "console"))
 
 
 @attrs.define(kw_only=True)
@@ -116,8 +119,11 @@ class RayExecutorBase(BaseExecutor):
     def ensure_ray(self) -> RaySession:
         """Attach to Ray (start a local one if none runs); see :mod:`curator_exec_ray.session`."""
         dashboard = self.options.include_dashboard
-        return ensure_ray(self.options.runtime_env, start_env=self.start_env,
-                          include_dashboard=self.needs_dashboard if dashboard is None else dashboard)
+        engine_logs.divert(self.options.engine_logs)  # Ray's start-up lines too
+        session = ensure_ray(self.options.runtime_env, start_env=self.start_env,
+                             include_dashboard=self.needs_dashboard if dashboard is None else dashboard)
+        engine_logs.settle()
+        return session
 
     def capacity(self) -> Capacity:
         """Per-node capacity of the Ray cluster (attaching first); honours ``ignore_head_node``."""
@@ -151,10 +157,11 @@ class RayExecutorBase(BaseExecutor):
         o = self.options
         run = Run.of(stages)
         run.defer(lambda error: _remove_run_dirs(run.id), key="curator_exec_ray.run_dirs")
+        if engine_logs.diverting() and engine_logs.log_path():
+            run.info.setdefault("engine_log", engine_logs.log_path())
         return RayRun(run=run, runtime_env=o.runtime_env, start_timeout=o.actor_start_timeout,
                       teardown_timeout=o.teardown_timeout, show_progress=o.show_progress,
-                      progress_interval=o.progress_interval, ensure_ray=self.ensure_ray,
-                      placement_warning_s=o.placement_warning_s)
+                      progress_interval=o.progress_interval, ensure_ray=self.ensure_ray)
 
     def execute(self, stages: list[ManagedStage], initial_tasks: list[Task]) -> list[Task]:
         """The plugin's :meth:`execute_chunks` on the tasks; with shuffle stages, the segments with
@@ -162,6 +169,14 @@ class RayExecutorBase(BaseExecutor):
         the driver)."""
         if not self.is_prepared(stages):  # called directly with plain stages: the whole lifecycle
             return self.execute_unprepared(stages, initial_tasks)
+        try:
+            return self._execute(stages, initial_tasks)
+        except BaseException:
+            if engine_logs.diverting() and engine_logs.log_path():
+                logger.warning("the engines' own log lines of this run are in %s", engine_logs.log_path())
+            raise
+
+    def _execute(self, stages: list[ManagedStage], initial_tasks: list[Task]) -> list[Task]:
         ray_run = self.ray_run(stages)
         segments = split_segments(stages)
         if len(segments) == 1 and isinstance(segments[0], MapSegment):

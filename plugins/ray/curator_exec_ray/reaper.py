@@ -6,20 +6,28 @@
   ignore SIGTERM and outlive the raylet with parent PID 1 otherwise.
 * :func:`reap_run_actors`: during a session, the worker processes of a run's actors that an
   engine killed or forgot but that did not exit (Xenna 0.2/0.3), on whichever node they live.
+* :func:`record_started_cluster` / :func:`reap_dead_drivers_clusters`: a driver that starts a local
+  cluster writes down its processes (PID and start time) in a file of this machine's temporary
+  folder; when it is SIGKILLed, Ray's ``DashboardAgent`` and ``RuntimeEnvAgent`` outlive it (parent
+  PID 1) for a minute or two. The next driver of ours on the machine kills what is left of the
+  clusters of drivers that are gone (only processes with the recorded start time: never a recycled PID).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from curator_exec_ray import _compat as ray_compat
 
-__all__ = ["owned_processes", "reap", "list_job_actors", "reap_run_actors"]
+__all__ = ["owned_processes", "reap", "list_job_actors", "reap_run_actors", "record_started_cluster",
+           "forget_started_cluster", "reap_dead_drivers_clusters", "records_dir"]
 
 logger = logging.getLogger("curator_exec.ray")
 
@@ -130,4 +138,83 @@ def reap_run_actors(before: Collection[str], since: float, classes: Collection[s
             killed += len(result)
     except Exception as exc:
         logger.warning("could not reap leftover worker processes: %s", exc)
+    return killed
+
+
+# -- clusters of drivers that died ---------------------------------------------------------------
+
+
+def records_dir() -> str:
+    """Where drivers of this user on this machine write down the local clusters they started."""
+    return os.path.join(tempfile.gettempdir(), f"curator_exec-{os.getuid()}", "clusters")
+
+
+def _record_path(pid: int) -> str:
+    return os.path.join(records_dir(), f"driver-{pid}.json")
+
+
+def record_started_cluster() -> None:
+    """Write down this driver and the processes of the local cluster it just started."""
+    import psutil
+
+    try:
+        me = psutil.Process()
+        record = {"driver": [me.pid, me.create_time()],
+                  "processes": [[p.pid, p.create_time()] for p in owned_processes() if _running(p)]}
+        os.makedirs(records_dir(), exist_ok=True)
+        path = _record_path(me.pid)
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f)
+        os.replace(path + ".tmp", path)
+    except (OSError, psutil.Error) as exc:
+        logger.debug("cannot record the cluster this driver started: %r", exc)
+
+
+def forget_started_cluster() -> None:
+    """This driver stopped its cluster itself: nothing to reap later."""
+    try:
+        os.remove(_record_path(os.getpid()))
+    except OSError:
+        pass
+
+
+def _alive(pid: int, started: float) -> Any:
+    """The process ``pid`` if it runs and started at ``started`` (else None: gone or a recycled PID)."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        if abs(p.create_time() - started) < 0.5 and _running(p):
+            return p
+    except psutil.Error:
+        pass
+    return None
+
+
+def reap_dead_drivers_clusters() -> list[int]:
+    """Kill what is left of the local clusters whose driver (one of ours) is gone; returns the PIDs."""
+    try:
+        names = sorted(os.listdir(records_dir()))
+    except OSError:
+        return []
+    leftover: list[Any] = []
+    for name in names:
+        path = os.path.join(records_dir(), name)
+        if not (name.startswith("driver-") and name.endswith(".json")):
+            continue
+        try:
+            with open(path) as f:
+                record = json.load(f)
+            driver_pid, driver_started = record["driver"]
+            if _alive(int(driver_pid), float(driver_started)) is not None:
+                continue
+            leftover += [p for pid, started in record["processes"] if (p := _alive(int(pid), float(started)))]
+            os.remove(path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.debug("ignoring cluster record %s: %r", path, exc)
+    if not leftover:
+        return []
+    killed = reap(leftover, grace=0.0)
+    if killed:
+        logger.info("killed %d process(es) left by a Ray cluster whose driver died: %s", len(killed), killed)
     return killed

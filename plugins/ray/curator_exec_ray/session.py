@@ -22,6 +22,7 @@ from typing import Any
 import attrs
 
 from curator_exec_ray import _compat as ray_compat
+from curator_exec_ray import reaper
 
 __all__ = ["RaySession", "ensure_ray", "current_session", "shutdown_if_owned", "temporary_env", "preserved_env"]
 
@@ -153,6 +154,7 @@ def ensure_ray(runtime_env: Mapping[str, Any] | None = None, *, start_env: Mappi
                                       token=_connection_token())
             return _session
         _session = None
+        _reap_dead_drivers_once()
         explicit = init_kwargs.pop("address", None)
         address = explicit if explicit not in (None, "auto") else _existing_address()
         if explicit == "auto" and not address:
@@ -172,6 +174,7 @@ def ensure_ray(runtime_env: Mapping[str, Any] | None = None, *, start_env: Mappi
                 ray.init(address="local", **kwargs)  # a new cluster even if a ray_current_cluster file names one
             how, owned = "started", True
             _register_exit_reaper()
+            reaper.record_started_cluster()
         _session = RaySession(address=ray.get_runtime_context().gcs_address, owned=owned, how=how,
                               token=_connection_token())
         logger.info("Ray %s at %s", how, _session.address)
@@ -194,17 +197,27 @@ def shutdown_if_owned() -> bool:
     global _session
     import ray
 
-    from curator_exec_ray.reaper import owned_processes, reap
-
     with _lock:
         session = _live_session()  # a session of an earlier connection is never ours to stop
         if session is None or not session.owned:
             return False
-        procs = owned_processes()
+        procs = reaper.owned_processes()
         ray.shutdown()
         _session = None
-    reap(procs)
+    reaper.reap(procs)
+    reaper.forget_started_cluster()
     return True
+
+
+_reaped_dead_drivers = False
+
+
+def _reap_dead_drivers_once() -> None:
+    """The first attach of this process: kill what SIGKILLed drivers' clusters left on this machine."""
+    global _reaped_dead_drivers
+    if not _reaped_dead_drivers:
+        _reaped_dead_drivers = True
+        reaper.reap_dead_drivers_clusters()
 
 
 _exit_registered = False

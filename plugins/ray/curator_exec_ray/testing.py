@@ -60,6 +60,8 @@ __all__ = [
     "ray_session",
     "ray_two_node_cluster",
     "wait_until_idle",
+    "quiet_run",
+    "assert_quiet",
 ]
 
 #: CPUs of the local Ray the ``ray_session`` fixture starts when none exists
@@ -329,3 +331,51 @@ class RayPlacementTests:
         finally:
             unregister_plugin(pin)
         assert len(got) == 10 and {t.data["node"] for t in got} == {c.head_node_id}
+
+
+# -- what a run prints with default settings ---------------------------------------------------
+
+#: a line of the engines' own logging (Ray's Python format, Xenna's loguru format) below ERROR
+_ENGINE_CHATTER = (" INFO ", "\tINFO ", "\tWARNING ", "| INFO ", "| WARNING ", "| DEBUG ", "will hang unless",
+                   "CuratorStage", "Using blocking ray.get", "Progress bars disabled", "Started a local Ray",
+                   "Connecting to existing Ray cluster")
+
+
+def quiet_run(executor: str, folder: str, *, runs: Sequence[Mapping[str, Any]] = ({},),
+              env: Mapping[str, str] | None = None, timeout: float = 300) -> tuple[list[str], list[str], list[str]]:
+    """Run a two-stage pipeline (a stateless stage, then one with lifecycle methods named ``recorded``)
+    once per entry of ``runs`` (executor options on top of the defaults) in a fresh interpreter, with
+    ``env`` (e.g. ``ray_driver_env``; without ``RAY_ADDRESS`` the run starts its own Ray). Returns the
+    lines of stdout and stderr other than the script's own ``RESULT`` lines, and those."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from curator_exec_core import Task, get_executor\n"
+        "from curator_exec_core.testing.stages import AddOne, Recorded\n"
+        f"for options in json.loads({json.dumps(json.dumps(list(runs)))}):\n"
+        f"    got = get_executor({executor!r}, **options).run(\n"
+        f"        [AddOne('add_one', cpus=0.25), Recorded({folder!r}, 'recorded', resources=None)],\n"
+        "        [Task(data=i) for i in range(24)])\n"
+        "    print('RESULT', len(got), got.metrics.get('engine', {}).get('engine_log'), flush=True)\n"
+    )
+    full_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    full_env.update(env or {})
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          env=full_env, cwd=folder)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = [line for line in proc.stdout.splitlines() if line.strip()]
+    results = [line for line in out if line.startswith("RESULT ")]
+    return [line for line in out if not line.startswith("RESULT ")], \
+        [line for line in proc.stderr.splitlines() if line.strip()], results
+
+
+def assert_quiet(stdout: Sequence[str], stderr: Sequence[str], *, at_most: int = 2) -> None:
+    """Nothing of the engines' chatter, and at most ``at_most`` other lines (a warning of Ray's core,
+    which writes to the terminal itself, may remain)."""
+    printed = [*stdout, *stderr]
+    chatter = [line for line in printed if any(s in line for s in _ENGINE_CHATTER)]
+    assert not chatter, "engine chatter on the console:\n" + "\n".join(printed)
+    assert len(printed) <= at_most, "more than a handful of lines:\n" + "\n".join(printed)

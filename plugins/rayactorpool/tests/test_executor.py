@@ -428,3 +428,14 @@ def test_a_gang_rank_killed_mid_stage_restarts_the_whole_gang(ray_attached, tmp_
     # every rank that survived tore down (the killed one could not)
     assert len(LifecycleLog(tmp_path).per_who("teardown", "all_reduce")) == 3
     assert alive_pool_actors() == []
+
+
+def test_a_default_run_prints_no_engine_chatter(ray_driver_env: dict, tmp_path: object) -> None:
+    """With default settings the engines' own lines go to the engine log file, not the console."""
+    from curator_exec_ray.testing import assert_quiet, quiet_run
+
+    stdout, stderr, results = quiet_run("ray_actor_pool", str(tmp_path), env=ray_driver_env)
+    assert_quiet(stdout, stderr, at_most=0)
+    assert len(results) == 1 and results[0].split()[1] == "24"
+    with open(results[0].split()[2]) as f:  # Ray's "Connecting to existing Ray cluster" line
+        assert "Connecting to existing Ray cluster" in f.read()

@@ -31,6 +31,7 @@ from curator_exec_ray import (
     RayTaskOptions,
     TaskChunk,
     auto_chunk_size,
+    engine_logs,
     register,
     remote,
     stop_workers,
@@ -116,6 +117,8 @@ class RayDataExecutor(RayExecutorBase):
         from curator_exec_raydata import _compat
 
         _compat.check()
+        engine_logs.divert(self.options.engine_logs)  # importing ray.data set up its console handler
+        _release_dead_requests()
         o, ray_run = self.options, self.ray_run(stages)
         widest = max(st.num_workers() or 1 for st in stages)
         per_block = o.tasks_per_block or auto_chunk_size(sum(c.n for c in chunks), widest,
@@ -234,6 +237,21 @@ class RayDataExecutor(RayExecutorBase):
             setattr(ctx, key, value)
         return ctx
 
+def _release_dead_requests() -> None:
+    """Cancel what the AutoscalingCoordinator still reserves for executions of our drivers that died
+    (killed mid-run, they never cancelled): the run that follows gets the whole cluster."""
+    from curator_exec_raydata import _compat
+
+    try:
+        released = _compat.release_dead_requests()
+    except Exception as exc:
+        logger.debug("cannot release dead drivers' Ray Data requests: %r", exc)
+        return
+    if released:
+        logger.info("ray_data: released the resource requests of %d execution(s) whose driver died: %s",
+                    len(released), ", ".join(released))
+
+
 def _check_data_context_keys(values: dict) -> None:
     import dataclasses
 
@@ -336,8 +354,21 @@ class _RunActors:
         self.run_id, self.indices = run_id, indices
         self.token = uuid.uuid4().hex
         self.keep: dict[str, Any] = {}  # actor id -> Ray Data's (owning) handle
+        self.requests: list[str] = []  # AutoscalingCoordinator requesters of this run's executions
         self.lock = threading.Lock()
         self.finished = False
+
+    def track_request(self, requester: str) -> None:
+        """Write down an execution's resource request, so that the next run releases it if this driver dies."""
+        from curator_exec_raydata import _compat
+
+        try:
+            _compat.remember_request(requester)
+        except Exception as exc:
+            logger.debug("cannot record Ray Data's request %s: %r", requester, exc)
+            return
+        with self.lock:
+            self.requests.append(requester)
 
     def hold(self, handles: Sequence[Any]) -> None:
         from curator_exec_raydata import _compat
@@ -355,4 +386,10 @@ class _RunActors:
         with self.lock:
             self.finished = True
             handles, self.keep = list(self.keep.values()), {}
+            requests, self.requests = self.requests, []
         stop_workers(handles, self.run_id, timeout, log=logger, indices=self.indices)
+        for requester in requests:  # Ray Data cancelled them itself when its execution ended
+            try:
+                _compat.forget_request(requester)
+            except Exception as exc:
+                logger.debug("cannot forget Ray Data's request %s: %r", requester, exc)

@@ -273,3 +273,65 @@ def test_a_moved_ray_data_internal_fails_the_run_at_once_naming_the_version(ray_
         RayDataExecutor(show_progress=False).run([AddOne()], _ints(3))
     text = str(info.value)
     assert f"Ray Data {ray.__version__}" in text and ">=2.60,<2.64" in text and "get_autoscaling_actor_pools" in text
+
+
+# -- what a run prints, and after a crash ----------------------------------------------------
+
+
+def test_a_default_run_prints_no_engine_chatter(ray_driver_env: dict, tmp_path: object) -> None:
+    """No "will hang", no progress-bar notice, no INFO lines: they go to the engine log file. Ray's core
+    may print one line of its own (a C++ warning about actor constructor arguments), nothing else."""
+    from curator_exec_ray.testing import assert_quiet, quiet_run
+
+    stdout, stderr, results = quiet_run("ray_data", str(tmp_path), env=ray_driver_env)
+    assert_quiet(stdout, stderr, at_most=1)
+    assert len(results) == 1 and results[0].split()[1] == "24"
+
+
+def _coordinator_holds(requester: str) -> dict:
+    import ray
+
+    from curator_exec_raydata import _compat
+
+    try:
+        coordinator = ray.get_actor(_compat.COORDINATOR, namespace=_compat.COORDINATOR)
+    except ValueError:
+        return {}
+    return ray.get(coordinator.get_reserved_resources.remote(requester), timeout=60)
+
+
+def test_the_next_run_releases_what_a_killed_driver_had_reserved(ray_driver_env: dict, tmp_path: object) -> None:
+    """A driver SIGKILLed mid-run leaves its request in Ray Data's detached AutoscalingCoordinator (kept
+    up to 180 s); the next ray_data run cancels it, so it gets the whole cluster."""
+    from ray.experimental import internal_kv
+
+    from curator_exec_raydata import _compat
+
+    folder = str(tmp_path)
+    code = ("from curator_exec_core import Task, get_executor\n"
+            "from rd_stages import WhoAmI\n"
+            f"get_executor('ray_data', show_progress=False).run([WhoAmI({folder!r}, sleep=0.5)],\n"
+            "                                                   [Task(data=i) for i in range(400)])\n")
+    env = {**os.environ, **ray_driver_env}
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        requesters: list[str] = []
+        while time.monotonic() < deadline and child.poll() is None:
+            keys = internal_kv._internal_kv_list(_compat._KV_PREFIX, namespace=_compat._KV_NAMESPACE)
+            requesters = [k[len(_compat._KV_PREFIX):].decode() for k in keys]
+            if requesters and any(_coordinator_holds(r) for r in requesters):
+                break
+            time.sleep(0.3)
+        assert requesters, "the driver never recorded its Ray Data request"
+    finally:
+        child.kill()
+        child.wait()
+    dead = [r for r in requesters if _coordinator_holds(r)]
+    assert dead, "the killed driver's request was already gone"
+    got = get_executor("ray_data", show_progress=False).run([AddOne()], _ints(10))
+    assert sorted(t.data for t in got) == list(range(1, 11))
+    assert all(_coordinator_holds(r) == {} for r in dead)
+    left = internal_kv._internal_kv_list(_compat._KV_PREFIX, namespace=_compat._KV_NAMESPACE)
+    assert not {k[len(_compat._KV_PREFIX):].decode() for k in left} & set(dead)

@@ -15,6 +15,7 @@ from typing import Any
 
 from cosmos_xenna.pipelines.private import monitoring
 from cosmos_xenna.ray_utils import actor_pool, cluster
+from cosmos_xenna.utils import python_log
 
 from curator_exec_core.errors import check_engine, engine_check
 
@@ -35,7 +36,59 @@ def check() -> None:
             lambda: getattr(actor_pool, "_kill_actor_and_reap", None),
         "cosmos_xenna.pipelines.private.monitoring.RayResourceMonitor._monitors":
             lambda: "self._monitors" in inspect.getsource(monitoring.RayResourceMonitor) or None,
+        "cosmos_xenna.utils.python_log.info/debug/trace/success/warning": lambda: all(
+            callable(getattr(python_log, n, None)) for n in _QUIET_LEVELS) or None,
+        "cosmos_xenna.ray_utils.cluster.logger": lambda: getattr(cluster, "logger", None),
     })
+
+
+#: Xenna's loguru calls (``python_log.<name>``) that go to the engine log file while diverting
+_QUIET_LEVELS = {"trace": 5, "debug": 10, "info": 20, "success": 25, "warning": 30}
+
+
+def _to_engine_log(original: Callable[..., Any], level: int) -> Callable[..., Any]:
+    from curator_exec_ray import engine_logs
+
+    def log(message: Any, *args: Any, **kwargs: Any) -> None:
+        if not engine_logs.diverting():
+            return original(message, *args, **kwargs)
+        text = str(message)
+        if args or kwargs:
+            with contextlib.suppress(Exception):
+                text = text.format(*args, **kwargs)
+        engine_logs.emit(level, text, name="cosmos_xenna")
+        return None
+
+    return log
+
+
+class _QuietLogger:
+    """Xenna modules that log through loguru's ``logger`` itself: chatter to the engine log file."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        for name, level in _QUIET_LEVELS.items():
+            setattr(self, name, _to_engine_log(getattr(inner, name), level))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """While a run lasts, Xenna's driver-side log calls below ERROR go to the engine log file (when
+    :mod:`curator_exec_ray.engine_logs` diverts); errors are logged by Xenna as usual."""
+    saved = {n: getattr(python_log, n) for n in _QUIET_LEVELS}
+    saved_logger = cluster.logger
+    for name, level in _QUIET_LEVELS.items():
+        setattr(python_log, name, _to_engine_log(saved[name], level))
+    cluster.logger = _QuietLogger(saved_logger)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(python_log, name, fn)
+        cluster.logger = saved_logger
 
 
 def accepted_state_limit(address: str, list_actors: Callable[..., Any]) -> int:

@@ -17,8 +17,9 @@ from cosmos_xenna.pipelines import v1 as xenna
 from curator_exec_core.runner import ManagedStage
 from curator_exec_core.stages import WorkerMetadata
 from curator_exec_ray import TaskChunk, WorkerLink, chunks, register, unregister
+from curator_exec_ray import _compat as ray_compat
 
-__all__ = ["Chunk", "CuratorStage", "chunks"]
+__all__ = ["Chunk", "CuratorStage", "chunks", "stage_adapter"]
 
 Chunk = TaskChunk  # one Xenna item: a chunk of tasks (or of tasks left in the object store)
 
@@ -39,6 +40,11 @@ class CuratorStage(xenna.Stage):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_lock": None}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # an instance of a class named after the user's stage (:func:`stage_adapter`) is rebuilt from
+        # its name, so plain pickle and deepcopy work as well as cloudpickle
+        return _rebuild, (type(self).__name__, self.__getstate__())
 
     def __repr__(self) -> str:
         return f"<CuratorStage {self.managed.index}:{self.managed.name!r}>"
@@ -63,6 +69,8 @@ class CuratorStage(xenna.Stage):
         return None  # ManagedStage.setup runs the user's setup_on_node once per node itself
 
     def setup(self, worker_metadata: xenna.WorkerMetadata) -> None:
+        # Xenna's StageWorker is an async actor: Ray would warn about the ray.get in process_data
+        ray_compat.quiet_blocking_get_warning()
         ctx = ray.get_runtime_context()
         node_id = ctx.get_node_id()
         worker_id = str(getattr(worker_metadata, "worker_id", "") or f"{node_id[:8]}:{os.getpid()}")
@@ -101,3 +109,29 @@ class CuratorStage(xenna.Stage):
 
     def destroy(self) -> None:  # Xenna >= 0.5 calls it before it kills a worker
         self.teardown()
+
+
+_NAMED: dict[str, type[CuratorStage]] = {}
+
+
+def _named_class(name: str) -> type[CuratorStage]:
+    """A subclass of :class:`CuratorStage` called ``name``: Xenna names a stage, in its logs, tables and
+    actor names, after the class of its ``Stage`` ("Stage 00 - <class name>")."""
+    if name == CuratorStage.__name__:
+        return CuratorStage
+    cls = _NAMED.get(name)
+    if cls is None:
+        cls = _NAMED[name] = type(name, (CuratorStage,), {"__module__": __name__, "__qualname__": name,
+                                                         "__doc__": CuratorStage.__doc__})
+    return cls
+
+
+def _rebuild(name: str, state: dict[str, Any]) -> CuratorStage:
+    obj = _named_class(name).__new__(_named_class(name))
+    obj.__dict__.update(state)
+    return obj
+
+
+def stage_adapter(managed: ManagedStage, **kwargs: Any) -> CuratorStage:
+    """The Xenna stage of ``managed``, its class named after the user's stage."""
+    return _named_class(str(managed.name) or CuratorStage.__name__)(managed, **kwargs)

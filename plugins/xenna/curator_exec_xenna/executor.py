@@ -206,7 +206,7 @@ class XennaExecutor(RayExecutorBase):
             pinned = m.stage.num_workers()
             if pinned is None and opts.max_workers_per_stage is not None and sopts.num_workers_per_node is None:
                 pinned = m.num_workers()
-            adapter = xs.CuratorStage(m, cpus=m.resources.cpus, gpus=m.resources.gpus, chunk_size=chunk,
+            adapter = xs.stage_adapter(m, cpus=m.resources.cpus, gpus=m.resources.gpus, chunk_size=chunk,
                                       coordinator=coordinator, segment=managed[0].index,
                                       sink=sink and m is managed[-1])
             specs.append(xenna.StageSpec(adapter, num_workers=pinned, **sopts.spec_fields()))
@@ -252,7 +252,7 @@ class XennaExecutor(RayExecutorBase):
 
         try:
             with _RUN_LOCK, preserved_env(_XENNA_TOUCHED_ENV), \
-                    _compat.patched(limit, before_kill, self._hidden_nodes(ray_run, stages)):
+                    _compat.patched(limit, before_kill, self._hidden_nodes(ray_run, stages)), _compat.quiet_logs():
                 os.environ["RAY_ADDRESS"] = session.address  # Xenna's ray.init must attach to our cluster
                 try:
                     with ProgressPoller(ray_run, coordinator, token, indices):

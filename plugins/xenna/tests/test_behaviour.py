@@ -12,6 +12,7 @@ from xenna_test_stages import Sized, Stamp, stamps
 from curator_exec_core import PlanError, StageFailedError, Task, get_executor
 from curator_exec_core.testing import LifecycleLog
 from curator_exec_core.testing.stages import AddOne, FailOn, Recorded
+from curator_exec_ray.testing import assert_quiet, quiet_run
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -171,6 +172,35 @@ def test_starting_ray_ourselves_sets_variables_only_for_the_start(tmp_path: Any)
 
     out = json.loads(lines[-1][len("RESULT "):])
     assert out == {"n": 30, "how": "started", "same_env": True, "limit": 40000}
+    # Ray's start-up lines, Xenna's spec dump, tables and workers' lines went to the engine log file
+    assert_quiet([line for line in proc.stdout.splitlines() if line.strip() and line not in lines],
+                 [line for line in proc.stderr.splitlines() if line.strip()], at_most=0)
+
+
+def test_a_default_batch_run_prints_no_engine_chatter_and_names_stages_as_the_user(ray_driver_env: Any,
+                                                                                     tmp_path: Any) -> None:
+    """Xenna's status lines name each stage after the user's stage, not after our adapter class."""
+    stdout, stderr, results = quiet_run("xenna", str(tmp_path), runs=[{"execution_mode": "batch"}],
+                                        env=ray_driver_env)
+    assert_quiet(stdout, stderr, at_most=0)
+    assert len(results) == 1 and results[0].split()[1] == "24"
+    path = results[0].split()[2]
+    with open(path) as f:
+        text = f.read()
+    assert "Stage 00 - add_one" in text and "Stage 01 - recorded" in text and "CuratorStage" not in text
+
+
+def test_the_adapter_is_named_after_the_stage_and_pickles(tmp_path: Any) -> None:
+    import copy
+    import pickle
+
+    from curator_exec_core.runner import ManagedStage  # noqa: F401
+    from curator_exec_xenna import _stage
+
+    adapter = _stage._rebuild("my stage", {"managed": None, "cpus": 1.0})
+    assert type(adapter).__name__ == "my stage" and isinstance(adapter, _stage.CuratorStage)
+    for copied in (pickle.loads(pickle.dumps(adapter)), copy.deepcopy(adapter)):
+        assert type(copied) is type(adapter) and copied.cpus == 1.0
 
 
 def test_a_moved_xenna_internal_fails_the_run_at_once_naming_the_version(ray_session: Any, tmp_path: Any,
