@@ -51,6 +51,11 @@ class RayExecutorOptions(ExecutorOptions):
     actor_start_timeout: float = option(
         300.0, float, "Seconds a stage's workers (actors, a gang's placement group, reduce workers) may take to "
         "start before the run fails, instead of hanging when Ray cannot place them.", minimum=0)
+    placement_warning_s: float | None = option(
+        30.0, float, "Seconds a stage's workers (actors, a gang's placement group, reduce workers) may wait for Ray "
+        "to place them before a warning names the stage, what each worker asks for and what the cluster has free; "
+        "repeated every placement_warning_s until they start or actor_start_timeout fails the run. 0 or None: no "
+        "warning.", minimum=0, allow_none=True)
     teardown_timeout: float = option(
         60.0, float, "Seconds to wait for the workers' teardown at the end of a run before they are killed anyway.",
         minimum=0)
@@ -161,7 +166,8 @@ class RayExecutorBase(BaseExecutor):
             run.info.setdefault("engine_log", engine_logs.log_path())
         return RayRun(run=run, runtime_env=o.runtime_env, start_timeout=o.actor_start_timeout,
                       teardown_timeout=o.teardown_timeout, show_progress=o.show_progress,
-                      progress_interval=o.progress_interval, ensure_ray=self.ensure_ray)
+                      progress_interval=o.progress_interval, ensure_ray=self.ensure_ray,
+                      placement_warning_s=o.placement_warning_s)
 
     def execute(self, stages: list[ManagedStage], initial_tasks: list[Task]) -> list[Task]:
         """The plugin's :meth:`execute_chunks` on the tasks; with shuffle stages, the segments with
