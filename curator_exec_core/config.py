@@ -71,8 +71,36 @@ class ExecutorOptions:
     )
     max_retries: int = option(0, int, "Retry a task whose stage raised this many times before it counts as failed.",
                               minimum=0)
+    max_failed_tasks: int | float | None = option(
+        None, (int, float),
+        "With ignore_failures=True: abort the run (FailureBudgetExceeded, naming the first errors) once more "
+        "tasks failed than this: a count (int), or a fraction of the source tasks (a float below 1). "
+        "None: no budget.", minimum=0, allow_none=True)
+    task_timeout: float | None = option(
+        None, float,
+        "Seconds a call of a stage (process, process_batch, keys, reduce, a gang share) may run; a longer one "
+        "is stopped and counts as a failure (retried, then a failure record or StageFailedError). A stage's "
+        "own task_timeout attribute wins. None: no limit.", minimum=0, allow_none=True)
     show_progress: bool = option(True, bool, "Show tqdm progress bars (on stderr, when it is a terminal).")
-    progress_interval: float = option(10.0, float, "Minimum seconds between progress updates.", minimum=0)
+    progress_interval: float = option(
+        10.0, float, "Minimum seconds between progress updates; also how often the 'stats' event is sent "
+        "(and stats.json written with a checkpoint).", minimum=0)
+
+    def __attrs_post_init__(self) -> None:
+        budget = self.max_failed_tasks
+        if isinstance(budget, float) and not budget < 1:
+            raise ConfigError(f"max_failed_tasks={budget!r}: a float is a fraction of the source tasks and must be "
+                              "below 1; give an int for a count")
+        if budget is not None and not self.ignore_failures:
+            raise ConfigError("max_failed_tasks only applies with ignore_failures=True (without it, the first "
+                              "failure aborts the run); set ignore_failures=True or drop max_failed_tasks")
+
+    def failure_limit(self, source_tasks: int) -> int | None:
+        """How many failed tasks the budget allows for ``source_tasks`` (None: no budget)."""
+        budget = self.max_failed_tasks
+        if budget is None:
+            return None
+        return int(budget * source_tasks) if isinstance(budget, float) else int(budget)
 
 
 #: an options class: an attrs class, :class:`ExecutorOptions` or a subclass for an executor (a plugin's

@@ -14,6 +14,8 @@ __all__ = [
     "PluginError",
     "StageFailedError",
     "StageContractError",
+    "FailureBudgetExceeded",
+    "TaskTimeoutError",
     "EngineCompatibilityError",
     "check_engine",
     "engine_check",
@@ -82,6 +84,28 @@ class StageContractError(CuratorExecError, TypeError):
     """A stage broke its contract: ``process``/``reduce`` returned something that is not a task, a
     list of tasks or None; ``keys`` returned a string instead of a list of keys, or an unsupported
     key. The same call would fail the same way, so it is never retried."""
+
+
+class FailureBudgetExceeded(CuratorExecError, RuntimeError):
+    """More tasks failed than ``max_failed_tasks`` allows (with ``ignore_failures=True``): the run was
+    aborted instead of finishing with a result that is mostly failures."""
+
+    def __init__(self, budget: str, failed: int, first_errors: list[str] | tuple[str, ...] = ()) -> None:
+        self.budget = budget
+        self.failed = failed
+        self.first_errors = tuple(first_errors)
+        errors = "".join(f"\n  {e}" for e in self.first_errors) or " (none carried its error)"
+        super().__init__(
+            f"{failed} tasks failed, more than the failure budget {budget} allows: the run was aborted. "
+            f"First errors:{errors}\nFix the stage, or raise max_failed_tasks.")
+
+    def __reduce__(self) -> tuple[type[FailureBudgetExceeded], tuple[str, int, tuple[str, ...]]]:
+        return (type(self), (self.budget, self.failed, self.first_errors))
+
+
+class TaskTimeoutError(CuratorExecError, TimeoutError):
+    """A call of a stage ran longer than its ``task_timeout`` and was stopped. It counts as the call's
+    failure: retried (``max_retries``), then a failure record or :class:`StageFailedError`."""
 
 
 class CheckpointError(CuratorExecError, ValueError):

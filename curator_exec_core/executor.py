@@ -184,7 +184,7 @@ class BaseExecutor(ABC):
             return list(stages)  # type: ignore[arg-type]
         if plan is None:
             plan = self.plan(stages, self.capacity())
-        policy = FailurePolicy(self.options.ignore_failures, self.options.max_retries)
+        policy = FailurePolicy(self.options.ignore_failures, self.options.max_retries, self.options.task_timeout)
         return [manage(s, index=i, plan=plan.stages[i], policy=policy, run_id=run_id) for i, s in enumerate(stages)]
 
     @staticmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -30,7 +30,9 @@ class ProgressEvent:
     ``"stage_progress"`` (``stage``/``index``: ``tasks_in`` consumed, ``tasks_out`` produced and
     ``tasks_failed`` failed in this stage so far, cumulative; failure records are never counted as
     outputs; ``tasks_resumed``: tasks of a resumed run that the checkpoint had already finished,
-    counted as done), or ``"run_finished"`` (``error`` set if it failed; ``seconds``).
+    counted as done), ``"stats"`` (every ``progress_interval`` seconds and once at the end:
+    ``stats`` is a snapshot of every stage's counts and figures, see
+    :mod:`curator_exec_core.statslog`), or ``"run_finished"`` (``error`` set if it failed; ``seconds``).
     """
 
     kind: str
@@ -46,6 +48,7 @@ class ProgressEvent:
     total: int | None = None
     seconds: float = 0.0
     error: BaseException | None = None
+    stats: dict[str, Any] | None = None
 
 
 class ProgressReporter:

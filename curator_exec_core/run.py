@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from curator_exec_core.checkpoint import Checkpoint
-from curator_exec_core.errors import find_stage_error
+from curator_exec_core.errors import FailureBudgetExceeded, find_stage_error
 from curator_exec_core.executor import prepare_initial_tasks
 from curator_exec_core.lifecycle import capacity_and_plan
 from curator_exec_core.progress import ProgressEvent, ProgressReporter
@@ -37,6 +37,7 @@ from curator_exec_core.runner.segments import BarrierSegment, MapSegment, needs_
 from curator_exec_core.scheduling import Schedule
 from curator_exec_core.stages import ProcessingStage
 from curator_exec_core.stats import RunStats
+from curator_exec_core.statslog import StatsTicker, load_earlier, snapshot, write_stats_file
 from curator_exec_core.tasks import FailedTask, PipelineResult, Task
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,6 +77,10 @@ class Run:
         self.managed: list[ManagedStage] = []
         #: what the engine reports about this run (chunk sizes, versions): ``result.metrics["engine"]``
         self.info: dict[str, Any] = {}
+        #: set when the run must stop although no stage raised (the failure budget is spent)
+        self.aborted: BaseException | None = None
+        self._failure_limit: int | None = None
+        self._ticker: StatsTicker | None = None
         self._cleanups: list[Callable[[BaseException | None], None]] = []
         self._deferred_keys: set[str] = set()
         self._started = time.perf_counter()
@@ -89,7 +94,7 @@ class Run:
                                "tasks) or pipeline.run(executor), which prepare them")
         return run
 
-    def report(self, index: int, counts: Sequence[int]) -> None:
+    def report(self, index: int, counts: Sequence[Any]) -> None:
         """Stage ``index`` did ``counts`` (tasks in, outputs, new failure records) somewhere."""
         self.stats.add(index, counts)
 
@@ -111,8 +116,13 @@ class Run:
         try:
             self._prepare(tasks)
             outputs = self._execute(tasks)
+            if self.aborted is not None:  # an engine swallowed the abort (it reached a thread of its own)
+                raise self.aborted
         except BaseException as exc:
             error = exc
+            if self.aborted is not None and exc is not self.aborted:
+                error = self.aborted
+                raise self.aborted from exc
             stage_error = find_stage_error(exc)
             if stage_error is not None and stage_error is not exc:
                 error = stage_error
@@ -129,13 +139,44 @@ class Run:
         if self.checkpoint is not None:
             self.checkpoint.open(self.stages, tasks, executor.options.ignore_failures)
             executor.check_shared_path(self.checkpoint.path)
+            load_earlier(self.checkpoint.path, self.stats)
         self.managed = executor.managed_stages(self.stages, self.plan, self.id)
         for stage in self.managed:
             stage.run, stage.stats = self, self.stats
         schedule = hook.curator_exec_schedule(executor=executor, plan=self.plan)
         self.schedule = schedule if isinstance(schedule, Schedule) else Schedule.unpinned(self.plan)
+        self._failure_limit = executor.options.failure_limit(len(tasks))
+        if self._failure_limit is not None:
+            self.stats.listen(functools.partial(self._check_budget, len(tasks)))
         hook.curator_exec_progress(event=ProgressEvent(kind="run_started", executor=executor, run_id=self.id,
                                                        stages=tuple(s.name for s in self.stages), total=len(tasks)))
+        self._ticker = StatsTicker(executor.options.progress_interval, self._send_stats)
+
+    def _check_budget(self, source_tasks: int, index: int) -> None:
+        """A stats listener: the first time more tasks failed than ``max_failed_tasks`` allows, abort the
+        run (raise, in whatever reported the counts; the run raises it too if that was swallowed)."""
+        limit = self._failure_limit
+        if self.aborted is not None or limit is None:
+            return
+        failed = self.stats.failed
+        if failed <= limit:
+            return
+        budget = self.executor.options.max_failed_tasks
+        described = f"max_failed_tasks={budget!r}" + (
+            f" ({limit} of {source_tasks} source tasks)" if isinstance(budget, float) else "")
+        self.aborted = FailureBudgetExceeded(described, failed, self.stats.first_errors())
+        raise self.aborted
+
+    def _send_stats(self, *, finished: bool = False, error: BaseException | None = None) -> None:
+        """The ``"stats"`` event (and ``stats.json`` with a checkpoint)."""
+        snap = snapshot(self.id, self.stats, time.perf_counter() - self._started, finished=finished, error=error)
+        if self.checkpoint is not None:
+            try:
+                write_stats_file(self.checkpoint.path, snap)
+            except OSError as exc:
+                logger.warning("could not write the run's statistics to %s: %s", self.checkpoint.path, exc)
+        self.hook.curator_exec_progress(event=ProgressEvent(kind="stats", executor=self.executor, run_id=self.id,
+                                                            seconds=snap["seconds"], stats=snap))
 
     def _execute(self, tasks: list[Task]) -> list[Task]:
         """One ``execute`` call, or the segments (see the module docstring)."""
@@ -172,6 +213,8 @@ class Run:
 
     def _finish(self, error: BaseException | None) -> None:
         """Teardown, whatever happened: in-process workers, the executor's hook, what was deferred."""
+        if self._ticker is not None:
+            self._ticker.stop()
         if self.checkpoint is not None:
             self.checkpoint.close()
         for stage in self.managed:  # workers that live in this process and ran setup
@@ -196,6 +239,11 @@ class Run:
             except Exception:
                 logger.exception("releasing what run %s acquired failed", self.id)
         self.reporter.flush()
+        if self._ticker is not None:
+            try:
+                self._send_stats(finished=True, error=error)
+            except Exception:
+                logger.exception("the final stats event failed")
         self.hook.curator_exec_progress(event=ProgressEvent(
             kind="run_finished", executor=self.executor, run_id=self.id,
             seconds=time.perf_counter() - self._started, error=error))
@@ -226,7 +274,8 @@ class Run:
 
     def metrics(self, tasks: list[Task]) -> dict[str, Any]:
         """``result.metrics``: seconds, per-stage counts, and the checkpoint's and engine's figures."""
-        metrics: dict[str, Any] = {"seconds": time.perf_counter() - self._started, "stages": self.stats.metrics()}
+        metrics: dict[str, Any] = {"seconds": time.perf_counter() - self._started, "stages": self.stats.metrics(),
+                                   "stats": self.stats.perf_metrics()}
         if self.checkpoint is not None:
             cp = self.checkpoint
             metrics["checkpoint"] = {"path": cp.path, "source_tasks": len(tasks), "resumed_tasks": cp.resumed,

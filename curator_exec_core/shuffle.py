@@ -142,13 +142,14 @@ class ManagedShuffle(ManagedStage):
     def key_tasks(self, tasks: Iterable[Task]) -> tuple[list[KeyedTask], list[Task]]:
         """The (digest, key, task) of every key of every task (a key a task emits twice counts once),
         and the failure records (those that came in, and tasks whose ``keys()`` failed)."""
+        self._begin()
         keyed: list[KeyedTask] = []
         records: list[Task] = []
         n_in = failed = 0
         keys = self.stage.keys
 
         def keyed_of(task: Task) -> list[KeyedTask]:
-            got = keys(task)
+            got = self.limited(keys, "keys()", [task], may_end_worker=False)(task) if self.task_timeout else keys(task)
             if isinstance(got, (str, bytes)):  # a key, not a list of keys: it would split into characters
                 raise StageContractError(
                     f"shuffle stage {self.name!r}: keys() returned a {type(got).__name__} ({got[:40]!r}), not a list "
@@ -171,7 +172,7 @@ class ManagedShuffle(ManagedStage):
             if len(got) > 1 and len({d for d, _, _ in got}) < len(got):
                 got = list({d: (d, k, t) for d, k, t in got}.values())
             keyed += got
-        self._counted((n_in, 0, failed))
+        self._counted((n_in, 0, failed), records)
         return keyed, records
 
     def partition(self, digest: str, partitions: int) -> int:
@@ -179,6 +180,7 @@ class ManagedShuffle(ManagedStage):
 
     def reduce_groups(self, keyed: Iterable[KeyedTask]) -> list[Task]:
         """Group ``keyed`` by key and reduce every group (tasks in ``task_id`` order)."""
+        self._begin()
         groups: dict[str, list[Any]] = {}
         for digest, key, task in keyed:
             group = groups.get(digest)
@@ -193,12 +195,12 @@ class ManagedShuffle(ManagedStage):
             if len(tasks) > 1:
                 tasks.sort(key=lambda t: task_order(t.task_id))
             failed += self._reduce_group(f"{self.name}#{digest[:16]}", key, tasks, out)
-        self._counted((0, len(out) - failed, failed))
+        self._counted((0, len(out) - failed, failed), out)
         return out
 
     def _reduce_group(self, out_id: str, key: Hashable, tasks: list[Task], out: list[Task]) -> int:
         """``reduce(key, tasks)`` into ``out`` with ids from the key; 1 if it made a failure record."""
-        reduce = self.stage.reduce
+        reduce = self.limited(self.stage.reduce, f"reduce(key={key!r})", tasks, may_end_worker=False)
 
         def call() -> Any:  # a result of the wrong type fails the call like an exception
             return self._validated(reduce(key, tasks), "reduce()")

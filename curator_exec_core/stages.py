@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 
 import attrs
 
+from curator_exec_core.stats import Summary
 from curator_exec_core.tasks import Task
 
 __all__ = ["Resources", "ProcessingStage", "NodeInfo", "WorkerMetadata", "GangInfo", "has_lifecycle"]
@@ -115,6 +116,9 @@ class ProcessingStage(Generic[In, Out]):
     resources: Resources = Resources()
     batch_size: int = 1
     backend_options: Mapping[str, Mapping[str, Any]] = {}
+    #: seconds one call of this stage may run before it is stopped and counts as a failure (overrides
+    #: the executor's ``task_timeout``; None: the executor's)
+    task_timeout: float | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -152,6 +156,21 @@ class ProcessingStage(Generic[In, Out]):
 
     def teardown(self) -> None:
         """Once per worker that ran ``setup``, also after a failure."""
+
+    # -- statistics --------------------------------------------------------
+    def record(self, name: str, value: float = 1.0) -> None:
+        """Record ``value`` under the counter ``name`` (``self.record("tokens", len(tokens))``), from
+        ``process``/``process_batch``/``keys``/``reduce``. Wherever the stage runs, the values reach
+        the run: per counter, their count, sum, mean, min, max and standard deviation, per worker and
+        merged, in ``result.metrics["stats"][<stage>]["counters"]`` (and ``stats.json`` with a checkpoint)."""
+        records = self.__dict__.get("_curator_records")
+        if records is None:
+            records = self.__dict__["_curator_records"] = {}
+        summary = records.get(name)
+        if summary is None:
+            records[name] = Summary.of(float(value))
+        else:
+            summary.add(float(value))
 
     def fingerprint(self) -> str:
         """What, beyond its class and name, makes this stage's output what it is (its parameters:

@@ -6,27 +6,249 @@ records) for its stage. Wherever the call ran, those counts reach the driver's
 them itself; a worker process returns them with its outputs (a Ray backend's chunk
 carries them) and the backend adds them on the driver. ``result.metrics["stages"]`` is
 read from the :class:`RunStats`; progress observers watch it.
+
+Statistics travel in the same envelope: a call's :class:`Counts` may carry a :class:`CallPerf` (the
+worker, the call's wall and CPU seconds, the stage's :meth:`~curator_exec_core.stages.ProcessingStage.record`
+counters, the first errors of the call's new failures). :class:`RunStats` folds them per stage and
+per worker into mergeable :class:`Summary` figures (count, sum, mean, min, max, std):
+``result.metrics["stats"]``, ``DIR/stats.json`` with a checkpoint, and the periodic ``"stats"``
+progress event.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import NamedTuple, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
-__all__ = ["Counts", "StageCounts", "StageMetrics", "RunStats", "add_counts", "stage_metrics_keys"]
+__all__ = ["Counts", "CallPerf", "Summary", "WorkerStats", "StageStats", "StageCounts", "StageMetrics", "RunStats",
+           "add_counts", "stage_metrics_keys", "FIRST_ERRORS"]
+
+#: how many errors of new failures a run keeps (for messages such as the failure budget's)
+FIRST_ERRORS = 5
+
+
+class Summary:
+    """Count, sum, min, max, mean and (population) standard deviation of a series of values,
+    mergeable (Chan et al.'s parallel variance): the figures of many workers merge exactly into the
+    figures of all their values."""
+
+    __slots__ = ("n", "total", "lo", "hi", "m2")
+
+    def __init__(self, n: int = 0, total: float = 0.0, lo: float = math.inf, hi: float = -math.inf,
+                 m2: float = 0.0) -> None:
+        self.n, self.total, self.lo, self.hi, self.m2 = n, total, lo, hi, m2
+
+    @classmethod
+    def of(cls, value: float) -> Summary:
+        return cls(1, value, value, value, 0.0)
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else 0.0
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.n) if self.n else 0.0
+
+    def add(self, value: float) -> None:
+        n = self.n + 1
+        delta = value - self.mean
+        self.total += value
+        self.m2 += delta * (value - self.total / n)
+        self.n = n
+        if value < self.lo:
+            self.lo = value
+        if value > self.hi:
+            self.hi = value
+
+    def merge(self, other: Summary) -> Summary:
+        """Fold ``other`` in (returns self)."""
+        if not other.n:
+            return self
+        if not self.n:
+            self.n, self.total, self.lo, self.hi, self.m2 = other.n, other.total, other.lo, other.hi, other.m2
+            return self
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        self.m2 += other.m2 + delta * delta * self.n * other.n / n
+        self.n, self.total = n, self.total + other.total
+        self.lo, self.hi = min(self.lo, other.lo), max(self.hi, other.hi)
+        return self
+
+    def copy(self) -> Summary:
+        return Summary(self.n, self.total, self.lo, self.hi, self.m2)
+
+    def as_dict(self) -> dict[str, float]:
+        empty = not self.n
+        return {"count": self.n, "sum": self.total, "mean": self.mean, "min": 0.0 if empty else self.lo,
+                "max": 0.0 if empty else self.hi, "std": self.std}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, float]) -> Summary:
+        n = int(d["count"])
+        return cls(n, float(d["sum"]), float(d["min"]), float(d["max"]), float(d["std"]) ** 2 * n) if n else cls()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Summary) and self.as_dict() == other.as_dict()
+
+    def __repr__(self) -> str:
+        return f"Summary(n={self.n}, sum={self.total:g}, min={self.lo:g}, max={self.hi:g}, std={self.std:g})"
+
+    def __getstate__(self) -> tuple[int, float, float, float, float]:
+        return self.n, self.total, self.lo, self.hi, self.m2
+
+    def __setstate__(self, state: tuple[int, float, float, float, float]) -> None:
+        self.n, self.total, self.lo, self.hi, self.m2 = state
+
+
+class CallPerf(NamedTuple):
+    """What one call of a stage on one worker took: the worker, the call's counts, its wall and CPU
+    seconds, the stage's recorded counters, and ``"<task id>: <error>"`` of (at most
+    :data:`FIRST_ERRORS`) new failure records it made."""
+
+    worker: str
+    tasks_in: int
+    tasks_out: int
+    tasks_failed: int
+    wall: float
+    cpu: float
+    counters: dict[str, Summary] | None = None
+    errors: tuple[str, ...] = ()
+
+
+class WorkerStats:
+    """One worker's figures for one stage: its tasks, a :class:`Summary` of its calls' wall and CPU
+    seconds, its recorded counters."""
+
+    __slots__ = ("tasks_in", "tasks_out", "tasks_failed", "process_s", "cpu_s", "counters")
+
+    def __init__(self) -> None:
+        self.tasks_in = self.tasks_out = self.tasks_failed = 0
+        self.process_s, self.cpu_s = Summary(), Summary()
+        self.counters: dict[str, Summary] = {}
+
+    def fold(self, call: CallPerf) -> None:
+        self.tasks_in += call.tasks_in
+        self.tasks_out += call.tasks_out
+        self.tasks_failed += call.tasks_failed
+        self.process_s.add(call.wall)
+        self.cpu_s.add(call.cpu)
+        if call.counters:
+            _merge_counters(self.counters, call.counters)
+
+    def merge(self, other: WorkerStats) -> None:
+        self.tasks_in += other.tasks_in
+        self.tasks_out += other.tasks_out
+        self.tasks_failed += other.tasks_failed
+        self.process_s.merge(other.process_s)
+        self.cpu_s.merge(other.cpu_s)
+        _merge_counters(self.counters, other.counters)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"tasks_in": self.tasks_in, "tasks_out": self.tasks_out, "tasks_failed": self.tasks_failed,
+                "process_s": self.process_s.as_dict(), "cpu_s": self.cpu_s.as_dict(),
+                "counters": {k: v.as_dict() for k, v in sorted(self.counters.items())}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> WorkerStats:
+        w = cls()
+        w.tasks_in, w.tasks_out, w.tasks_failed = int(d["tasks_in"]), int(d["tasks_out"]), int(d["tasks_failed"])
+        w.process_s, w.cpu_s = Summary.from_dict(d["process_s"]), Summary.from_dict(d["cpu_s"])
+        w.counters = {k: Summary.from_dict(v) for k, v in d.get("counters", {}).items()}
+        return w
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.tasks_in, self.tasks_out, self.tasks_failed, self.process_s, self.cpu_s, self.counters)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        (self.tasks_in, self.tasks_out, self.tasks_failed, self.process_s, self.cpu_s, self.counters) = state
+
+
+def _merge_counters(into: dict[str, Summary], more: Mapping[str, Summary]) -> None:
+    for name, summary in more.items():
+        mine = into.get(name)
+        if mine is None:
+            into[name] = summary.copy()
+        else:
+            mine.merge(summary)
+
+
+class StageStats:
+    """One stage's figures per worker (mergeable: the figures of several calls, chunks or runs), and
+    the first errors of its new failure records."""
+
+    __slots__ = ("workers", "errors")
+
+    def __init__(self) -> None:
+        self.workers: dict[str, WorkerStats] = {}
+        self.errors: list[str] = []
+
+    def fold(self, perf: Perf) -> StageStats:
+        """Fold a call's :class:`CallPerf` or another :class:`StageStats` in (returns self)."""
+        if isinstance(perf, StageStats):
+            for worker, stats in perf.workers.items():
+                mine = self.workers.get(worker)
+                if mine is None:
+                    mine = self.workers[worker] = WorkerStats()
+                mine.merge(stats)
+            errors = perf.errors
+        else:
+            mine = self.workers.get(perf.worker)
+            if mine is None:
+                mine = self.workers[perf.worker] = WorkerStats()
+            mine.fold(perf)
+            errors = list(perf.errors)
+        if errors and len(self.errors) < FIRST_ERRORS:
+            self.errors.extend(errors[:FIRST_ERRORS - len(self.errors)])
+        return self
+
+    def merged(self) -> WorkerStats:
+        """Every worker's figures merged."""
+        total = WorkerStats()
+        for stats in self.workers.values():
+            total.merge(stats)
+        return total
+
+    def as_dict(self) -> dict[str, Any]:
+        """``result.metrics["stats"][stage]``: the merged figures, the number of workers, and each worker's."""
+        return {"workers": len(self.workers), **self.merged().as_dict(),
+                "per_worker": {w: s.as_dict() for w, s in sorted(self.workers.items())}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StageStats:
+        stats = cls()
+        stats.workers = {w: WorkerStats.from_dict(s) for w, s in d.get("per_worker", {}).items()}
+        return stats
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return self.workers, self.errors
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.workers, self.errors = state
+
+
+#: what a :class:`Counts` may carry besides the three counts: one call's figures, or many merged
+Perf = CallPerf | StageStats
 
 
 class Counts(NamedTuple):
     """What one stage did in one call (or in sum): tasks consumed, outputs made, new failure
-    records. Failure records passing through a stage are counted nowhere."""
+    records (failure records passing through a stage are counted nowhere); ``perf``: the call's
+    figures (:class:`CallPerf`, or a :class:`StageStats` of several calls), if measured."""
 
     tasks_in: int = 0
     tasks_out: int = 0
     tasks_failed: int = 0
+    perf: Perf | None = None
 
-    def plus(self, other: Sequence[int]) -> Counts:
-        return Counts(self[0] + other[0], self[1] + other[1], self[2] + other[2])
+    def plus(self, other: Sequence[Any]) -> Counts:
+        perf = self.perf
+        more = other[3] if len(other) > 3 else None
+        if more is not None:  # a new StageStats: neither side's figures are changed
+            perf = StageStats().fold(more) if perf is None else StageStats().fold(perf).fold(more)
+        return Counts(self[0] + other[0], self[1] + other[1], self[2] + other[2], perf)
 
 
 class StageMetrics(TypedDict):
@@ -42,7 +264,7 @@ class StageMetrics(TypedDict):
 StageCounts = dict[int, Counts]
 
 
-def add_counts(into: StageCounts, index: int, counts: Sequence[int]) -> StageCounts:
+def add_counts(into: StageCounts, index: int, counts: Sequence[Any]) -> StageCounts:
     """Fold ``counts`` of stage ``index`` into ``into`` (returned, for chaining)."""
     old = into.get(index)
     into[index] = Counts(*counts) if old is None else old.plus(counts)
@@ -63,6 +285,9 @@ class RunStats:
         self.names = list(stage_names)
         n = len(self.names)
         self._in, self._out, self._failed = [0] * n, [0] * n, [0] * n
+        self._perf = [StageStats() for _ in range(n)]
+        #: the figures of earlier runs of this checkpoint (``stats.json``), merged into :meth:`perf_metrics`
+        self.earlier: dict[int, StageStats] = {}
         self.resumed: list[int] = [0] * n
         self._lock = threading.Lock()
         self._listeners: list[Callable[[int], None]] = []
@@ -76,19 +301,46 @@ class RunStats:
     def listen(self, listener: Callable[[int], None]) -> None:
         self._listeners.append(listener)
 
-    def add(self, index: int, counts: Sequence[int]) -> None:
+    def add(self, index: int, counts: Sequence[Any]) -> None:
         """Stage ``index`` did ``counts`` (a :class:`Counts` or an ``(in, out, failed)`` triple)."""
-        n_in, n_out, n_failed = counts
-        if not (n_in or n_out or n_failed):
+        n_in, n_out, n_failed = counts[0], counts[1], counts[2]
+        perf = counts[3] if len(counts) > 3 else None
+        if not (n_in or n_out or n_failed or perf):
             return
         with self._lock:
             self._in[index] += n_in
             self._out[index] += n_out
             self._failed[index] += n_failed
+            if perf is not None:
+                self._perf[index].fold(perf)
         for listener in self._listeners:
             listener(index)
 
-    def add_all(self, counts: Mapping[int, Sequence[int]] | Iterable[tuple[int, Sequence[int]]]) -> None:
+    @property
+    def failed(self) -> int:
+        """New failure records so far, all stages."""
+        with self._lock:
+            return sum(self._failed)
+
+    def first_errors(self, limit: int = FIRST_ERRORS) -> list[str]:
+        """``"<stage>: <task id>: <error>"`` of the first failures that carried their error."""
+        out: list[str] = []
+        with self._lock:
+            for name, perf in zip(self.names, self._perf, strict=True):
+                out += [f"{name}: {e}" for e in perf.errors]
+        return out[:limit]
+
+    def perf_metrics(self) -> dict[str, dict[str, Any]]:
+        """``result.metrics["stats"]``: per stage key, the merged figures and each worker's
+        (:meth:`StageStats.as_dict`), including earlier runs of a resumed checkpoint."""
+        with self._lock:
+            perf = [StageStats().fold(p) for p in self._perf]
+        for index, earlier in self.earlier.items():
+            if index < len(perf):
+                perf[index].fold(earlier)
+        return {key: p.as_dict() for key, p in zip(stage_metrics_keys(self.names), perf, strict=True)}
+
+    def add_all(self, counts: Mapping[int, Sequence[Any]] | Iterable[tuple[int, Sequence[Any]]]) -> None:
         """Several stages' counts at once (what a chunk carries back)."""
         items = counts.items() if isinstance(counts, Mapping) else counts
         for index, c in items:

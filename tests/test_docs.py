@@ -141,7 +141,7 @@ def test_common_options_documented_with_type_and_default(page):
     for row in describe_options(ExecutorOptions):
         line = _row(text, row["name"])
         assert line, f"docs/{page}: no table row for option `{row['name']}`"
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
         assert f"`{row['type']}`" in cells[1], f"docs/{page}, {row['name']}: type should be {row['type']}"
         assert f"`{row['default']!r}`" in cells[2], f"docs/{page}, {row['name']}: default should be {row['default']!r}"
 

@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record finished work in DIR; a rerun with the same pipeline and inputs resumes")
     p.add_argument("--fresh", action="store_true",
                    help="discard a checkpoint in DIR that another pipeline or other inputs wrote")
+    p.add_argument("--stats-log", metavar="FILE",
+                   help="append the run's statistics to FILE as JSON lines, every progress_interval seconds "
+                        "(--set progress_interval=S) and at the end")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="what a checkpoint directory says about its run (runs nothing); exit 0 "

@@ -7,8 +7,10 @@ turned into one line on stderr by :func:`curator_exec_core.cli.main`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
@@ -160,6 +162,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if report["matches_reference"] else 1
 
 
+@contextlib.contextmanager
+def stats_log(path: str | None) -> Iterator[None]:
+    """With ``path``: a :class:`~curator_exec_core.statslog.StatsLog` observer registered for the run."""
+    if not path:
+        yield
+        return
+    from curator_exec_core.registry import get_plugin_manager
+    from curator_exec_core.statslog import StatsLog
+
+    log = StatsLog(path)
+    pm = get_plugin_manager()
+    pm.register(log, name=f"stats-log-{id(log)}")
+    try:
+        yield
+    finally:
+        pm.unregister(log)
+        log.close()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     settings = parse_settings(args.set)  # argument errors first, before any plugin loads
     if args.fresh and not args.checkpoint:
@@ -167,7 +188,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     pipeline, tasks = load_pipeline(args.pipeline)
     executor = make_executor(args.executor, settings)
     started = time.perf_counter()
-    result = pipeline.run(executor, tasks, checkpoint_path=args.checkpoint, overwrite=args.fresh)
+    with stats_log(args.stats_log):
+        result = pipeline.run(executor, tasks, checkpoint_path=args.checkpoint, overwrite=args.fresh)
     total = time.perf_counter() - started
     report = {
         "pipeline": pipeline.name,

@@ -22,6 +22,8 @@ class FailurePolicy:
 
     ignore_failures: bool = False
     max_retries: int = 0
+    #: seconds a call of a stage may run (:mod:`curator_exec_core.runner.timeout`); None: no limit
+    task_timeout: float | None = None
 
 
 class Attempt(NamedTuple, Generic[T]):

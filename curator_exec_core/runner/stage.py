@@ -35,11 +35,12 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from curator_exec_core.errors import StageContractError, StageFailedError
-from curator_exec_core.runner.node import once_per_node
+from curator_exec_core.errors import StageContractError, StageFailedError, TaskTimeoutError
+from curator_exec_core.runner.node import once_per_node, run_dir
 from curator_exec_core.runner.retry import FailurePolicy, retry
+from curator_exec_core.runner.timeout import call_limited, killed_tasks, record_killed
 from curator_exec_core.stages import NodeInfo, ProcessingStage, Resources, WorkerMetadata, has_lifecycle
-from curator_exec_core.stats import Counts
+from curator_exec_core.stats import FIRST_ERRORS, CallPerf, Counts
 from curator_exec_core.tasks import FailedTask, StagePerf, Task
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -51,8 +52,15 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["ManagedStage"]
 
 
-#: ``Counts`` from a triple, without the NamedTuple constructor's extra call (the runner's hot path)
+#: ``Counts`` from a 4-tuple, without the NamedTuple constructor's extra call (the runner's hot path)
 _counts = functools.partial(tuple.__new__, Counts)
+_perf_counter, _thread_time = time.perf_counter, time.thread_time
+
+
+@functools.lru_cache(maxsize=1)
+def _process_worker(pid: int) -> str:
+    """The worker id of a call made outside ``setup`` (a stateless stage on a pooled process)."""
+    return f"{socket.gethostname()}:{pid}"
 
 
 def _inherit(child: Task, parent: Task, task_id: str) -> None:
@@ -104,7 +112,12 @@ class ManagedStage(ProcessingStage[Task, Task]):
         self.stats: RunStats | None = None
         #: set by a checkpointed run: told what this stage makes and drops (see runner.observer)
         self.observer: RunnerObserver | None = None
-        self._last: tuple[int, ...] = (0, 0, 0)  # the counts of the last call (see last_counts)
+        self._last: tuple[Any, ...] = (0, 0, 0, None)  # the counts of the last call (see last_counts)
+        self._t0 = self._c0 = 0.0  # when the current call started: wall and thread CPU clocks
+        own = getattr(stage, "task_timeout", None)
+        #: seconds a call of the user's stage may run (the stage's own limit, else the executor's)
+        self.task_timeout: float | None = own if own is not None else self.policy.task_timeout
+        self._driver_pid = os.getpid()  # a copy in another process is a worker: it may end itself
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -165,12 +178,24 @@ class ManagedStage(ProcessingStage[Task, Task]):
                                    retryable=not isinstance(exc, StageContractError)) from exc
         return failed
 
-    def _counted(self, counts: tuple[int, int, int]) -> None:
-        """The end of a call: remember its counts (tasks in, outputs, new failure records) and, in the
-        driver process, add them to the run's."""
-        self._last = counts
+    def _begin(self) -> None:
+        """The start of a call (its figures are measured from here to :meth:`_counted`)."""
+        self._t0, self._c0 = _perf_counter(), _thread_time()
+
+    def _counted(self, counts: tuple[int, int, int], made: list[Task] | None = None) -> None:
+        """The end of a call: remember its counts (tasks in, outputs, new failure records) and figures
+        (:class:`CallPerf`: wall and CPU seconds, the stage's recorded counters, the first errors of
+        the failure records in ``made``) and, in the driver process, add them to the run's."""
+        wall, cpu = _perf_counter() - self._t0, _thread_time() - self._c0
+        errors: tuple[str, ...] = ()
+        if counts[2] and made:
+            errors = tuple(f"{t.task_id}: {t.error}" for t in made
+                           if type(t) is FailedTask and t.stage == self.name)[:FIRST_ERRORS]
+        perf = CallPerf(self.worker_id or _process_worker(os.getpid()), counts[0], counts[1], counts[2], wall, cpu,
+                        self.stage.__dict__.pop("_curator_records", None), errors)
+        self._last = last = (counts[0], counts[1], counts[2], perf)
         if self.stats is not None:
-            self.stats.add(self.index, counts)
+            self.stats.add(self.index, last)
 
     def _check(self, result: Any, call: str = "process()") -> None:
         if not isinstance(result, Task):
@@ -186,6 +211,46 @@ class ManagedStage(ProcessingStage[Task, Task]):
             self._check(result, call)
         return result
 
+    # -- time limits (every kind) ----------------------------------------------------
+    def limited(self, fn: Any, what: str, tasks: list[Task], *, may_end_worker: bool = True) -> Any:
+        """``fn`` (a call of the user's stage on ``tasks``) under ``task_timeout`` (as it is if none).
+        ``may_end_worker``: in a worker process, a call that does not stop ends the process (the map
+        path; its replacement fails those tasks without calling the stage, see :meth:`killed`)."""
+        seconds = self.task_timeout
+        if not seconds:
+            return fn
+        worker = may_end_worker and os.getpid() != self._driver_pid
+        path = self._killed_path() if worker else ""
+        label = f"stage {self.name!r}: {what}" + (f" on task {tasks[0].task_id!r}" if len(tasks) == 1 else
+                                                  f" on {len(tasks)} tasks")
+
+        def call(*args: Any) -> Any:
+            return call_limited(functools.partial(fn, *args), seconds, label, kill=worker,
+                                on_kill=functools.partial(record_killed, path, [t.task_id for t in tasks]))
+        return call
+
+    def _killed_path(self) -> str:
+        return os.path.join(run_dir(self.run_id), "timed-out", f"{self.index}")
+
+    def killed(self, tasks: list[Task]) -> tuple[list[Task], list[Task]]:
+        """``tasks`` split into those to run and failure records for those whose call ended a worker of
+        this stage on this node (see :mod:`curator_exec_core.runner.timeout`)."""
+        if not self.task_timeout or os.getpid() == self._driver_pid:
+            return tasks, []
+        ended = killed_tasks(self._killed_path())
+        if not ended:
+            return tasks, []
+        run: list[Task] = []
+        records: list[Task] = []
+        for task in tasks:
+            if task.task_id in ended and not isinstance(task, FailedTask):
+                error = TaskTimeoutError(f"stage {self.name!r}: the call on task {task.task_id!r} ran longer than "
+                                         f"task_timeout={self.task_timeout:g}s and did not stop: its worker was ended")
+                records.append(self._fail(task, error, 1))
+            else:
+                run.append(task)
+        return run, records
+
     # -- the map kind's work ------------------------------------------------------
     def process(self, task: Task) -> list[Task]:
         """Process one task; always returns a list (possibly empty)."""
@@ -194,6 +259,7 @@ class ManagedStage(ProcessingStage[Task, Task]):
     def process_batch(self, tasks: list[Task]) -> list[Task]:
         """Process any number of tasks in ``batch_size`` chunks. FailedTasks pass through. The call's
         counts are ``last_counts`` (and go to the run's stats in the driver process)."""
+        self._begin()
         out: list[Task] = []
         pending: list[Task] = []
         size, retries = self.batch_size, self.policy.max_retries
@@ -223,23 +289,33 @@ class ManagedStage(ProcessingStage[Task, Task]):
 
     @last_counts.setter
     def last_counts(self, counts: Counts) -> None:
-        self._last = tuple(counts)
+        self._last = (*counts[:3], counts[3] if len(counts) > 3 else None)
 
     def run_once(self, batch: list[Task]) -> list[Task]:
         """``batch`` as one call of the user's stage, without retries (a gang rank's share)."""
+        self._begin()
         out: list[Task] = []
         failed = self._run_into(batch, out, 0) if batch else 0
         return self._call_done((len(batch), len(out) - failed, failed), out)
 
     def _call_done(self, counts: tuple[int, int, int], out: list[Task]) -> list[Task]:
         """The end of a map call: its counts, and the observer told what it returned."""
-        self._counted(counts)
+        self._counted(counts, out)
         if self.observer is not None:
             self.observer.call_done(self, out)
         return out
 
     def _run_into(self, batch: list[Task], out: list[Task], retries: int) -> int:
         """Run ``batch``, append its outputs to ``out``; returns how many failure records it made."""
+        if self.task_timeout:
+            batch, ended = self.killed(batch)
+            out.extend(ended)
+            if not batch:
+                return len(ended)
+            return len(ended) + self._run_into_timed(batch, out, retries)
+        return self._run_into_timed(batch, out, retries)
+
+    def _run_into_timed(self, batch: list[Task], out: list[Task], retries: int) -> int:
         start = time.perf_counter()
         made = self._batch_path(batch, retries) if self._custom_batch else self._task_path(batch, retries)
         if made:
@@ -257,13 +333,15 @@ class ManagedStage(ProcessingStage[Task, Task]):
         out: list[Task] = []
         process, observer = self.stage.process, self.observer
         for task in batch:
+            if self.task_timeout:
+                process = self.limited(self.stage.process, "process()", [task])
             try:
                 result = process(task)
                 if type(result) is not Task:
                     self._validated(result)
             except Exception as exc:
-                def again(t: Task = task) -> Any:
-                    return self._validated(process(t))
+                def again(t: Task = task, call: Any = process) -> Any:
+                    return self._validated(call(t))
 
                 attempt = retry(again, retries, exc)
                 if attempt.error is not None:
@@ -288,8 +366,10 @@ class ManagedStage(ProcessingStage[Task, Task]):
 
     def _batch_path(self, batch: list[Task], retries: int) -> list[Task]:
         """The user's ``process_batch`` on the whole batch (a failure fails every task of it)."""
+        process_batch = self.limited(self.stage.process_batch, "process_batch()", batch)
+
         def call() -> list[Task]:
-            result = self.stage.process_batch(list(batch)) or []
+            result = process_batch(list(batch)) or []
             for child in result:
                 self._check(child, "process_batch()")
             return result

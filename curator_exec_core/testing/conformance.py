@@ -13,6 +13,7 @@ from curator_exec_core.testing.kit import (
     OutputTests,
     ResumeTests,
     ShuffleTests,
+    StatsTests,
 )
 from curator_exec_core.testing.kit.base import MakeExecutor, canonical, reference_run
 from curator_exec_core.testing.kit.base import _Reference as _Reference
@@ -23,8 +24,8 @@ __all__ = ["ExecutorConformance", "MakeExecutor", "canonical", "reference_run"]
 # pytest collects a class's tests base class first (reverse MRO), so the bases are listed last
 # capability first: the kit then runs outputs, lifecycle, failures, shuffle, gang, resume, config,
 # in the order it always has.
-class ExecutorConformance(ConfigTests, ResumeTests, GangTests, ShuffleTests, FailureTests, LifecycleTests,
-                          OutputTests):
+class ExecutorConformance(StatsTests, ConfigTests, ResumeTests, GangTests, ShuffleTests, FailureTests,
+                          LifecycleTests, OutputTests):
     """Behaviour every executor must show: the whole kit. Subclass it and provide ``make_executor``.
 
     ``make_executor(**options)`` must return a new executor built with those

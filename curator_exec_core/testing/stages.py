@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,54 @@ class FailOn(ProcessingStage):
     def process(self, task: Task) -> Task:
         if task.data in self.values:
             raise ValueError(f"cannot take {task.data}")
+        return task
+
+
+class Measured(ProcessingStage):
+    """Records the counters ``value`` (the task's data) and ``seen`` (1) for every task; passes it on."""
+
+    name = "measured"
+    resources = Resources(cpus=0.5)
+
+    def process(self, task: Task) -> Task:
+        self.record("value", task.data)
+        self.record("seen")
+        return task
+
+
+class MeasuredGroups(ShuffleStage):
+    """Groups by ``data % modulo``; records ``keyed`` in ``keys`` and ``group_size`` in ``reduce``."""
+
+    name = "measured_groups"
+    resources = Resources(cpus=0.5)
+
+    def __init__(self, modulo: int = 5) -> None:
+        self.modulo = modulo
+
+    def keys(self, task: Task) -> list[int]:
+        self.record("keyed")
+        return [task.data % self.modulo]
+
+    def reduce(self, key: Any, tasks: list[Task]) -> Task:
+        self.record("group_size", len(tasks))
+        return Task(data=len(tasks))
+
+
+class Stuck(ProcessingStage):
+    """Never returns on the given data values (a Python loop of short sleeps, so that a time limit can
+    stop it); passes other tasks on."""
+
+    name = "stuck"
+    resources = Resources(cpus=0.5)
+
+    def __init__(self, values: tuple[int, ...], task_timeout: float | None = None) -> None:
+        self.values = set(values)
+        self.task_timeout = task_timeout
+
+    def process(self, task: Task) -> Task:
+        if task.data in self.values:
+            while True:
+                time.sleep(0.02)
         return task
 
 

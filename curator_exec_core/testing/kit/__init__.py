@@ -40,7 +40,8 @@ do not start with ``Test``, so importing them into a test module collects nothin
     a failure (counted in files: workers must share this machine's filesystem).
 :class:`FailureTests` (``kit/failures.py``)
     a failure aborts naming the stage and task; ``ignore_failures=True`` reports every
-    failed task; ``max_retries``; exhausted retries.
+    failed task; ``max_retries``; exhausted retries; the failure budget (``max_failed_tasks``)
+    aborts naming the first errors; ``task_timeout`` stops a call that runs too long.
 :class:`ShuffleTests` (``kit/shuffle.py``)
     shuffle stages: grouping in task id order, several keys or none, shuffles anywhere
     and twice, ids independent of the partition count, edge cases, lifecycle, failures.
@@ -51,6 +52,10 @@ do not start with ``Test``, so importing them into a test module collects nothin
     resumable runs: a finished run resumed without work, a killed driver (seeded random
     points) and a killed worker resumed to the reference answer, a resume after a finished
     shuffle, a torn journal, checkpoint errors. Uses ``driver_env``.
+:class:`StatsTests` (``kit/stats.py``)
+    statistics: counters recorded with ``self.record`` in ``process``, ``keys`` and ``reduce``, and
+    every call's figures (tasks, wall and CPU seconds, per worker) reach ``result.metrics["stats"]``
+    merged exactly; the ``"stats"`` event; ``stats.json`` with a checkpoint, merged on resume.
 :class:`ConfigTests` (``kit/config.py``)
     option typos are ``ConfigError``; an infeasible GPU request is a ``PlanError`` before
     any setup; the shape of ``capacity()``.
@@ -71,9 +76,10 @@ from curator_exec_core.testing.kit.lifecycle import LifecycleTests
 from curator_exec_core.testing.kit.outputs import OutputTests
 from curator_exec_core.testing.kit.resume import ResumeTests
 from curator_exec_core.testing.kit.shuffle import ShuffleTests
+from curator_exec_core.testing.kit.stats import StatsTests
 
 #: every mixin, in the order the full kit runs them
-MIXINS = (OutputTests, LifecycleTests, FailureTests, ShuffleTests, GangTests, ResumeTests, ConfigTests)
+MIXINS = (OutputTests, LifecycleTests, FailureTests, ShuffleTests, GangTests, ResumeTests, ConfigTests, StatsTests)
 
 __all__ = [
     "COUNT_KEYS",
@@ -87,6 +93,7 @@ __all__ = [
     "OutputTests",
     "ResumeTests",
     "ShuffleTests",
+    "StatsTests",
     "assert_same_stage_counts",
     "canonical",
     "reference_run",

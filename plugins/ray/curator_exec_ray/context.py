@@ -45,11 +45,11 @@ class RayRun:
     def id(self) -> str:
         return self.run.id
 
-    def report(self, index: int, counts: Sequence[int]) -> None:
+    def report(self, index: int, counts: Sequence[Any]) -> None:
         """Stage ``index`` did ``counts`` (tasks in, outputs, new failure records) on a worker."""
         self.run.report(index, counts)
 
-    def report_all(self, counts: Mapping[int, Sequence[int]] | None) -> None:
+    def report_all(self, counts: Mapping[int, Sequence[Any]] | None) -> None:
         """Counts of several stages (what a chunk carries back)."""
         if counts:
             self.run.stats.add_all(counts)

@@ -39,15 +39,26 @@ class RunCoordinator:
     def _run(self, run_id: str, num_stages: int = 0) -> dict[str, Any] | None:
         if run_id in self.finished:
             return None
-        run = self.runs.setdefault(run_id, {"counts": [], "workers": []})
+        run = self.runs.setdefault(run_id, {"counts": [], "perf": [], "workers": []})
         while len(run["counts"]) < num_stages:
             run["counts"].append([0, 0, 0])
+            run["perf"].append(None)
         return run
 
-    def add(self, run_id: str, index: int, counts: tuple[int, int, int]) -> None:
+    def add(self, run_id: str, index: int, counts: tuple[Any, ...]) -> None:
+        """A worker's call of stage ``index``: its counts, and its figures (a ``CallPerf``) if any."""
         run = self._run(run_id, index + 1)
         if run is not None:
-            run["counts"][index] = [a + b for a, b in zip(run["counts"][index], counts, strict=True)]
+            total = run["counts"][index]
+            total[0] += counts[0]
+            total[1] += counts[1]
+            total[2] += counts[2]
+            if len(counts) > 3 and counts[3] is not None:
+                from curator_exec_core.stats import StageStats
+
+                if run["perf"][index] is None:
+                    run["perf"][index] = StageStats()
+                run["perf"][index].fold(counts[3])
 
     def register(self, run_id: str, index: int, handle: list[Any]) -> bool:
         """A worker asks before its setup; once the run is closed the answer is no."""
@@ -68,9 +79,13 @@ class RunCoordinator:
 
         return [ray.put(value)]  # in a list, so that the caller gets the ref, not the value
 
-    def counts(self, run_id: str) -> list[list[int]]:
+    def counts(self, run_id: str) -> list[tuple[list[int], Any]]:
+        """Per stage: the counts so far, and the figures (a ``StageStats``) since the last call."""
         run = self.runs.get(run_id)
-        return [list(c) for c in run["counts"]] if run else []
+        if not run:
+            return []
+        perf, run["perf"] = run["perf"], [None] * len(run["perf"])
+        return [(list(c), p) for c, p in zip(run["counts"], perf, strict=True)]
 
     def forget(self, run_id: str) -> None:
         self.finished.add(run_id)
@@ -155,7 +170,7 @@ class WorkerLink:
 
         return ray.get(self._actor().keep.remote(value))[0]
 
-    def count(self, counts: tuple[int, int, int]) -> None:
+    def count(self, counts: tuple[Any, ...]) -> None:
         try:
             self._actor().add.remote(self.run_id, self.index, counts)
         except Exception:  # the run is over (coordinator gone): counts no longer matter
@@ -183,7 +198,10 @@ class ProgressPoller:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            self.poll()
+            try:
+                self.poll()
+            except Exception:  # the run aborted itself (a failure budget): the driver raises it at the end
+                return
 
     def poll(self, timeout: float = 10.0) -> None:
         import ray
@@ -192,13 +210,13 @@ class ProgressPoller:
             counts = ray.get(self.coordinator.handle.counts.remote(self.token), timeout=timeout)
         except Exception:
             return
-        for i, now in enumerate(counts):
+        for i, (now, perf) in enumerate(counts):
             if i not in self.seen:
                 continue
             delta = [a - b for a, b in zip(now, self.seen[i], strict=True)]
-            if any(delta):
+            if any(delta) or perf is not None:
                 self.seen[i] = now
-                self.ray_run.report(i, delta)
+                self.ray_run.report(i, (*delta, perf))
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()

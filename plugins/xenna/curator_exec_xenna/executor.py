@@ -80,6 +80,7 @@ class XennaOptions(RayExecutorOptions):
         "input tasks and workers, 16 to 256. Stages still see their own batch_size.", minimum=1, allow_none=True)
 
     def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
         if not 0 < self.cpu_allocation_percentage <= 1:
             raise ConfigError(f"option 'cpu_allocation_percentage' must be in (0, 1], got "
                               f"{self.cpu_allocation_percentage!r}")
