@@ -59,25 +59,25 @@ class StageFailedError(CuratorExecError, RuntimeError):
     """
 
     def __init__(self, stage: str, task_id: str, error: str, attempts: int = 1, remote_traceback: str = "",
-                 retryable: bool = True) -> None:
+                 retryable: bool = True, advice: str = "") -> None:
         self.stage = stage
         self.task_id = task_id
         self.error = error
         self.attempts = attempts
         self.remote_traceback = remote_traceback
         self.retryable = retryable
+        self.advice = advice
         tries = f" after {attempts} attempts" if attempts > 1 else ""
-        retry = ", or max_retries=N to retry" if retryable else " (retrying cannot help: the stage broke its contract)"
-        super().__init__(
-            f"stage {stage!r} failed on task {task_id!r}{tries}: {error}. "
-            "Fix the stage, or pass ignore_failures=True to finish the run and get failed tasks "
-            f"on result.failed_tasks{retry}."
-        )
+        if not advice:
+            retry = ", or max_retries=N to retry" if retryable else " (retrying cannot help: the stage broke its contract)"
+            advice = ("Fix the stage, or pass ignore_failures=True to finish the run and get failed tasks "
+                      f"on result.failed_tasks{retry}.")
+        super().__init__(f"stage {stage!r} failed on task {task_id!r}{tries}: {error}. {advice}")
 
-    def __reduce__(self) -> tuple[type[StageFailedError], tuple[str, str, str, int, str, bool]]:
+    def __reduce__(self) -> tuple[type[StageFailedError], tuple[str, str, str, int, str, bool, str]]:
         # keep the fields across pickling (Ray ships exceptions)
         return (type(self), (self.stage, self.task_id, self.error, self.attempts, self.remote_traceback,
-                             self.retryable))
+                             self.retryable, self.advice))
 
 
 class StageContractError(CuratorExecError, TypeError):

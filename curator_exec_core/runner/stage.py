@@ -232,6 +232,10 @@ class ManagedStage(ProcessingStage[Task, Task]):
     def _killed_path(self) -> str:
         return os.path.join(run_dir(self.run_id), "timed-out", f"{self.index}")
 
+    def ended_by_timeout(self) -> set[str]:
+        """The ids of the tasks whose call ended a worker of this stage on this node (task_timeout)."""
+        return killed_tasks(self._killed_path()) if self.task_timeout else set()
+
     def killed(self, tasks: list[Task]) -> tuple[list[Task], list[Task]]:
         """``tasks`` split into those to run and failure records for those whose call ended a worker of
         this stage on this node (see :mod:`curator_exec_core.runner.timeout`)."""

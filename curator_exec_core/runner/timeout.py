@@ -94,9 +94,12 @@ class _Watchdog:
                 now = time.monotonic()
                 wake = now + 3600.0
                 for call in list(self._calls.values()):
-                    if now >= call.next_fire:
+                    late = now >= call.deadline + KILL_GRACE and (call.kill or not call.warned)
+                    if now >= call.next_fire or late:
                         self._fire(call, now)
-                    wake = min(wake, call.next_fire, call.deadline + KILL_GRACE if call.kill else wake)
+                    wake = min(wake, call.next_fire)
+                    if now < call.deadline + KILL_GRACE:  # the kill (a worker) or the warning (the driver)
+                        wake = min(wake, call.deadline + KILL_GRACE)
                 self._cond.wait(max(0.01, wake - time.monotonic()))
 
     def _fire(self, call: _Call, now: float) -> None:
@@ -108,10 +111,12 @@ class _Watchdog:
                     call.on_kill()
             finally:
                 os._exit(EXIT_STATUS)
-        if not call.kill and call.fired and not call.warned and now >= call.deadline + KILL_GRACE:
+        if not call.kill and not call.warned and now >= call.deadline + KILL_GRACE:
             call.warned = True
             logger.warning("%s is still running past its task_timeout; a thread cannot be killed in the driver "
                            "process, so it counts as timed out when it returns", call.what)
+        if now < call.next_fire:  # woken for the warning only
+            return
         call.fired = True
         call.next_fire = now + REFIRE
         _raise_in(call.thread, TaskTimeoutError)

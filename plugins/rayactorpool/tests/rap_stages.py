@@ -129,3 +129,25 @@ class DieOnceInReduce(ShuffleStage):
 
             os.kill(os.getpid(), signal.SIGKILL)
         return Task(data={"key": key, "ids": [t.task_id for t in tasks]})
+
+
+class SleepsInC(ProcessingStage):
+    """On ``value``: one long ``time.sleep`` (C code: a raise from the watchdog cannot reach it).
+    With ``setup`` (an actor, not a pooled task); records the pid of each call in ``folder``."""
+
+    name = "sleeps_in_c"
+
+    def __init__(self, folder: str, value: int = 3) -> None:
+        self.folder = folder
+        self.value = value
+
+    def setup(self, worker_metadata: Any = None) -> None:
+        pass
+
+    def process(self, task: Task) -> Task:
+        import time
+
+        append(Path(self.folder) / "calls.jsonl", {"task": task.task_id, "pid": os.getpid()})
+        if task.data == self.value:
+            time.sleep(3600)
+        return task

@@ -20,7 +20,7 @@ import attrs
 
 from curator_exec_core.capacity import Capacity
 from curator_exec_core.config import build_options, option
-from curator_exec_core.errors import ConfigError, PlanError
+from curator_exec_core.errors import ConfigError, PlanError, StageFailedError
 from curator_exec_core.planning import ExecutionPlan
 from curator_exec_core.runner import ManagedStage
 from curator_exec_core.stages import ProcessingStage
@@ -257,7 +257,11 @@ class XennaExecutor(RayExecutorBase):
                 os.environ["RAY_ADDRESS"] = session.address  # Xenna's ray.init must attach to our cluster
                 try:
                     with ProgressPoller(ray_run, coordinator, token, indices):
-                        result = xenna.run_pipeline(spec)
+                        try:
+                            result = xenna.run_pipeline(spec)
+                        except Exception as exc:
+                            _raise_if_timed_out(stages, exc)
+                            raise
                 finally:  # after a failure Xenna leaves its workers running: tear down and kill them
                     stop_workers(coordinator.close(token, timeout), run_id, timeout, log=logger, indices=indices)
             if to_chunks:
@@ -285,3 +289,16 @@ class XennaExecutor(RayExecutorBase):
             (only,) = pinned
             hidden |= {n["NodeID"] for n in alive_nodes()} - only
         return hidden
+
+
+def _raise_if_timed_out(stages: Sequence[ManagedStage], error: BaseException) -> None:
+    """Xenna fails a run whose worker died. If a worker of ours ended itself because a call ran past
+    ``task_timeout`` and did not stop, say that (stage, task, limit) instead of Ray's actor death."""
+    for stage in stages:
+        for task_id in sorted(stage.ended_by_timeout()):
+            raise StageFailedError(
+                stage.name, task_id, f"TaskTimeoutError: the call ran longer than task_timeout={stage.task_timeout:g}s "
+                "and did not stop (stuck outside Python), so its worker was ended", retryable=False,
+                advice="Xenna fails a run whose worker dies, so on xenna such a task aborts the run even with "
+                       "ignore_failures=True: make the stage return (or raise) in time, or raise task_timeout.",
+            ) from error

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 import pytest
-from xenna_test_stages import Sized, Stamp, stamps
+from xenna_test_stages import SleepsInC, Sized, Stamp, stamps
 
 from curator_exec_core import PlanError, StageFailedError, Task, get_executor
 from curator_exec_core.testing import LifecycleLog
@@ -100,6 +100,17 @@ def test_abort_leaves_no_worker_and_tears_down(ray_session: Any, tmp_path: Any) 
     assert live_ray_processes([a.pid for a in new if a.pid]) == []
     log = LifecycleLog(tmp_path)
     assert log.per_who("setup", "rec") == log.per_who("teardown", "rec")
+
+
+def test_a_call_stuck_past_task_timeout_fails_the_run_naming_the_task(ray_session: Any) -> None:
+    """Xenna fails a run whose worker dies: the worker our watchdog ended is reported as the timeout it was."""
+    with pytest.raises(StageFailedError) as info:
+        get_executor("xenna", show_progress=False, ignore_failures=True, task_timeout=1.0).run(
+            [SleepsInC(3)], ints(6))
+    err = info.value
+    assert (err.stage, err.task_id) == ("sleeps_in_c", "3")
+    assert "task_timeout=1s" in str(err) and "even with ignore_failures=True" in str(err)
+    assert not [a for a in xenna_actors(("StageWorker",)) if a.state != "DEAD"], "no Xenna worker is left behind"
 
 
 def test_batch_mode_runs_stage_after_stage(ray_session: Any, tmp_path: Any) -> None:

@@ -60,3 +60,17 @@ class Placed(Recorded):
     def process(self, task: Task) -> Task:
         time.sleep(getattr(self, "sleep", 0.0))
         return super().process(task)
+
+
+class SleepsInC(ProcessingStage):
+    """On ``value``: one long ``time.sleep`` (C code: the watchdog's raise cannot reach it)."""
+
+    name = "sleeps_in_c"
+
+    def __init__(self, value: int = 3) -> None:
+        self.value = value
+
+    def process(self, task: Task) -> Task:
+        if task.data == self.value:
+            time.sleep(3600)
+        return task
