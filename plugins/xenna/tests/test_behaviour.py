@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 import pytest
-from xenna_test_stages import SleepsInC, Sized, Stamp, stamps
+from xenna_test_stages import Sized, SleepsInC, Stamp, stamps
 
 from curator_exec_core import PlanError, StageFailedError, Task, get_executor
 from curator_exec_core.testing import LifecycleLog
