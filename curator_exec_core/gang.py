@@ -81,7 +81,15 @@ class ManagedGang(ManagedStage):
 
     def shares(self, tasks: Sequence[Task]) -> list[list[Task]]:
         """Every input task on exactly one rank, evenly, in ``task_id`` order (failure records aside)."""
-        work = sorted((t for t in tasks if not isinstance(t, FailedTask)), key=lambda t: task_order(t.task_id))
+        picks = self.share_positions([None if isinstance(t, FailedTask) else t.task_id for t in tasks])
+        return [[tasks[i] for i in pick] for pick in picks]
+
+    def share_positions(self, ids: Sequence[str | None]) -> list[list[int]]:
+        """:meth:`shares` from the inputs' task ids alone (``None``: a failure record, on no rank):
+        for each rank, the positions in ``ids`` of its share, in the order the share holds them
+        (``task_id`` order; equal ids keep their input order). A driver that holds only ids and
+        references (the Ray layer) cuts the shares with it."""
+        work = sorted((i for i, tid in enumerate(ids) if tid is not None), key=lambda i: task_order(ids[i] or ""))
         n, k = len(work), self.size
         bounds = [n * r // k for r in range(k + 1)]
         return [work[bounds[r]:bounds[r + 1]] for r in range(k)]
