@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Callable, Hashable, Iterable, Sequence
+import itertools
+import logging
+import os
+import pickle
+import shutil
+import tempfile
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 from curator_exec_core.errors import StageContractError
@@ -20,7 +26,9 @@ from curator_exec_core.stages import ProcessingStage
 from curator_exec_core.tasks import FailedTask, Task
 
 __all__ = ["ShuffleStage", "ManagedShuffle", "GroupBy", "Repartition", "key_digest", "task_order",
-           "group_in_process", "partitioned", "KeyedTask"]
+           "group_in_process", "SpillingGrouper", "partitioned", "KeyedTask"]
+
+logger = logging.getLogger(__name__)
 
 #: (key digest, key, task): one task as one key sends it to the shuffle
 KeyedTask = tuple[str, Hashable, Task]
@@ -196,7 +204,7 @@ class ManagedShuffle(ManagedStage):
                 tasks.sort(key=lambda t: task_order(t.task_id))
             failed += self._reduce_group(f"{self.name}#{digest[:16]}", key, tasks, out)
         self._counted((0, len(out) - failed, failed), out)
-        return out
+        return out if self.keep_outputs else self.failures_only(out)
 
     def _reduce_group(self, out_id: str, key: Hashable, tasks: list[Task], out: list[Task]) -> int:
         """``reduce(key, tasks)`` into ``out`` with ids from the key; 1 if it made a failure record."""
@@ -233,8 +241,255 @@ def partitioned(shuffle: ManagedShuffle, keyed: Sequence[KeyedTask], partitions:
     return parts
 
 
-def group_in_process(shuffle: ManagedShuffle, tasks: Iterable[Task]) -> list[Task]:
+def group_in_process(shuffle: ManagedShuffle, tasks: Iterable[Task], *, memory_budget: int | None = None,
+                     spill_dir: str | None = None) -> Iterator[Task]:
     """The whole shuffle in this process, on a set-up ``shuffle``: key every task, reduce every
-    group. Failure records (those that came in, then those it made) come first."""
-    keyed, records = shuffle.key_tasks(tasks)
-    return records + shuffle.reduce_groups(keyed)
+    group. An iterator (lazy: nothing runs before the first ``next()``): the failure records (those
+    that came in, then those ``keys()`` made) first, then the outputs, partition after partition,
+    each group's outputs in the order of the key digests (the same order with and without spilling).
+
+    ``tasks`` is read once, so it may be a generator. ``memory_budget`` (bytes): past it the keyed
+    pieces go to spill files in a private directory under ``spill_dir`` (default: the system's
+    temporary directory) and are reduced partition by partition (:class:`SpillingGrouper`); ``None``:
+    everything is held in memory. The spill directory is removed when the iterator ends, raises or
+    is closed."""
+    if memory_budget is None:
+        keyed, records = shuffle.key_tasks(tasks)
+        yield from records
+        del records
+        yield from shuffle.reduce_groups(keyed)
+        return
+    yield from SpillingGrouper(shuffle, memory_budget, spill_dir).run(tasks)
+
+
+#: spill partitions per level: the top 6 bits of the key digest at level 0, the next 6 below
+#: (range partitions, so partition order is digest order)
+SPILL_FANOUT_BITS = 6
+SPILL_FANOUT = 1 << SPILL_FANOUT_BITS
+_DIGEST_BITS = 160
+_MAX_LEVEL = _DIGEST_BITS // SPILL_FANOUT_BITS - 1
+#: estimated bytes a held piece costs beyond its pickled task (the tuple, the Task object, its dicts)
+PIECE_OVERHEAD = 200
+#: tasks of one ``keys()`` call at most; fewer for large tasks (the budget's share)
+_MAX_CHUNK = 1024
+#: every task's size is measured (pickled) for the first tasks, then one task in this many
+_SAMPLE_ALL, _SAMPLE_EVERY = 256, 16
+
+
+def _bucket(digest: str, level: int) -> int:
+    return (int(digest, 16) >> (_DIGEST_BITS - SPILL_FANOUT_BITS * (level + 1))) & (SPILL_FANOUT - 1)
+
+
+def _frames(path: str) -> Iterator[list[Any]]:
+    with open(path, "rb") as f:
+        while True:
+            try:
+                yield pickle.load(f)
+            except EOFError:
+                return
+
+
+class SpillingGrouper:
+    """The in-process shuffle under a memory budget (one run: :meth:`run`).
+
+    * **Estimate**: a keyed piece costs its task's pickled size plus :data:`PIECE_OVERHEAD`. Tasks are
+      pickled to measure them: all of the first 256, then one in 16 (the others count the running
+      mean), so the estimate costs well under a microsecond per task. A task with several keys counts
+      once per key (it is written once per key).
+    * **Holding**: pieces are held per partition (:data:`SPILL_FANOUT` range partitions of the key
+      digest) with the failure records. Once the estimate passes the budget, everything held is
+      appended to the partition's spill file (one pickle frame, a list of pieces, per flush) in a
+      private directory (``mkdtemp``: mode 0700) and memory is cleared. ``keys()`` runs on chunks of
+      the input sized to a small share of the budget, so the overshoot is one chunk.
+    * **Reducing**: a run that never passed the budget reduces in memory as without one. Otherwise
+      the rest is flushed too, the records are yielded, then each partition is loaded alone and
+      reduced (``reduce_groups``). A partition file above half the budget (objects take about 1-2
+      times their pickled size) is split again by the next 6 bits of the digest, one frame at a
+      time, before it is loaded; a file that holds a single key (one group larger than the budget)
+      cannot be split: it is loaded anyway, over the budget, with a warning (``reduce()`` needs the
+      group as one list).
+    * **Cleanup**: the directory goes when the run ends, raises, or its iterator is closed.
+    """
+
+    def __init__(self, shuffle: ManagedShuffle, memory_budget: int, spill_dir: str | None = None) -> None:
+        if memory_budget < 0:
+            raise ValueError(f"memory_budget must be >= 0 bytes, got {memory_budget}")
+        self.shuffle = shuffle
+        self.budget = memory_budget
+        self.spill_dir = spill_dir
+        self.dir: str | None = None  # the private directory, once something spilled
+        self.parts: list[list[KeyedTask]] = [[] for _ in range(SPILL_FANOUT)]
+        self.records: list[Task] = []
+        self.held = 0  # estimated bytes held now
+        self.spilled_bytes = 0  # bytes written to spill files (splits included)
+        self.flushes = 0
+        self._files: dict[int, Any] = {}
+        self._seen = 0
+        self._measured = 0
+        self._measured_bytes = 0
+
+    # -- sizes --------------------------------------------------------------------------------
+    def _size(self, task: Task) -> int:
+        """The estimated pickled size of ``task`` (measured, or the running mean)."""
+        self._seen += 1
+        if self._seen <= _SAMPLE_ALL or self._seen % _SAMPLE_EVERY == 0 or not self._measured:
+            try:
+                size = len(pickle.dumps(task, pickle.HIGHEST_PROTOCOL))
+            except Exception:  # it will fail where it is written, with the real error; count it as average
+                size = self._mean()
+            self._measured += 1
+            self._measured_bytes += size
+            return size
+        return self._mean()
+
+    def _mean(self) -> int:
+        return self._measured_bytes // self._measured if self._measured else 0
+
+    def _chunk_len(self) -> int:
+        if not self._measured:  # nothing known yet: a few tasks first
+            return 16
+        per_task = self._mean() + PIECE_OVERHEAD
+        return max(1, min(_MAX_CHUNK, self.budget // (8 * per_task)))
+
+    # -- spilling -----------------------------------------------------------------------------
+    def _path(self, name: str) -> str:
+        assert self.dir is not None
+        return os.path.join(self.dir, name)
+
+    def _flush(self) -> None:
+        """Append everything held to the spill files and forget it."""
+        if self.dir is None:
+            if self.spill_dir is not None:
+                os.makedirs(self.spill_dir, exist_ok=True)
+            self.dir = tempfile.mkdtemp(prefix="curator-exec-shuffle-", dir=self.spill_dir)
+            logger.info("shuffle stage %r: keyed pieces passed the memory budget (%d bytes); spilling to %s",
+                        self.shuffle.name, self.budget, self.dir)
+        self.flushes += 1
+        if self.records:
+            self._append("records", self.records)
+            self.records = []
+        for b, part in enumerate(self.parts):
+            if part:
+                self._append(f"p{b:02x}", part, keep_open=b)
+                self.parts[b] = []
+        self.held = 0
+
+    def _append(self, name: str, items: list[Any], keep_open: int | None = None) -> None:
+        f = self._files.get(keep_open) if keep_open is not None else None
+        if f is None:
+            f = open(self._path(name), "ab")
+            if keep_open is not None:
+                self._files[keep_open] = f
+        try:
+            start = f.tell()
+            pickle.dump(items, f, pickle.HIGHEST_PROTOCOL)
+            self.spilled_bytes += f.tell() - start
+        finally:
+            if keep_open is None:
+                f.close()
+
+    def _close(self) -> None:
+        files, self._files = self._files, {}
+        for f in files.values():
+            f.close()
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self, tasks: Iterable[Task]) -> Iterator[Task]:
+        """Key ``tasks`` (read once), then yield the records and the outputs (see the class)."""
+        shuffle = self.shuffle
+        try:
+            source = iter(tasks)
+            while True:
+                chunk = list(itertools.islice(source, self._chunk_len()))
+                if not chunk:
+                    break
+                keyed, records = shuffle.key_tasks(chunk)
+                del chunk
+                for record in records:
+                    self.records.append(record)
+                    self.held += self._size(record) + PIECE_OVERHEAD
+                sizes: dict[int, int] = {}
+                for piece in keyed:
+                    task = piece[2]
+                    size = sizes.get(id(task))
+                    if size is None:
+                        size = sizes[id(task)] = self._size(task) + PIECE_OVERHEAD
+                    self.parts[_bucket(piece[0], 0)].append(piece)
+                    self.held += size
+                del keyed, records, sizes
+                if self.held > self.budget:
+                    self._flush()
+            if self.dir is None:  # it all fitted: as without a budget
+                records, self.records = self.records, []
+                yield from records
+                del records
+                held = [piece for part in self.parts for piece in part]
+                self.parts = []
+                yield from shuffle.reduce_groups(held)
+                return
+            self._flush()
+            self._close()
+            records_path = self._path("records")
+            if os.path.exists(records_path):
+                for frame in _frames(records_path):
+                    yield from frame
+                os.remove(records_path)
+            for b in range(SPILL_FANOUT):
+                yield from self._reduce_file(self._path(f"p{b:02x}"), 1)
+        finally:
+            self._close()
+            if self.dir is not None:
+                shutil.rmtree(self.dir, ignore_errors=True)
+                logger.debug("shuffle stage %r: %d flushes, %d bytes spilled; removed %s",
+                             shuffle.name, self.flushes, self.spilled_bytes, self.dir)
+
+    def _reduce_file(self, path: str, level: int) -> Iterator[Task]:
+        """Reduce the pieces of one partition file (split first if it is too large to load)."""
+        if not os.path.exists(path):
+            return
+        if os.path.getsize(path) > self.budget // 2 and level <= _MAX_LEVEL:
+            subpaths = self._split(path, level)
+            if subpaths is not None:
+                for sub in subpaths:
+                    yield from self._reduce_file(sub, level + 1)
+                return
+            path = f"{path}.single"
+            logger.warning("shuffle stage %r: one group (one key) takes %d bytes pickled, more than half the "
+                           "memory budget (%d bytes); it is reduced in memory anyway (reduce() gets the group "
+                           "as one list)", self.shuffle.name, os.path.getsize(path), self.budget)
+        pieces = [piece for frame in _frames(path) for piece in frame]
+        os.remove(path)
+        yield from self.shuffle.reduce_groups(pieces)
+
+    def _split(self, path: str, level: int) -> list[str] | None:
+        """Rewrite ``path`` into sub-partitions by the digest's bits at ``level`` (one frame held at a
+        time) and return their paths in digest order; None if the file holds one key only (then it
+        was renamed to ``path + ".single"``)."""
+        first: str | None = None
+        several = False
+        for frame in _frames(path):
+            for digest, _, _ in frame:
+                if first is None:
+                    first = digest
+                elif digest != first:
+                    several = True
+                    break
+            if several:
+                break
+        if not several:
+            os.replace(path, f"{path}.single")
+            return None
+        names = [f"{os.path.basename(path)}.{b:02x}" for b in range(SPILL_FANOUT)]
+        try:
+            for frame in _frames(path):
+                subparts: list[list[KeyedTask]] = [[] for _ in range(SPILL_FANOUT)]
+                for piece in frame:
+                    subparts[_bucket(piece[0], level)].append(piece)
+                del frame
+                for b, sub in enumerate(subparts):
+                    if sub:
+                        self._append(names[b], sub)
+        finally:
+            self._close()
+        os.remove(path)
+        return [p for p in (self._path(n) for n in names) if os.path.exists(p)]

@@ -53,7 +53,7 @@ def _shuffle_in_process(stage: ManagedShuffle, tasks: list[Task], worker_prefix:
     stage.setup(WorkerMetadata(worker_id=f"{worker_prefix}:{os.getpid()}:{stage.index}",
                                node_id=socket.gethostname()))
     try:
-        return group_in_process(stage, tasks)
+        return list(group_in_process(stage, tasks))
     finally:
         stage.teardown()
 
