@@ -183,6 +183,8 @@ class _Subject:
                 construct = time.perf_counter() - t0
             return wl.pool_map(self.pool, stages, tasks), construct, t0
         if self.executor is None:
+            if workload == "W8" and self.name == "local":
+                self.options = {"shuffle_memory_budget": wl.W8_BUDGET, **self.options}
             if not self._build_executor(record):
                 return None
             construct = time.perf_counter() - t0
@@ -190,6 +192,10 @@ class _Subject:
             outputs, extra = w7_pairs(self.executor, stages, len(tasks))
             record.update(extra)
             return outputs, construct, time.perf_counter() - extra["seconds_with_checkpoint"]
+        if workload == "W8":
+            if "shuffle_memory_budget" in self.options:
+                record["shuffle_memory_budget"] = self.options["shuffle_memory_budget"]
+            return wl.shuffle_alone(self.executor, stages, tasks), construct, t0
         pipeline = self._pipeline(f"bench-{workload}", stages=stages)
         return pipeline.run(self.executor, initial_tasks=tasks), construct, t0
 
@@ -235,7 +241,7 @@ def _measure(subject: _Subject, spec: dict[str, Any], phase: str, stages: list, 
     record.update(construct_seconds=construct, run_seconds=seconds - construct,
                   ru_maxrss_mb=(ru_maxrss_bytes() or 0) / MB, loadavg_after=loadavg(),
                   ray_initialized=_ray_state())
-    if workload in ("W3", "W6"):
+    if workload in ("W3", "W6", "W8"):
         record["intermediate_bytes_expected"] = n * wl.W3_BLOB_BYTES
     record.update(wl.check_outputs(workload, n, outputs))
     failed = getattr(outputs, "failed_tasks", None)

@@ -19,7 +19,7 @@ def _fmt_metric(workload: str, rec: dict | None) -> str:
         return f"{pct:+.1f}%" if pct is not None else f"{rec['us_per_task_stage']:.1f} µs"
     if workload == "W2":
         return f"{rec['efficiency']:.2f}" if rec.get("efficiency") is not None else "-"
-    if workload in ("W3", "W6"):
+    if workload in ("W3", "W6", "W8"):
         return f"{rec['peak_rss_mb']:.0f}" if rec.get("peak_rss_mb") is not None else "-"
     if workload == "W4":
         return "ray" if rec.get("ray_imported") else "no ray"
@@ -65,8 +65,9 @@ def _notes(workload: str, cold: dict | None, warm: dict | None) -> str:
         return f"warm speed vs Pool(2): {rec['speed_vs_mp_pool2']:.2f}x"
     if workload == "W5" and "unique_documents" in rec:
         return f"{rec['tasks']} documents -> {rec['unique_documents']} distinct"
-    if workload == "W6" and "shuffled_bytes" in rec:
-        return f"{rec['shuffled_bytes'] / GB:.2f} GB shuffled into {rec['tasks_out']} keys"
+    if workload in ("W6", "W8") and "shuffled_bytes" in rec:
+        budget = f", budget {rec['shuffle_memory_budget']}" if rec.get("shuffle_memory_budget") else ""
+        return f"{rec['shuffled_bytes'] / GB:.2f} GB shuffled into {rec['tasks_out']} keys{budget}"
     if workload == "W3" and "intermediate_bytes" in rec:
         return f"{rec['intermediate_bytes'] / GB:.2f} GB flowed per run; RSS before warm {rec.get('rss_before_mb', 0):.0f} MB"
     if workload == "W7" and "seconds_without_checkpoint" in rec:

@@ -22,12 +22,17 @@ Workloads (full size; ``--quick`` divides the task counts by 10):
   into ``W6_KEYS`` keys (:class:`Bucket`).
 * **W7 checkpoint overhead**: W1's stages, warm runs without and with a checkpoint
   (measured in ``child.py``).
+* **W8 shuffle 4 GB, budget**: W6's stages at ``W8_TASKS`` tasks (4 GB; the environment variable
+  ``BENCH_W8_TASKS`` overrides it), the shuffle alone through ``executor.run_barrier`` with its input
+  made lazily by the map stage (:func:`shuffle_alone`, as a streaming driver hands it over), on
+  ``local`` with ``shuffle_memory_budget=W8_BUDGET`` unless ``--set local.shuffle_memory_budget=...``.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +47,8 @@ W5_TASKS = 200_000
 W5_DUPLICATE_SHARE = 0.3  # of the documents, duplicates of another one after normalisation
 W6_TASKS = 20_000
 W6_KEYS = 100
+W8_TASKS = 40_000  # 40,000 x 100 KB = 4.0 GB through the shuffle
+W8_BUDGET = "512MiB"  # local's shuffle_memory_budget in W8
 STAGES_PER_WORKLOAD = 2
 QUICK_DIVISOR = 10
 
@@ -75,6 +82,7 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in (
     Workload("W5", "exact dedup", "docs/s", (DICT, RAYDATA_GROUPBY)),
     Workload("W6", "shuffle 2 GB", "peak RSS MB", (DICT,), sample_rss=True),
     Workload("W7", "checkpoint overhead", "checkpoint overhead", ()),
+    Workload("W8", "shuffle 4 GB, budget", "peak RSS MB", (), sample_rss=True),
 )}
 
 
@@ -212,7 +220,8 @@ class Bucket(ShuffleStage):
 
 
 def task_count(workload: str, quick: bool = False) -> int:
-    n = {"W1": W1_TASKS, "W2": W2_TASKS, "W3": W3_TASKS, "W5": W5_TASKS, "W6": W6_TASKS, "W7": W1_TASKS}[workload]
+    n = {"W1": W1_TASKS, "W2": W2_TASKS, "W3": W3_TASKS, "W5": W5_TASKS, "W6": W6_TASKS, "W7": W1_TASKS,
+         "W8": int(os.environ.get("BENCH_W8_TASKS", W8_TASKS))}[workload]
     return max(1, n // QUICK_DIVISOR) if quick else n
 
 
@@ -225,7 +234,7 @@ def make_stages(workload: str) -> list[ProcessingStage]:
         return [AttachBytes("attach_bytes"), DropBytes()]
     if workload == "W5":
         return [Normalize(), KeepFirst()]
-    if workload == "W6":
+    if workload in ("W6", "W8"):
         return [AttachBytes("attach_bytes"), Bucket()]
     raise ValueError(f"no stages for workload {workload!r}")
 
@@ -246,7 +255,7 @@ def check_outputs(workload: str, n: int, outputs: Sequence[Task]) -> dict[str, A
         if sorted(t.data for t in outputs) != sorted(unique):
             problems.append(f"expected the {len(unique)} distinct normalised documents, got {len(outputs)} outputs")
         facts["unique_documents"] = len(unique)
-    elif workload == "W6":
+    elif workload in ("W6", "W8"):
         keys = min(n, W6_KEYS)
         total = sum(t.data["bytes"] for t in outputs)
         facts["shuffled_bytes"] = total
@@ -285,6 +294,22 @@ def dict_group(stages: Sequence[ProcessingStage], tasks: Sequence[Task]) -> list
         for key in shuffle.keys(task):  # type: ignore[attr-defined]
             groups.setdefault(key, []).append(task)
     return [shuffle.reduce(k, g) for k, g in groups.items()]  # type: ignore[attr-defined]
+
+
+def shuffle_alone(executor: Any, stages: Sequence[ProcessingStage], tasks: Sequence[Task]) -> list[Task]:
+    """W8: the shuffle stage alone through ``executor.run_barrier``, its input made one task at a time
+    by the map stage's ``process`` (a generator: no list of the map's outputs anywhere, as a driver that
+    streams segments will hand it over), so the peak RSS is the shuffle's own."""
+    first, shuffle = stages
+    [managed] = executor.managed_stages([shuffle])
+
+    def source() -> Iterator[Task]:
+        for i, task in enumerate(tasks):
+            out = first.process(task)
+            out.task_id = str(i)
+            yield out
+
+    return executor.run_barrier(managed, source())
 
 
 def raydata_groupby(stages: Sequence[ProcessingStage], tasks: Sequence[Task]) -> list[Task]:

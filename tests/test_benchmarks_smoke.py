@@ -105,3 +105,20 @@ def test_shuffle_workloads_check_their_output_beside_the_dict_baseline(tmp_path:
         assert w5["unique_documents"] == 14_000 and w5["tasks_out"] == 14_000 and w5["docs_per_second"] > 0
         assert w6["shuffled_bytes"] == 2_000 * 100_000 and w6["tasks_out"] == 100 and w6["peak_rss_mb"] > 0
     assert [t["rule"] for t in _find(records, "local", "W5", "warm")["targets"]] == ["3×dict_group+0"]
+
+
+def test_budgeted_local_shuffle_workload_stays_below_its_input(tmp_path: Path) -> None:
+    """W8 quick: 400 MB through local's shuffle with a 32 MiB budget (it spills): right answer, and the
+    driver's peak RSS well below the 400 MB that went through."""
+    out = tmp_path / "w8.jsonl"
+    proc = subprocess.run([sys.executable, str(RUN), "local", "--quick", "--workloads", "W8", "--no-baselines",
+                           "--set", "local.shuffle_memory_budget=32MiB", "--json-out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    for phase in ("cold", "warm"):
+        rec = _find(records, "local", "W8", phase)
+        assert rec["status"] == "ok" and rec["correct"] is True, rec
+        assert rec["shuffled_bytes"] == 4_000 * 100_000 and rec["tasks_out"] == 100
+        assert rec["shuffle_memory_budget"] == "32MiB"
+        assert 0 < rec["peak_rss_mb"] < 300, rec["peak_rss_mb"]
