@@ -382,7 +382,13 @@ class SpillingGrouper:
                 self._files[keep_open] = f
         try:
             start = f.tell()
-            pickle.dump(items, f, pickle.HIGHEST_PROTOCOL)
+            try:
+                pickle.dump(items, f, pickle.HIGHEST_PROTOCOL)
+            except (pickle.PicklingError, TypeError, AttributeError) as exc:
+                raise StageContractError(
+                    f"shuffle stage {self.shuffle.name!r}: its tasks passed the memory budget ({self.budget} bytes) "
+                    f"and must be pickled to spill to disk, but one does not pickle ({type(exc).__name__}: {exc}). "
+                    "Keep tasks picklable, or give no budget (local: shuffle_memory_budget=None)") from exc
             self.spilled_bytes += f.tell() - start
         finally:
             if keep_open is None:

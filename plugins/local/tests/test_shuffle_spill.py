@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from curator_exec_core import Pipeline, ShuffleStage, Task, WorkerMetadata, get_executor
-from curator_exec_core.errors import ConfigError, StageFailedError
+from curator_exec_core.errors import ConfigError, StageContractError, StageFailedError
 from curator_exec_core.shuffle import ManagedShuffle, SpillingGrouper, group_in_process, key_digest
 from curator_exec_core.tasks import FailedTask
 from curator_exec_core.testing.kit.shuffle import ShuffleTests
@@ -248,3 +248,18 @@ def test_default_budget_is_a_quarter_of_the_machine():
     assert ex.options.shuffle_memory_budget == "auto"
     assert ex.shuffle_memory_budget() == int(local_capacity().nodes[0].memory * 0.25)
     assert ex.options.shuffle_spill_dir is None
+
+
+def test_a_task_that_does_not_pickle_is_a_clear_error_when_it_must_spill(tmp_path):
+    import threading
+
+    tasks = [Task(data=threading.Lock() if i == 7 else i, task_id=str(i)) for i in range(20)]
+
+    class ByKind(KeepFirst):
+        def keys(self, task: Task) -> list[int]:
+            return [0 if isinstance(task.data, int) else 1]
+
+    with pytest.raises(StageContractError, match="must be pickled to spill.*shuffle_memory_budget=None"):
+        list(group_in_process(managed(ByKind()), tasks, memory_budget=0, spill_dir=str(tmp_path)))
+    assert os.listdir(tmp_path) == []
+    assert len(list(group_in_process(managed(ByKind()), tasks, memory_budget=None))) == 2
