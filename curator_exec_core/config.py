@@ -81,6 +81,9 @@ class ExecutorOptions:
         "Seconds a call of a stage (process, process_batch, keys, reduce, a gang share) may run; a longer one "
         "is stopped and counts as a failure (retried, then a failure record or StageFailedError). A stage's "
         "own task_timeout attribute wins. None: no limit.", minimum=0, allow_none=True)
+    source_window: int = option(
+        10_000, int, "Source tasks per execute() call for an executor that takes lists (one that streams its "
+        "input reads the source as it goes): the driver holds at most about this many source tasks.", minimum=1)
     show_progress: bool = option(True, bool, "Show tqdm progress bars (on stderr, when it is a terminal).")
     progress_interval: float = option(
         10.0, float, "Minimum seconds between progress updates; also how often the 'stats' event is sent "

@@ -86,6 +86,12 @@ class BaseExecutor(ABC):
     #: executor's ``execute`` runs itself. For the others the run driver splits the pipeline at the
     #: barrier: the map segments go through ``execute``, the barrier through :meth:`run_barrier`.
     native_stage_kinds: ClassVar[frozenset[str]] = frozenset()
+    #: does ``execute`` read its ``initial_tasks`` lazily (any iterable, read no further ahead than its
+    #: workers need) and may it return its outputs as an iterator? Then the run hands it the whole
+    #: source at once. If not (a list in, a list out), the run calls ``execute`` once per window of
+    #: source tasks (``curator_exec_core.source.DEFAULT_WINDOW``), so the driver still holds a window,
+    #: not the source.
+    streams_input: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any] | None = None, ignore_head_node: bool = False, **options: Any) -> None:
         self.config: dict[str, Any] = dict(config or {})
@@ -208,8 +214,14 @@ class BaseExecutor(ABC):
         return capacity_and_plan(get_plugin_manager().hook, self, stages)[1].describe()
 
     def run(self, stages: Sequence[ProcessingStage[Any, Any]], initial_tasks: Iterable[Task] | None = None, *,
-            checkpoint_path: str | os.PathLike[str] | None = None, overwrite: bool = False) -> PipelineResult:
+            checkpoint_path: str | os.PathLike[str] | None = None, overwrite: bool = False,
+            return_outputs: bool = True) -> PipelineResult:
         """Run the full lifecycle and return the outputs (a list) with failures and metrics.
+
+        ``initial_tasks``: any iterable of tasks (a generator is read as the run needs it, never
+        whole, unless a checkpoint or a barrier stage needs the whole source). ``return_outputs=False``:
+        the last stage's outputs are dropped where they are made (never shipped to the driver); the
+        result holds no tasks, only the failure records and the metrics.
 
         With ``checkpoint_path`` the run is resumable: finished source tasks (and finished barrier
         stages) are recorded in that directory, and a rerun with the same stages and initial tasks
@@ -220,7 +232,8 @@ class BaseExecutor(ABC):
         from curator_exec_core.run import Run
 
         with self._run_lock:
-            return Run(self, stages, initial_tasks, checkpoint_path=checkpoint_path, overwrite=overwrite).drive()
+            return Run(self, stages, initial_tasks, checkpoint_path=checkpoint_path, overwrite=overwrite,
+                       return_outputs=return_outputs).drive()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.executor_name!r}>"

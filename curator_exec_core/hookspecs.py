@@ -94,7 +94,9 @@ def curator_exec_execute(
     """Run the managed ``stages`` on ``initial_tasks`` and return the last stage's outputs.
 
     Always called with prepared inputs: planned ``ManagedStage`` objects in pipeline order,
-    and a non-empty list of tasks that all have ids.
+    and tasks that all have ids: a non-empty list (one window of the source, or all of it), or,
+    for an executor that streams its input (``streams_input``) and a source that is a generator,
+    an iterator read as the executor goes. Such an executor may return an iterator too.
 
     Default: ``executor.execute(stages, initial_tasks)``.
     """

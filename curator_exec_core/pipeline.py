@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from curator_exec_core.executor import BaseExecutor
@@ -11,6 +11,7 @@ from curator_exec_core.lifecycle import capacity_and_plan
 from curator_exec_core.planning import ExecutionPlan
 from curator_exec_core.registry import get_executor, get_plugin_manager
 from curator_exec_core.stages import ProcessingStage
+from curator_exec_core.streaming import RunStream
 from curator_exec_core.tasks import PipelineResult, Task
 
 __all__ = ["Pipeline", "DEFAULT_EXECUTOR", "resolve_executor"]
@@ -47,16 +48,34 @@ class Pipeline:
         return self
 
     def run(self, executor: BaseExecutor | str | None = None,
-            initial_tasks: Sequence[Task] | None = None, *,
-            checkpoint_path: str | os.PathLike[str] | None = None, overwrite: bool = False) -> PipelineResult:
-        """Run on ``executor`` (default ``local``). ``initial_tasks=None`` starts from one ``EmptyTask``.
+            initial_tasks: Iterable[Task] | None = None, *,
+            checkpoint_path: str | os.PathLike[str] | None = None, overwrite: bool = False,
+            return_outputs: bool = True) -> PipelineResult:
+        """Run on ``executor`` (default ``local``). ``initial_tasks``: any iterable of tasks (a generator is
+        read as the run needs it); ``None`` starts from one ``EmptyTask``.
 
         ``checkpoint_path``: a directory that makes the run resumable (a rerun skips what finished);
-        ``overwrite=True`` discards a checkpoint of another pipeline or other inputs there."""
+        ``overwrite=True`` discards a checkpoint of another pipeline or other inputs there.
+        ``return_outputs=False``: the last stage's outputs are dropped where they are made (a writer stage
+        has written them); the result holds metrics and failure records only."""
+        self._check()
+        return resolve_executor(executor).run(self.stages, initial_tasks, checkpoint_path=checkpoint_path,
+                                              overwrite=overwrite, return_outputs=return_outputs)
+
+    def stream(self, executor: BaseExecutor | str | None = None, initial_tasks: Iterable[Task] | None = None, *,
+               buffer: int = 1024, checkpoint_path: str | os.PathLike[str] | None = None,
+               overwrite: bool = False) -> RunStream:
+        """Run on ``executor`` in the background and yield the output tasks as they finish, from a buffer of
+        about ``buffer`` tasks: a consumer that stops reading holds the run back. ``.result`` (metrics,
+        failure records) once the iterator is exhausted; ``close()`` (or leaving a ``with`` block) stops
+        the run early and tears its workers down. Errors of the run are raised by the iterator."""
+        self._check()
+        return RunStream(resolve_executor(executor), self.stages, initial_tasks, buffer=buffer,
+                         checkpoint_path=checkpoint_path, overwrite=overwrite)
+
+    def _check(self) -> None:
         if not self.stages:
             raise ValueError(f"pipeline {self.name!r} has no stages; add some with add_stage()")
-        return resolve_executor(executor).run(self.stages, initial_tasks, checkpoint_path=checkpoint_path,
-                                              overwrite=overwrite)
 
     def plan(self, executor: BaseExecutor | str | None = None) -> ExecutionPlan:
         """The plan ``executor`` would use, without running anything."""

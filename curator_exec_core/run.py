@@ -19,6 +19,7 @@ through ``executor.run_barrier``; with a checkpoint, finished work is taken from
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import os
 import time
@@ -28,13 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 from curator_exec_core.checkpoint import Checkpoint
 from curator_exec_core.errors import FailureBudgetExceeded, find_stage_error
-from curator_exec_core.executor import prepare_initial_tasks
 from curator_exec_core.lifecycle import capacity_and_plan
 from curator_exec_core.progress import ProgressEvent, ProgressReporter
 from curator_exec_core.registry import get_plugin_manager
 from curator_exec_core.runner import ManagedStage, remove_run_dir
 from curator_exec_core.runner.segments import BarrierSegment, MapSegment, needs_split, run_segments, split_segments
 from curator_exec_core.scheduling import Schedule
+from curator_exec_core.source import DEFAULT_WINDOW, Source
 from curator_exec_core.stages import ProcessingStage
 from curator_exec_core.stats import RunStats
 from curator_exec_core.statslog import StatsTicker, load_earlier, snapshot, write_stats_file
@@ -50,6 +51,9 @@ __all__ = ["Run"]
 
 logger = logging.getLogger("curator_exec")
 
+#: outputs handed to a sink (``Pipeline.stream``) at a time
+SINK_BATCH = 64
+
 #: failed tasks logged one by one at the end of a run (the rest are counted)
 LOGGED_FAILURES = 20
 
@@ -60,12 +64,20 @@ class Run:
 
     def __init__(self, executor: BaseExecutor, stages: Sequence[ProcessingStage[Any, Any]],
                  initial_tasks: Iterable[Task] | None = None, *,
-                 checkpoint_path: str | os.PathLike[str] | None = None, overwrite: bool = False) -> None:
+                 checkpoint_path: str | os.PathLike[str] | None = None, overwrite: bool = False,
+                 return_outputs: bool = True, sink: Callable[[list[Task]], None] | None = None) -> None:
         self.executor = executor
         self.stages: list[ProcessingStage[Any, Any]] = list(stages)
         if not self.stages:
             raise ValueError("a pipeline needs at least one stage")
         self.initial_tasks = initial_tasks
+        #: keep the last stage's outputs for the result (False: they are dropped where they are made)
+        self.return_outputs = return_outputs and sink is None
+        #: where outputs go as they come (``Pipeline.stream``), instead of the result
+        self.sink = sink
+        #: source tasks per ``execute`` call for an executor that does not stream its input
+        self.window: int = getattr(executor.options, "source_window", DEFAULT_WINDOW)
+        self.source: Source | None = None
         self.id: str = uuid.uuid4().hex[:12]
         self.hook: pluggy.HookRelay = get_plugin_manager().hook
         self.stats = RunStats([s.name for s in self.stages])
@@ -79,7 +91,6 @@ class Run:
         self.info: dict[str, Any] = {}
         #: set when the run must stop although no stage raised (the failure budget is spent)
         self.aborted: BaseException | None = None
-        self._failure_limit: int | None = None
         self._ticker: StatsTicker | None = None
         self._cleanups: list[Callable[[BaseException | None], None]] = []
         self._deferred_keys: set[str] = set()
@@ -109,13 +120,15 @@ class Run:
 
     # -- the lifecycle ----------------------------------------------------------------------
     def drive(self) -> PipelineResult:
-        tasks = prepare_initial_tasks(self.initial_tasks)
-        if not tasks:
+        self.source = source = Source(self.initial_tasks)
+        if source.empty():
             return PipelineResult([], executor=self.executor.executor_name)
         error: BaseException | None = None
+        results: list[Task] = []
+        failed: list[FailedTask] = []
         try:
-            self._prepare(tasks)
-            outputs = self._execute(tasks)
+            self._prepare(source)
+            self._collect(self._execute(source), results, failed)
             if self.aborted is not None:  # an engine swallowed the abort (it reached a thread of its own)
                 raise self.aborted
         except BaseException as exc:
@@ -130,33 +143,61 @@ class Run:
             raise
         finally:
             self._finish(error)
-        return self._result(tasks, outputs)
+        return self._result(results, failed)
 
-    def _prepare(self, tasks: list[Task]) -> None:
+    def _collect(self, outputs: Iterable[Task], results: list[Task], failed: list[FailedTask]) -> None:
+        """The last stage's outputs as they come: failure records to ``failed``; outputs to the sink (in
+        batches), to ``results`` (``return_outputs``), or nowhere."""
+        sink, keep = self.sink, self.return_outputs
+        batch: list[Task] = []
+        try:
+            for task in outputs:
+                if isinstance(task, FailedTask):
+                    failed.append(task)
+                elif sink is not None:
+                    batch.append(task)
+                    if len(batch) >= SINK_BATCH:
+                        sink(batch)
+                        batch = []
+                elif keep:
+                    results.append(task)
+            if batch and sink is not None:
+                sink(batch)
+        finally:  # an executor's output generator (and the stages it holds) ends now, not when collected
+            close = getattr(outputs, "close", None)
+            if close is not None:
+                close()
+
+    def _prepare(self, source: Source) -> None:
         """Capacity, plan, checkpoint, managed stages, schedule; then ``run_started``."""
         executor, hook = self.executor, self.hook
         _, self.plan = capacity_and_plan(hook, executor, self.stages)
-        if self.checkpoint is not None:
-            self.checkpoint.open(self.stages, tasks, executor.options.ignore_failures)
+        if self.checkpoint is not None:  # its identity covers every source task: read them all
+            self.checkpoint.open(self.stages, source.all(), executor.options.ignore_failures)
             executor.check_shared_path(self.checkpoint.path)
             load_earlier(self.checkpoint.path, self.stats)
         self.managed = executor.managed_stages(self.stages, self.plan, self.id)
         for stage in self.managed:
             stage.run, stage.stats = self, self.stats
+        if not self.return_outputs and self.sink is None:  # dropped where they are made, not shipped here
+            self.managed[-1].keep_outputs = False
         schedule = hook.curator_exec_schedule(executor=executor, plan=self.plan)
         self.schedule = schedule if isinstance(schedule, Schedule) else Schedule.unpinned(self.plan)
-        self._failure_limit = executor.options.failure_limit(len(tasks))
-        if self._failure_limit is not None:
-            self.stats.listen(functools.partial(self._check_budget, len(tasks)))
+        if executor.options.max_failed_tasks is not None:
+            self.stats.listen(self._check_budget)
         hook.curator_exec_progress(event=ProgressEvent(kind="run_started", executor=executor, run_id=self.id,
-                                                       stages=tuple(s.name for s in self.stages), total=len(tasks)))
+                                                       stages=tuple(s.name for s in self.stages), total=source.total))
         self._ticker = StatsTicker(executor.options.progress_interval, self._send_stats)
 
-    def _check_budget(self, source_tasks: int, index: int) -> None:
+    def _check_budget(self, index: int) -> None:
         """A stats listener: the first time more tasks failed than ``max_failed_tasks`` allows, abort the
-        run (raise, in whatever reported the counts; the run raises it too if that was swallowed)."""
-        limit = self._failure_limit
-        if self.aborted is not None or limit is None:
+        run (raise, in whatever reported the counts; the run raises it too if that was swallowed). A
+        fraction is of the source's size, or (a generator) of the source tasks read so far."""
+        if self.aborted is not None or self.source is None:
+            return
+        source_tasks = self.source.total if self.source.total is not None else self.source.read
+        limit = self.executor.options.failure_limit(source_tasks)
+        if limit is None:
             return
         failed = self.stats.failed
         if failed <= limit:
@@ -178,11 +219,17 @@ class Run:
         self.hook.curator_exec_progress(event=ProgressEvent(kind="stats", executor=self.executor, run_id=self.id,
                                                             seconds=snap["seconds"], stats=snap))
 
-    def _execute(self, tasks: list[Task]) -> list[Task]:
-        """One ``execute`` call, or the segments (see the module docstring)."""
-        native = self.executor.native_stage_kinds
-        if self.checkpoint is None and not needs_split(self.managed, native):
-            return self.call_execute(self.managed, tasks)
+    def _execute(self, source: Source) -> Iterable[Task]:
+        """The source through ``execute`` (an executor that streams its input gets it whole and lazily,
+        one that takes lists gets it window by window), or the segments (see the module docstring)."""
+        executor = self.executor
+        if self.checkpoint is None and not needs_split(self.managed, executor.native_stage_kinds):
+            if executor.streams_input:  # a list stays a list; a generator is read as the executor goes
+                return self.call_execute(self.managed, iter(source) if source.lazy else source.all())
+            if source.total is not None and source.total <= self.window:
+                return self.call_execute(self.managed, source.all())
+            return itertools.chain.from_iterable(self.call_execute(self.managed, w) for w in source.windows(self.window))
+        tasks = source.all()
         segments = split_segments(self.managed)
         checkpoint = self.checkpoint
         if checkpoint is not None and (found := checkpoint.last_barrier(segments)) is not None:
@@ -196,20 +243,22 @@ class Run:
     def _run_map(self, segment: MapSegment, tasks: list[Task], last: bool) -> list[Task]:
         stages = list(segment.stages)
         if self.checkpoint is None:
-            return self.call_execute(stages, tasks)
-        return self.checkpoint.run_map(segment, tasks, functools.partial(self.call_execute, stages),
+            return list(self.call_execute(stages, tasks))
+        return self.checkpoint.run_map(segment, tasks, lambda t: list(self.call_execute(stages, t)),
                                        functools.partial(self.stats.resume, segment.first.index))
 
     def _run_barrier(self, segment: BarrierSegment, tasks: list[Task], last: bool) -> list[Task]:
         return self.executor.run_barrier(segment.stage, tasks)
 
-    def call_execute(self, stages: list[ManagedStage], tasks: list[Task]) -> list[Task]:
-        """The execute phase (its hook) on ``stages``."""
-        outputs = self.hook.curator_exec_execute(executor=self.executor, stages=stages, initial_tasks=tasks)
+    def call_execute(self, stages: list[ManagedStage], tasks: Iterable[Task]) -> Iterable[Task]:
+        """The execute phase (its hook) on ``stages``: the outputs, a list or (an executor that streams)
+        an iterator."""
+        outputs: Iterable[Task] | None = self.hook.curator_exec_execute(executor=self.executor, stages=stages,
+                                                                        initial_tasks=tasks)
         if outputs is None:
             raise TypeError(f"executor {self.executor.executor_name!r}: execute() returned None, expected a list "
                             "of tasks")
-        return list(outputs)
+        return outputs
 
     def _finish(self, error: BaseException | None) -> None:
         """Teardown, whatever happened: in-process workers, the executor's hook, what was deferred."""
@@ -251,20 +300,13 @@ class Run:
         for stage in self.managed:
             stage.run = None
 
-    def _result(self, tasks: list[Task], outputs: list[Task]) -> PipelineResult:
-        results: list[Task] = []
-        failed: list[FailedTask] = []
-        for task in outputs:
-            if isinstance(task, FailedTask):
-                failed.append(task)
-            else:
-                results.append(task)
+    def _result(self, results: list[Task], failed: list[FailedTask]) -> PipelineResult:
         for f in failed[:LOGGED_FAILURES]:
             logger.warning("task %s failed in stage %r after %d attempt(s): %s", f.task_id, f.stage, f.attempts,
                            f.error)
         if len(failed) > LOGGED_FAILURES:
             logger.warning("... and %d more failed tasks (see result.failed_tasks)", len(failed) - LOGGED_FAILURES)
-        metrics = self.metrics(tasks)
+        metrics = self.metrics()
         name = self.executor.executor_name
         logger.info("%s: %d tasks out, %d failed in %.2fs", name, len(results), len(failed), metrics["seconds"])
         for key, counts in metrics["stages"].items():
@@ -272,13 +314,14 @@ class Run:
                         counts["tasks_failed"])
         return PipelineResult(results, failed_tasks=failed, metrics=metrics, plan=self.plan, executor=name)
 
-    def metrics(self, tasks: list[Task]) -> dict[str, Any]:
+    def metrics(self) -> dict[str, Any]:
         """``result.metrics``: seconds, per-stage counts, and the checkpoint's and engine's figures."""
         metrics: dict[str, Any] = {"seconds": time.perf_counter() - self._started, "stages": self.stats.metrics(),
                                    "stats": self.stats.perf_metrics()}
         if self.checkpoint is not None:
             cp = self.checkpoint
-            metrics["checkpoint"] = {"path": cp.path, "source_tasks": len(tasks), "resumed_tasks": cp.resumed,
+            read = self.source.read if self.source is not None else 0
+            metrics["checkpoint"] = {"path": cp.path, "source_tasks": read, "resumed_tasks": cp.resumed,
                                      "resumed_after": cp.resumed_after}
         if self.info:
             metrics["engine"] = dict(self.info)

@@ -118,6 +118,9 @@ class ManagedStage(ProcessingStage[Task, Task]):
         #: seconds a call of the user's stage may run (the stage's own limit, else the executor's)
         self.task_timeout: float | None = own if own is not None else self.policy.task_timeout
         self._driver_pid = os.getpid()  # a copy in another process is a worker: it may end itself
+        #: False on the last stage of a run that returns no outputs: a call returns only failure records
+        #: (its outputs are counted, and journaled with a checkpoint, then dropped where they are made)
+        self.keep_outputs = True
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -307,7 +310,12 @@ class ManagedStage(ProcessingStage[Task, Task]):
         self._counted(counts, out)
         if self.observer is not None:
             self.observer.call_done(self, out)
-        return out
+        return out if self.keep_outputs else self.failures_only(out)
+
+    @staticmethod
+    def failures_only(out: list[Task]) -> list[Task]:
+        """The failure records of ``out`` (what a call of a last stage that keeps no outputs returns)."""
+        return [t for t in out if isinstance(t, FailedTask)]
 
     def _run_into(self, batch: list[Task], out: list[Task], retries: int) -> int:
         """Run ``batch``, append its outputs to ``out``; returns how many failure records it made."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from curator_exec_core.testing.kit import (
     ConfigTests,
+    DataPlaneTests,
     FailureTests,
     GangTests,
     LifecycleTests,
@@ -24,7 +25,7 @@ __all__ = ["ExecutorConformance", "MakeExecutor", "canonical", "reference_run"]
 # pytest collects a class's tests base class first (reverse MRO), so the bases are listed last
 # capability first: the kit then runs outputs, lifecycle, failures, shuffle, gang, resume, config,
 # in the order it always has.
-class ExecutorConformance(StatsTests, ConfigTests, ResumeTests, GangTests, ShuffleTests, FailureTests,
+class ExecutorConformance(DataPlaneTests, StatsTests, ConfigTests, ResumeTests, GangTests, ShuffleTests, FailureTests,
                           LifecycleTests, OutputTests):
     """Behaviour every executor must show: the whole kit. Subclass it and provide ``make_executor``.
 

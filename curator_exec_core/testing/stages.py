@@ -139,6 +139,40 @@ class FailOn(ProcessingStage):
         return task
 
 
+def _refuse_in(pid: int, value: Any) -> Any:
+    if os.getpid() == pid:
+        raise RuntimeError("this data was shipped to the driver process, which must never hold it")
+    return value
+
+
+class DriverRefuses:
+    """Data that cannot be unpickled in the process that made it (the driver): proves it never comes back."""
+
+    def __init__(self, value: Any, driver_pid: int) -> None:
+        self.value = value
+        self.driver_pid = driver_pid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_refusing, (self.driver_pid, self.value))
+
+
+def _rebuild_refusing(pid: int, value: Any) -> DriverRefuses:
+    return DriverRefuses(_refuse_in(pid, value), pid)
+
+
+class WrapForDriver(ProcessingStage):
+    """Wraps each task's data in :class:`DriverRefuses` (data the driver ``driver_pid`` cannot load)."""
+
+    name = "wrap_for_driver"
+    resources = Resources(cpus=0.5)
+
+    def __init__(self, driver_pid: int) -> None:
+        self.driver_pid = driver_pid
+
+    def process(self, task: Task) -> Task:
+        return Task(data=DriverRefuses(task.data, self.driver_pid))
+
+
 class Measured(ProcessingStage):
     """Records the counters ``value`` (the task's data) and ``seen`` (1) for every task; passes it on."""
 

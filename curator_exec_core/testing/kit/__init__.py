@@ -56,6 +56,11 @@ do not start with ``Test``, so importing them into a test module collects nothin
     statistics: counters recorded with ``self.record`` in ``process``, ``keys`` and ``reduce``, and
     every call's figures (tasks, wall and CPU seconds, per worker) reach ``result.metrics["stats"]``
     merged exactly; the ``"stats"`` event; ``stats.json`` with a checkpoint, merged on resume.
+:class:`DataPlaneTests` (``kit/dataplane.py``)
+    the data plane: a generator source gives the reference answer and is read no further ahead
+    than a bounded window (``source_window`` for an executor that takes lists); ``return_outputs=False``
+    never ships the last stage's outputs to the driver; ``Pipeline.stream`` yields the reference outputs
+    with the result after them, and closing it early tears the run down.
 :class:`ConfigTests` (``kit/config.py``)
     option typos are ``ConfigError``; an infeasible GPU request is a ``PlanError`` before
     any setup; the shape of ``capacity()``.
@@ -70,6 +75,7 @@ from curator_exec_core.testing.kit.base import (
     reference_run,
 )
 from curator_exec_core.testing.kit.config import ConfigTests
+from curator_exec_core.testing.kit.dataplane import DataPlaneTests
 from curator_exec_core.testing.kit.failures import FailureTests
 from curator_exec_core.testing.kit.gang import GangTests
 from curator_exec_core.testing.kit.lifecycle import LifecycleTests
@@ -79,13 +85,15 @@ from curator_exec_core.testing.kit.shuffle import ShuffleTests
 from curator_exec_core.testing.kit.stats import StatsTests
 
 #: every mixin, in the order the full kit runs them
-MIXINS = (OutputTests, LifecycleTests, FailureTests, ShuffleTests, GangTests, ResumeTests, ConfigTests, StatsTests)
+MIXINS = (OutputTests, LifecycleTests, FailureTests, ShuffleTests, GangTests, ResumeTests, ConfigTests, StatsTests,
+          DataPlaneTests)
 
 __all__ = [
     "COUNT_KEYS",
     "MIXINS",
     "ConfigTests",
     "ConformanceBase",
+    "DataPlaneTests",
     "FailureTests",
     "GangTests",
     "LifecycleTests",

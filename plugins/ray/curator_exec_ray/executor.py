@@ -103,9 +103,9 @@ class RayExecutorBase(BaseExecutor):
     Options: ClassVar[type[RayExecutorOptions]] = RayExecutorOptions
     #: the validated options (of ``Options``, a :class:`RayExecutorOptions` subclass)
     options: RayExecutorOptions
-    #: shuffles run through the Ray layer with the data in the object store (gangs: the core's split,
-    #: then :data:`RAY_BARRIERS`)
-    native_stage_kinds = frozenset({"shuffle"})
+    #: shuffles and gangs run through the Ray layer with the data in the object store (with a
+    #: checkpoint: the core's split, then :data:`RAY_BARRIERS`)
+    native_stage_kinds = frozenset({"shuffle", "gang"})
     #: the engine cannot work without Ray's dashboard (state API)
     needs_dashboard: ClassVar[bool] = False
     #: environment the Ray processes need when this executor starts Ray (set only around ``ray.init``)
@@ -195,6 +195,10 @@ class RayExecutorBase(BaseExecutor):
             return self.execute_chunks(list(segment.stages), chunks, not last)
 
         def run_barrier(segment: BarrierSegment, chunks: list[TaskChunk], last: bool) -> Any:
+            if segment.kind == "gang":
+                from curator_exec_ray.gang import gang_chunks
+
+                return gang_chunks(ray_run, segment.stage, chunks, last)  # type: ignore[arg-type]
             from curator_exec_ray.shuffle import shuffle_chunks
 
             return shuffle_chunks(ray_run, segment.stage, chunks, last)  # type: ignore[arg-type]

@@ -97,7 +97,8 @@ def test_pool_size_caps_actors_per_stage(ray_attached, tmp_path):
     assert sorted(t.data for t in result) == list(range(1, 41))
     assert result.plan.stages[0].workers == 2
     setups = [e for e in read(stage.log) if e["event"] == "setup"]
-    assert len({e["pid"] for e in setups}) == 2
+    # at most pool_size actors (on a loaded machine one may finish 40 tiny tasks before the second is up)
+    assert 1 <= len({e["pid"] for e in setups}) <= 2
 
 
 def test_reserved_cpus_are_held_back(ray_attached, tmp_path):
