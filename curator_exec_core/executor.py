@@ -182,6 +182,12 @@ class BaseExecutor(ABC):
             raise TypeError(f"stage {stage.name!r} of kind {stage.kind!r} is not a barrier")
         return runner(stage, tasks, self.executor_name)
 
+    def stream_barrier(self, stage: ManagedStage, tasks: Iterable[Task]) -> Iterable[Task]:
+        """:meth:`run_barrier` in a run that streams between segments (an executor with
+        ``streams_input``, no checkpoint): ``tasks`` is any iterable (the segment before, as it comes),
+        and any iterable may be returned. Default: ``run_barrier(stage, list(tasks))``."""
+        return self.run_barrier(stage, list(tasks))
+
     # -- building blocks of a run -------------------------------------------------------
     def managed_stages(self, stages: Sequence[ProcessingStage[Any, Any]], plan: ExecutionPlan | None = None,
                        run_id: str = "") -> list[ManagedStage]:

@@ -229,8 +229,13 @@ class Run:
             if source.total is not None and source.total <= self.window:
                 return self.call_execute(self.managed, source.all())
             return itertools.chain.from_iterable(self.call_execute(self.managed, w) for w in source.windows(self.window))
-        tasks = source.all()
         segments = split_segments(self.managed)
+        if executor.streams_input and self.checkpoint is None:  # segments as iterators: nothing gathered here
+            return run_segments(segments, iter(source) if source.lazy else source.all(),
+                                run_map=lambda seg, data, last: self.call_execute(list(seg.stages), data),
+                                run_barrier=lambda seg, data, last: executor.stream_barrier(seg.stage, data),
+                                empty=lambda data: isinstance(data, list) and not data)
+        tasks = source.all()
         checkpoint = self.checkpoint
         if checkpoint is not None and (found := checkpoint.last_barrier(segments)) is not None:
             checkpoint.resumed = len(tasks)  # every source task's work up to that barrier is done

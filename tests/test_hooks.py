@@ -49,7 +49,7 @@ class Observer:
     @hookimpl(wrapper=True)
     def curator_exec_execute(self, executor, stages, initial_tasks):
         self.calls.append(f"execute:before:{len(initial_tasks)}")
-        result = yield
+        result = list((yield))  # an executor that streams (local) returns an iterator: read it here
         self.calls.append(f"execute:after:{len(result)}")
         return result
 

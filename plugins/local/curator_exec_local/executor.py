@@ -95,6 +95,7 @@ class LocalExecutor(BaseExecutor):
     Options = LocalOptions
     options: LocalOptions
     concurrent_stages = False
+    streams_input = True  # tasks are pulled through the stages (and shuffles) as they are needed
 
     def capacity(self) -> Capacity:
         cap = local_capacity()
@@ -103,20 +104,12 @@ class LocalExecutor(BaseExecutor):
     def plan_options(self) -> dict:
         return {"max_workers_per_stage": 1}
 
-    def execute(self, stages: list[ManagedStage], initial_tasks: list[Task]) -> list[Task]:
+    def execute(self, stages: list[ManagedStage], initial_tasks: Iterable[Task]) -> Iterable[Task]:
+        """The outputs as a generator (a run reads it as it goes; ``streams_input``): a task is pulled
+        from ``initial_tasks`` only when the stages ahead of it have room."""
         if not self.is_prepared(stages):  # called directly with plain stages: the whole lifecycle
             return self.execute_unprepared(stages, initial_tasks)
-        node = socket.gethostname()
-        try:
-            for stage in stages:
-                stage.setup(WorkerMetadata(worker_id=f"local:{os.getpid()}:{stage.index}", node_id=node))
-            stream: Iterable[Task] = initial_tasks
-            for stage in stages:
-                stream = _through(stage, stream)
-            return list(stream)
-        finally:
-            for stage in stages:
-                stage.teardown()
+        return _stream(stages, initial_tasks)
 
     def shuffle_memory_budget(self) -> int | None:
         """The ``shuffle_memory_budget`` option in bytes (None: never spill)."""
@@ -130,6 +123,13 @@ class LocalExecutor(BaseExecutor):
             return list(self.iter_shuffle(stage, tasks))
         return super().run_barrier(stage, tasks)
 
+    def stream_barrier(self, stage: ManagedStage, tasks: Iterable[Task]) -> Iterable[Task]:
+        """A shuffle as an iterator (:meth:`iter_shuffle`): the tasks before it stream in, its outputs
+        stream out, and what it holds is bounded by ``shuffle_memory_budget``."""
+        if isinstance(stage, ManagedShuffle):
+            return self.iter_shuffle(stage, tasks)
+        return super().stream_barrier(stage, tasks)
+
     def iter_shuffle(self, stage: ManagedShuffle, tasks: Iterable[Task]) -> Iterator[Task]:
         """One shuffle worker as an iterator: setup, key ``tasks`` (read once), then the failure
         records and the outputs partition by partition, teardown when it ends, raises or is closed."""
@@ -139,6 +139,20 @@ class LocalExecutor(BaseExecutor):
         try:
             yield from group_in_process(stage, tasks, memory_budget=budget, spill_dir=self.options.shuffle_spill_dir)
         finally:
+            stage.teardown()
+
+
+def _stream(stages: list[ManagedStage], initial_tasks: Iterable[Task]) -> Iterator[Task]:
+    node = socket.gethostname()
+    try:
+        for stage in stages:
+            stage.setup(WorkerMetadata(worker_id=f"local:{os.getpid()}:{stage.index}", node_id=node))
+        stream: Iterable[Task] = initial_tasks
+        for stage in stages:
+            stream = _through(stage, stream)
+        yield from stream
+    finally:
+        for stage in stages:
             stage.teardown()
 
 
