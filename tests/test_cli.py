@@ -254,6 +254,19 @@ def test_plan_accepts_a_pipeline_and_tasks_pair(workdir, capsys):
     assert json.loads(out)["outputs"] == 3
 
 
+def test_run_output_without_the_io_library_says_what_to_install(workdir, capsys):
+    try:
+        import curator_exec_io  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("curator-exec-io is installed here (plugins/io/tests cover --output with it)")
+    workdir.write_module("cli_pipelines", PIPELINE_MODULE)
+    code, out, err = run(capsys, "run", "--pipeline", "cli_pipelines:with_tasks", "--output", "out/")
+    assert code == 2
+    assert_one_line_error(err, "--output", "pip install curator-exec-io")
+
+
 def test_plan_infeasible_pipeline_is_a_plan_error(workdir, capsys):
     workdir.write_module("cli_pipelines", PIPELINE_MODULE)
     code, out, err = run(capsys, "plan", "--pipeline", "cli_pipelines:infeasible")

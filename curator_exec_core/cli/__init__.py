@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record finished work in DIR; a rerun with the same pipeline and inputs resumes")
     p.add_argument("--fresh", action="store_true",
                    help="discard a checkpoint in DIR that another pipeline or other inputs wrote")
+    p.add_argument("--output", "-o", metavar="URL",
+                   help="write the final outputs as files under URL (a directory or any fsspec URL), one file per "
+                        "output task, named from its id (needs curator-exec-io)")
+    p.add_argument("--output-format", choices=("jsonl", "parquet"), default="jsonl",
+                   help="the format of --output files (default jsonl)")
     p.add_argument("--stats-log", metavar="FILE",
                    help="append the run's statistics to FILE as JSON lines, every progress_interval seconds "
                         "(--set progress_interval=S) and at the end")

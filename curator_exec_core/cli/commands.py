@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import platform
 import time
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from curator_exec_core.cli.report import (
     table,
 )
 from curator_exec_core.config import parse_settings
+from curator_exec_core.pipeline import Pipeline
 
 __all__ = ["cmd_demo", "cmd_info", "cmd_plan", "cmd_plugins", "cmd_run"]
 
@@ -162,6 +164,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if report["matches_reference"] else 1
 
 
+def with_writer(pipeline: Pipeline, url: str, fmt: str) -> Pipeline:
+    """``pipeline`` followed by :class:`curator_exec_io.ToRows` and the writer of ``fmt`` into ``url``."""
+    try:
+        io = importlib.import_module("curator_exec_io")  # an optional library: not a dependency of the core
+    except ImportError:
+        raise UsageError("--output writes files with the curator-exec-io library, which is not installed: "
+                         "pip install curator-exec-io (plugins/io in the curator-exec repository)") from None
+    writer = io.ParquetWriter(url) if fmt == "parquet" else io.JsonlWriter(url)
+    return Pipeline(pipeline.name, [*pipeline.stages, io.ToRows(), writer], pipeline.description)
+
+
+def written(result: Any, url: str, fmt: str) -> dict[str, Any]:
+    """What the writer of ``--output`` wrote: its files, rows and bytes."""
+    files = [t.data for t in result]
+    return {"url": url, "format": fmt, "files": len(files), "rows": sum(f.rows for f in files),
+            "bytes": sum(f.bytes for f in files)}
+
+
 @contextlib.contextmanager
 def stats_log(path: str | None) -> Iterator[None]:
     """With ``path``: a :class:`~curator_exec_core.statslog.StatsLog` observer registered for the run."""
@@ -186,6 +206,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.fresh and not args.checkpoint:
         raise UsageError("--fresh discards a checkpoint; give one with --checkpoint DIR")
     pipeline, tasks = load_pipeline(args.pipeline)
+    if args.output:
+        pipeline = with_writer(pipeline, args.output, args.output_format)
     executor = make_executor(args.executor, settings)
     started = time.perf_counter()
     with stats_log(args.stats_log):
@@ -198,6 +220,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "outputs": len(result),
         "failed_tasks": failed_rows(result),
         "checkpoint": result.metrics.get("checkpoint"),
+        "output": written(result, args.output, args.output_format) if args.output else None,
         "run_seconds": result.metrics.get("seconds"),
         "total_seconds": total,
     }
@@ -214,6 +237,9 @@ def _print_run(report: dict[str, Any]) -> None:
     print(stage_table(report["stages"]))
     print()
     print(f"Outputs: {report['outputs']} tasks; {len(report['failed_tasks'])} failed tasks.")
+    out = report.get("output")
+    if out:
+        print(f"Written: {out['files']} {out['format']} files, {out['rows']} rows, {out['bytes']} bytes in {out['url']}.")
     for line in failed_lines(report["failed_tasks"]):
         print(line)
     ck = report["checkpoint"]

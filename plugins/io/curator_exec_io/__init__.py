@@ -17,6 +17,7 @@ from curator_exec_io.writers import (
     BaseWriter,
     JsonlWriter,
     ParquetWriter,
+    ToRows,
     WrittenFile,
     as_table,
     encode_task_id,
@@ -24,5 +25,5 @@ from curator_exec_io.writers import (
 )
 
 __all__ = ["FilePartitioning", "list_files", "BaseReader", "JsonlReader", "ParquetReader", "BaseWriter",
-           "JsonlWriter", "ParquetWriter", "WrittenFile", "as_table", "encode_task_id", "file_name",
+           "JsonlWriter", "ParquetWriter", "ToRows", "WrittenFile", "as_table", "encode_task_id", "file_name",
            "TEMPORARY_DIR"]

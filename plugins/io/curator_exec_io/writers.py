@@ -87,6 +87,35 @@ def as_table(data: Any) -> pa.Table:
                     f"pandas DataFrame), got {type(data).__name__}")
 
 
+def _table_like(data: Any) -> bool:
+    return (isinstance(data, (pa.Table, pa.RecordBatch, dict)) or
+            (isinstance(data, list) and bool(data) and all(isinstance(row, dict) for row in data)) or
+            (type(data).__module__.startswith("pandas") and type(data).__name__ == "DataFrame"))
+
+
+def _plain(value: Any) -> Any:
+    """``value`` if JSON and Arrow can hold it as it is, else its ``repr``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)) and all(v is None or isinstance(v, (bool, int, float, str)) for v in value):
+        return list(value)
+    return repr(value)
+
+
+class ToRows(ProcessingStage[Task, Task]):
+    """Makes any task writable: table-like data (a Table, RecordBatch, dict of columns, list of row dicts,
+    DataFrame) passes unchanged; anything else becomes one row ``{"task_id": ..., "data": ...}`` (data
+    that JSON cannot hold is written as its ``repr``). ``curator-exec run --output`` puts it before the
+    writer, so any pipeline's outputs can be written."""
+
+    name = "to_rows"
+
+    def process(self, task: Task) -> Task:
+        if _table_like(task.data):
+            return task
+        return Task(data=[{"task_id": task.task_id, "data": _plain(task.data)}])
+
+
 class BaseWriter(ProcessingStage[Task, Task]):
     """Writes each task's table to ``<path>/<prefix><task id><extension>`` and returns a task whose
     ``data`` is a :class:`WrittenFile` (same id as the input: a one-to-one stage).
