@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -132,9 +133,9 @@ def _ray_state() -> bool | None:
 
 
 def _metrics(workload: str, n: int, seconds: float, cores: float) -> dict[str, Any]:
-    task_stages = n * wl.STAGES_PER_WORKLOAD
+    task_stages = n * (wl.W8_STAGES if workload == "W8" else wl.STAGES_PER_WORKLOAD)
     out: dict[str, Any] = {"tasks": n, "task_stages": task_stages, "seconds": seconds}
-    if workload in ("W1", "W7"):
+    if workload in ("W1", "W7", "W8"):
         out["us_per_task_stage"] = seconds / task_stages * 1e6
     elif workload == "W2":
         ideal = task_stages * wl.W2_CPU_SECONDS / cores
@@ -164,7 +165,7 @@ class _Subject:
     def started(self) -> bool:
         return self.executor is not None or self.pool is not None
 
-    def run(self, workload: str, stages: list, tasks: list, record: dict[str, Any],
+    def run(self, workload: str, stages: list, tasks: Iterable[Any], record: dict[str, Any],
             t0: float) -> tuple[Any, float, float] | None:
         """One run: ``(outputs, seconds spent building the executor or pool, start time)``; None (and
         a record emitted) when the executor is not installed or its plugin is broken."""
@@ -183,8 +184,8 @@ class _Subject:
                 construct = time.perf_counter() - t0
             return wl.pool_map(self.pool, stages, tasks), construct, t0
         if self.executor is None:
-            if workload == "W8" and self.name == "local":
-                self.options = {"shuffle_memory_budget": wl.W8_BUDGET, **self.options}
+            if workload == "W9" and self.name == "local":
+                self.options = {"shuffle_memory_budget": wl.W9_BUDGET, **self.options}
             if not self._build_executor(record):
                 return None
             construct = time.perf_counter() - t0
@@ -192,12 +193,24 @@ class _Subject:
             outputs, extra = w7_pairs(self.executor, stages, len(tasks))
             record.update(extra)
             return outputs, construct, time.perf_counter() - extra["seconds_with_checkpoint"]
-        if workload == "W8":
-            if "shuffle_memory_budget" in self.options:
-                record["shuffle_memory_budget"] = self.options["shuffle_memory_budget"]
-            return wl.shuffle_alone(self.executor, stages, tasks), construct, t0
+        if workload == "W9" and "shuffle_memory_budget" in self.options:
+            record["shuffle_memory_budget"] = self.options["shuffle_memory_budget"]
         pipeline = self._pipeline(f"bench-{workload}", stages=stages)
-        return pipeline.run(self.executor, initial_tasks=tasks), construct, t0
+        # W8: the writer has written the outputs; they are dropped where they are made
+        return pipeline.run(self.executor, initial_tasks=tasks, return_outputs=workload != "W8"), construct, t0
+
+    def w1_reference(self) -> float:
+        """W8's comparison: µs per task-stage of W1 (its stages and size) on this executor, already
+        started, in this process: the second of two runs."""
+        stages = wl.make_stages("W1")
+        pipeline = self._pipeline("bench-W8-W1", stages=stages)
+        seconds = 0.0
+        for _ in range(2):
+            tasks = wl.make_tasks(wl.W1_TASKS)
+            t0 = time.perf_counter()
+            pipeline.run(self.executor, initial_tasks=tasks)
+            seconds = time.perf_counter() - t0
+        return seconds / (wl.W1_TASKS * wl.STAGES_PER_WORKLOAD) * 1e6
 
     def _build_executor(self, record: dict[str, Any]) -> bool:
         try:
@@ -217,12 +230,14 @@ class _Subject:
 
 
 def _measure(subject: _Subject, spec: dict[str, Any], phase: str, stages: list, n: int,
-             sampler: RssSampler | None, base: dict[str, Any]) -> bool:
+             sampler: RssSampler | None, base: dict[str, Any], extra: dict[str, Any] | None = None) -> bool:
     """One phase: run, measure, check the outputs and emit the record; False when there is nothing to measure."""
     workload = spec["workload"]
-    tasks = wl.make_tasks(n, workload)
+    tasks = wl.make_source(workload, n, spec["name"])  # a list, or a generator read as the run goes
     gc.collect()
-    record: dict[str, Any] = {**base, "phase": phase, "status": "ok", "loadavg": loadavg()}
+    record: dict[str, Any] = {**base, "phase": phase, "status": "ok", "loadavg": loadavg(), **(extra or {})}
+    if not isinstance(tasks, list):
+        record["source"] = "generator"
     rss_before = current_rss_bytes()
     if sampler is not None:
         sampler.reset()
@@ -237,13 +252,15 @@ def _measure(subject: _Subject, spec: dict[str, Any], phase: str, stages: list, 
         peak, samples = sampler.snapshot()
         record.update(peak_rss_mb=peak / MB, rss_samples=samples,
                       rss_before_mb=rss_before / MB if rss_before is not None else None)
+        if rss_before is not None:  # what the run added to the driver (W8's metric)
+            record["rss_growth_mb"] = (peak - rss_before) / MB
     record.update(_metrics(workload, n, seconds, spec["cores"]))
     record.update(construct_seconds=construct, run_seconds=seconds - construct,
                   ru_maxrss_mb=(ru_maxrss_bytes() or 0) / MB, loadavg_after=loadavg(),
                   ray_initialized=_ray_state())
-    if workload in ("W3", "W6", "W8"):
+    if workload in ("W3", "W6", "W9"):
         record["intermediate_bytes_expected"] = n * wl.W3_BLOB_BYTES
-    record.update(wl.check_outputs(workload, n, outputs))
+    record.update(wl.check_outputs(workload, n, outputs, stages))
     failed = getattr(outputs, "failed_tasks", None)
     if failed:
         record["failed_tasks"] = len(failed)
@@ -256,7 +273,7 @@ def _measure(subject: _Subject, spec: dict[str, Any], phase: str, stages: list, 
 def run_child(spec: dict[str, Any]) -> int:
     """Measure ``spec["name"]`` on ``spec["workload"]``: cold run, then warm run, one JSON line each."""
     workload = spec["workload"]
-    n = wl.task_count(workload, spec["quick"])
+    n = wl.task_count(workload, spec["quick"], spec["name"])
     stages = wl.make_stages(workload)
     sampler = RssSampler().start() if wl.WORKLOADS[workload].sample_rss else None
     base = {"kind": "measurement", "executor": spec["name"], "workload": workload, "quick": spec["quick"],
@@ -264,6 +281,8 @@ def run_child(spec: dict[str, Any]) -> int:
     subject: _Subject | None = None
     try:
         subject = _Subject(spec)
+        if workload == "W8":
+            return run_w8(subject, spec, n, sampler, base)
         for phase in ("cold", "warm"):
             if not _measure(subject, spec, phase, stages, n, sampler, base):
                 return 0
@@ -282,6 +301,27 @@ def run_child(spec: dict[str, Any]) -> int:
         watchdog = threading.Timer(CHILD_EXIT_GRACE, os._exit, args=(0,))
         watchdog.daemon = True
         watchdog.start()
+    return 0
+
+
+def run_w8(subject: _Subject, spec: dict[str, Any], n: int, sampler: RssSampler | None,
+           base: dict[str, Any]) -> int:
+    """W8: a run at ``n / W8_SMALL_DIVISOR`` tasks that starts the engine (cold), the same again
+    (warm: the engine started), W1 on the same executor for comparison, then the full ``n`` (``large``).
+    Each run writes to a new directory (new stages), checked and removed after it."""
+    import shutil
+
+    small = max(1, n // wl.W8_SMALL_DIVISOR)
+    extra: dict[str, Any] = {"small_tasks": small, "large_tasks": n, "write_batch": wl.W8_WRITE_BATCH}
+    for phase, tasks in (("cold", small), ("warm", small), ("large", n)):
+        if phase == "warm":
+            extra["w1_us_per_task_stage"] = subject.w1_reference()
+        stages = wl.make_stages("W8")
+        try:
+            if not _measure(subject, spec, phase, stages, tasks, sampler, base, extra):
+                return 0
+        finally:  # the check removes it; after an error it is still there
+            shutil.rmtree(stages[-1].path, ignore_errors=True)
     return 0
 
 

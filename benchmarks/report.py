@@ -19,8 +19,10 @@ def _fmt_metric(workload: str, rec: dict | None) -> str:
         return f"{pct:+.1f}%" if pct is not None else f"{rec['us_per_task_stage']:.1f} µs"
     if workload == "W2":
         return f"{rec['efficiency']:.2f}" if rec.get("efficiency") is not None else "-"
-    if workload in ("W3", "W6", "W8"):
+    if workload in ("W3", "W6", "W9"):
         return f"{rec['peak_rss_mb']:.0f}" if rec.get("peak_rss_mb") is not None else "-"
+    if workload == "W8":
+        return f"{rec['rss_growth_mb']:+.0f}" if rec.get("rss_growth_mb") is not None else "-"
     if workload == "W4":
         return "ray" if rec.get("ray_imported") else "no ray"
     if workload == "W5":
@@ -57,7 +59,25 @@ def _w4_notes(rec: dict) -> str:
     return "; ".join(parts)
 
 
-def _notes(workload: str, cold: dict | None, warm: dict | None) -> str:
+def _w8_notes(warm: dict | None, large: dict | None) -> str:
+    parts = []
+    for label, rec in (("warm", warm), ("large", large)):
+        if rec and rec.get("status") == "ok":
+            parts.append(f"{label} {rec['tasks']:,} tasks: {rec['seconds']:.1f}s, {rec['us_per_task_stage']:.1f} µs/task-stage, "
+                         f"RSS {rec.get('rss_before_mb', 0):.0f}->{rec.get('peak_rss_mb', 0):.0f} MB")
+        elif rec:
+            parts.append(f"{label}: {rec.get('status')} {str(rec.get('error', ''))[:60]}")
+    rec = large if large and large.get("status") == "ok" else warm
+    if rec and rec.get("w1_us_per_task_stage") is not None:
+        parts.append(f"W1 same process {rec['w1_us_per_task_stage']:.1f} µs")
+    if large and large.get("rss_growth_ratio") is not None:
+        parts.append(f"growth large/warm {large['rss_growth_ratio']:.2f}")
+    return "; ".join(parts)
+
+
+def _notes(workload: str, cold: dict | None, warm: dict | None, large: dict | None = None) -> str:
+    if workload == "W8" and (warm or large):
+        return _w8_notes(warm, large)
     rec = warm if warm and warm.get("status") == "ok" else cold
     if not rec or rec.get("status") != "ok":
         return str((cold or {}).get("error", ""))[:60]
@@ -65,7 +85,7 @@ def _notes(workload: str, cold: dict | None, warm: dict | None) -> str:
         return f"warm speed vs Pool(2): {rec['speed_vs_mp_pool2']:.2f}x"
     if workload == "W5" and "unique_documents" in rec:
         return f"{rec['tasks']} documents -> {rec['unique_documents']} distinct"
-    if workload in ("W6", "W8") and "shuffled_bytes" in rec:
+    if workload in ("W6", "W9") and "shuffled_bytes" in rec:
         budget = f", budget {rec['shuffle_memory_budget']}" if rec.get("shuffle_memory_budget") else ""
         return f"{rec['shuffled_bytes'] / GB:.2f} GB shuffled into {rec['tasks_out']} keys{budget}"
     if workload == "W3" and "intermediate_bytes" in rec:
@@ -78,12 +98,13 @@ def _notes(workload: str, cold: dict | None, warm: dict | None) -> str:
     return ""
 
 
-def _result(cold: dict | None, warm: dict | None) -> tuple[str, list[str]]:
-    """The ``result`` column and the ``target`` texts of one executor x workload."""
-    status = next((p.get("status") for p in (cold, warm) if p and p.get("status") != "ok"), "ok")
+def _result(cold: dict | None, warm: dict | None, large: dict | None = None) -> tuple[str, list[str]]:
+    """The ``result`` column and the ``target`` texts of one executor x workload (W8 has a third phase,
+    ``large``)."""
+    status = next((p.get("status") for p in (cold, warm, large) if p and p.get("status") != "ok"), "ok")
     targets = []
     verdicts = []
-    for phase, rec in (("cold", cold), ("warm", warm)):
+    for phase, rec in (("cold", cold), ("warm", warm), ("large", large)):
         for t in (rec or {}).get("targets", []):
             targets.append(f"{phase}: {_fmt_target(t)}")
             verdicts.append(t["pass"])
@@ -101,7 +122,7 @@ def _result(cold: dict | None, warm: dict | None) -> tuple[str, list[str]]:
         result = "n/a"
     else:
         result = "PASS"
-    if status == "ok" and any(p and p.get("correct") is False for p in (cold, warm)):
+    if status == "ok" and any(p and p.get("correct") is False for p in (cold, warm, large)):
         result += " (wrong output)"
     return result, targets
 
@@ -110,14 +131,14 @@ def _secs(rec: dict | None) -> str:
     return f"{rec['seconds']:.3f}" if rec and rec.get("status") == "ok" and "seconds" in rec else "-"
 
 
-def _row(name: str, workload: str, cold: dict | None, warm: dict | None) -> list[str]:
-    result, targets = _result(cold, warm)
+def _row(name: str, workload: str, cold: dict | None, warm: dict | None, large: dict | None = None) -> list[str]:
+    result, targets = _result(cold, warm, large)
     start = f"{cold['engine_start_seconds']:.3f}" if cold and "engine_start_seconds" in cold else "-"
     record = WORKLOADS.get(workload)
     title = f"{workload} {record.title if record else ''}".strip()
     return [name, title, _secs(cold), _secs(warm), start, record.metric if record else "",
             _fmt_metric(workload, cold), _fmt_metric(workload, warm), "; ".join(targets) or "-", result,
-            _notes(workload, cold, warm)]
+            _notes(workload, cold, warm, large)]
 
 
 def render_table(records: list[dict]) -> str:
@@ -126,7 +147,8 @@ def render_table(records: list[dict]) -> str:
     for rec in records:
         if rec.get("kind") == "measurement":
             by_key.setdefault((rec["executor"], rec["workload"]), {})[rec.get("phase", "cold")] = rec
-    rows = [_row(name, workload, phases.get("cold"), phases.get("warm")) for (name, workload), phases in by_key.items()]
+    rows = [_row(name, workload, phases.get("cold"), phases.get("warm"), phases.get("large"))
+            for (name, workload), phases in by_key.items()]
     widths = [max(len(r[i]) for r in [HEADER, *rows]) for i in range(len(HEADER))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(HEADER, widths, strict=True)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]

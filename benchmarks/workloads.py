@@ -22,17 +22,22 @@ Workloads (full size; ``--quick`` divides the task counts by 10):
   into ``W6_KEYS`` keys (:class:`Bucket`).
 * **W7 checkpoint overhead**: W1's stages, warm runs without and with a checkpoint
   (measured in ``child.py``).
-* **W8 shuffle 4 GB, budget**: W6's stages at ``W8_TASKS`` tasks (4 GB; the environment variable
-  ``BENCH_W8_TASKS`` overrides it), the shuffle alone through ``executor.run_barrier`` with its input
-  made lazily by the map stage (:func:`shuffle_alone`, as a streaming driver hands it over), on
-  ``local`` with ``shuffle_memory_budget=W8_BUDGET`` unless ``--set local.shuffle_memory_budget=...``.
+* **W8 scale**: ``W8_TASKS`` generated source tasks (:func:`w8_source`, a generator) through two
+  cheap map stages into a JSON Lines writer that writes one file per batch of ``W8_WRITE_BATCH``
+  tasks, ``return_outputs=False`` (stages in :mod:`benchmarks.w8_scale`, imported only for W8 since
+  it imports pyarrow); a run at a tenth of the size first (cold, then warm), then the full size: the
+  driver's RSS above its RSS before each run, and µs per task-stage beside W1 in the same process.
+* **W9 shuffle 4 GB, budget**: W6's stages at ``W9_TASKS`` tasks (4 GB; the environment variable
+  ``BENCH_W9_TASKS`` overrides it), the whole pipeline through ``Pipeline.run`` with a generator
+  source (:func:`generate_tasks`; ``local`` streams the map segment into its shuffle), on ``local``
+  with ``shuffle_memory_budget=W9_BUDGET`` unless ``--set local.shuffle_memory_budget=...``.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,8 +52,14 @@ W5_TASKS = 200_000
 W5_DUPLICATE_SHARE = 0.3  # of the documents, duplicates of another one after normalisation
 W6_TASKS = 20_000
 W6_KEYS = 100
-W8_TASKS = 40_000  # 40,000 x 100 KB = 4.0 GB through the shuffle
-W8_BUDGET = "512MiB"  # local's shuffle_memory_budget in W8
+W8_TASKS = 1_000_000  # W8 scale: source tasks of the full-size run (BENCH_W8_TASKS overrides)
+W8_TASKS_BY_EXECUTOR = {"xenna": 100_000}  # its per-task cost is higher
+W8_SMALL_DIVISOR = 10  # W8's cold and warm runs are at a tenth of the full size (100,000)
+W8_QUICK_DIVISOR = 100  # --quick: W8 at 10,000 (full) and 1,000 (small)
+W8_WRITE_BATCH = 10_000  # W8's writer: one file per batch of this many tasks
+W8_STAGES = 3  # two maps and the writer: W8's task-stages are tasks x 3
+W9_TASKS = 40_000  # 40,000 x 100 KB = 4.0 GB through the shuffle
+W9_BUDGET = "512MiB"  # local's shuffle_memory_budget in W9
 STAGES_PER_WORKLOAD = 2
 QUICK_DIVISOR = 10
 
@@ -82,7 +93,8 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in (
     Workload("W5", "exact dedup", "docs/s", (DICT, RAYDATA_GROUPBY)),
     Workload("W6", "shuffle 2 GB", "peak RSS MB", (DICT,), sample_rss=True),
     Workload("W7", "checkpoint overhead", "checkpoint overhead", ()),
-    Workload("W8", "shuffle 4 GB, budget", "peak RSS MB", (), sample_rss=True),
+    Workload("W8", "scale", "RSS growth MB", (), sample_rss=True),
+    Workload("W9", "shuffle 4 GB, budget", "peak RSS MB", (), sample_rss=True),
 )}
 
 
@@ -219,9 +231,13 @@ class Bucket(ShuffleStage):
 # -- workload table -------------------------------------------------------------------------
 
 
-def task_count(workload: str, quick: bool = False) -> int:
+def task_count(workload: str, quick: bool = False, executor: str = "") -> int:
+    """Source tasks of ``workload`` (W8: of its full-size run, which depends on the executor)."""
+    if workload == "W8":
+        n = int(os.environ.get("BENCH_W8_TASKS", W8_TASKS_BY_EXECUTOR.get(executor, W8_TASKS)))
+        return max(1, n // W8_QUICK_DIVISOR) if quick else n
     n = {"W1": W1_TASKS, "W2": W2_TASKS, "W3": W3_TASKS, "W5": W5_TASKS, "W6": W6_TASKS, "W7": W1_TASKS,
-         "W8": int(os.environ.get("BENCH_W8_TASKS", W8_TASKS))}[workload]
+         "W9": int(os.environ.get("BENCH_W9_TASKS", W9_TASKS))}[workload]
     return max(1, n // QUICK_DIVISOR) if quick else n
 
 
@@ -234,8 +250,12 @@ def make_stages(workload: str) -> list[ProcessingStage]:
         return [AttachBytes("attach_bytes"), DropBytes()]
     if workload == "W5":
         return [Normalize(), KeepFirst()]
-    if workload in ("W6", "W8"):
+    if workload in ("W6", "W9"):
         return [AttachBytes("attach_bytes"), Bucket()]
+    if workload == "W8":  # a new output directory each time (each run writes its own files)
+        from benchmarks import w8_scale
+
+        return w8_scale.make_stages()
     raise ValueError(f"no stages for workload {workload!r}")
 
 
@@ -246,8 +266,33 @@ def make_tasks(n: int, workload: str = "") -> list[Task]:
     return [Task(data=i) for i in range(n)]
 
 
-def check_outputs(workload: str, n: int, outputs: Sequence[Task]) -> dict[str, Any]:
-    """Verify the outputs (so a broken backend cannot look fast) and return facts about them."""
+def generate_tasks(n: int) -> Iterator[Task]:
+    """:func:`make_tasks`'s tasks made one at a time, as the run reads them (a generator source)."""
+    for i in range(n):
+        yield Task(data=i)
+
+
+#: W6 subjects that get a generator source: ``local`` streams it through the map into the shuffle, and
+#: ``dict_group`` (its baseline) reads the same generator, so neither holds the 20,000 source tasks
+GENERATOR_SOURCE_W6 = ("local", DICT)
+
+
+def make_source(workload: str, n: int, subject: str) -> Iterable[Task]:
+    """What ``subject`` gets as its initial tasks: a generator for W8, W9 and W6 on
+    :data:`GENERATOR_SOURCE_W6`, else the list of :func:`make_tasks`."""
+    if workload == "W8":
+        from benchmarks import w8_scale
+
+        return w8_scale.w8_source(n)
+    if workload == "W9" or (workload == "W6" and subject in GENERATOR_SOURCE_W6):
+        return generate_tasks(n)
+    return make_tasks(n, workload)
+
+
+def check_outputs(workload: str, n: int, outputs: Sequence[Task],
+                  stages: Sequence[ProcessingStage] = ()) -> dict[str, Any]:
+    """Verify the outputs (so a broken backend cannot look fast) and return facts about them (W8: what
+    its writer, the last of ``stages``, wrote; the run returned no outputs)."""
     facts: dict[str, Any] = {"tasks_out": len(outputs)}
     problems: list[str] = []
     if workload == "W5":
@@ -255,7 +300,13 @@ def check_outputs(workload: str, n: int, outputs: Sequence[Task]) -> dict[str, A
         if sorted(t.data for t in outputs) != sorted(unique):
             problems.append(f"expected the {len(unique)} distinct normalised documents, got {len(outputs)} outputs")
         facts["unique_documents"] = len(unique)
-    elif workload in ("W6", "W8"):
+    elif workload == "W8":
+        from benchmarks import w8_scale
+
+        if len(outputs) != 0:
+            problems.append(f"return_outputs=False, yet {len(outputs)} outputs came back")
+        problems.extend(w8_scale.check_written(stages[-1], n, facts))
+    elif workload in ("W6", "W9"):
         keys = min(n, W6_KEYS)
         total = sum(t.data["bytes"] for t in outputs)
         facts["shuffled_bytes"] = total
@@ -284,9 +335,10 @@ def check_outputs(workload: str, n: int, outputs: Sequence[Task]) -> dict[str, A
 # -- baselines ------------------------------------------------------------------------------
 
 
-def dict_group(stages: Sequence[ProcessingStage], tasks: Sequence[Task]) -> list[Task]:
+def dict_group(stages: Sequence[ProcessingStage], tasks: Iterable[Task]) -> list[Task]:
     """W5/W6 with no framework: the map stage's ``process`` in a loop, a plain dict grouping by key,
-    then ``reduce`` per group (the limit of what a shuffle can cost in one process)."""
+    then ``reduce`` per group (the limit of what a shuffle can cost in one process). ``tasks`` is read
+    once (W6 hands it a generator, as ``local`` gets)."""
     first, shuffle = stages
     groups: dict[Any, list[Task]] = {}
     for task in tasks:
@@ -294,22 +346,6 @@ def dict_group(stages: Sequence[ProcessingStage], tasks: Sequence[Task]) -> list
         for key in shuffle.keys(task):  # type: ignore[attr-defined]
             groups.setdefault(key, []).append(task)
     return [shuffle.reduce(k, g) for k, g in groups.items()]  # type: ignore[attr-defined]
-
-
-def shuffle_alone(executor: Any, stages: Sequence[ProcessingStage], tasks: Sequence[Task]) -> list[Task]:
-    """W8: the shuffle stage alone through ``executor.run_barrier``, its input made one task at a time
-    by the map stage's ``process`` (a generator: no list of the map's outputs anywhere, as a driver that
-    streams segments will hand it over), so the peak RSS is the shuffle's own."""
-    first, shuffle = stages
-    [managed] = executor.managed_stages([shuffle])
-
-    def source() -> Iterator[Task]:
-        for i, task in enumerate(tasks):
-            out = first.process(task)
-            out.task_id = str(i)
-            yield out
-
-    return executor.run_barrier(managed, source())
 
 
 def raydata_groupby(stages: Sequence[ProcessingStage], tasks: Sequence[Task]) -> list[Task]:
