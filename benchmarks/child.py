@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +164,7 @@ class _Subject:
     def started(self) -> bool:
         return self.executor is not None or self.pool is not None
 
-    def run(self, workload: str, stages: list, tasks: Iterable[Any], record: dict[str, Any],
+    def run(self, workload: str, stages: list, tasks: Any, record: dict[str, Any],
             t0: float) -> tuple[Any, float, float] | None:
         """One run: ``(outputs, seconds spent building the executor or pool, start time)``; None (and
         a record emitted) when the executor is not installed or its plugin is broken."""
@@ -311,17 +310,21 @@ def run_w8(subject: _Subject, spec: dict[str, Any], n: int, sampler: RssSampler 
     Each run writes to a new directory (new stages), checked and removed after it."""
     import shutil
 
+    from benchmarks import w8_scale
+
     small = max(1, n // wl.W8_SMALL_DIVISOR)
-    extra: dict[str, Any] = {"small_tasks": small, "large_tasks": n, "write_batch": wl.W8_WRITE_BATCH}
+    batch = wl.W8_WRITE_BATCH // wl.W8_SMALL_DIVISOR if spec["quick"] else wl.W8_WRITE_BATCH
+    extra: dict[str, Any] = {"small_tasks": small, "large_tasks": n, "write_batch": batch}
     for phase, tasks in (("cold", small), ("warm", small), ("large", n)):
         if phase == "warm":
             extra["w1_us_per_task_stage"] = subject.w1_reference()
-        stages = wl.make_stages("W8")
+        stages = w8_scale.make_stages(batch)
+        out_dir = stages[-1].path  # type: ignore[attr-defined]
         try:
             if not _measure(subject, spec, phase, stages, tasks, sampler, base, extra):
                 return 0
         finally:  # the check removes it; after an error it is still there
-            shutil.rmtree(stages[-1].path, ignore_errors=True)
+            shutil.rmtree(out_dir, ignore_errors=True)
     return 0
 
 

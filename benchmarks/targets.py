@@ -8,7 +8,6 @@ from typing import Any
 
 from benchmarks.workloads import DICT, PLAIN, POOL, RAYDATA_GROUPBY
 
-
 #: :attr:`Rel.baseline` for the record's own executor (another phase or field of the same workload)
 SELF = "<self>"
 
@@ -112,7 +111,7 @@ TARGETS: dict[str, dict[str, tuple[Target, ...]]] = {
     },
 }
 
-Index = dict[tuple[str, str, str], dict]
+Index = dict[tuple[str, str, Any], dict]
 
 
 def _limit(target: Target, rec: dict, index: Index) -> tuple[Any, str | None]:

@@ -56,7 +56,7 @@ W8_TASKS = 1_000_000  # W8 scale: source tasks of the full-size run (BENCH_W8_TA
 W8_TASKS_BY_EXECUTOR = {"xenna": 100_000}  # its per-task cost is higher
 W8_SMALL_DIVISOR = 10  # W8's cold and warm runs are at a tenth of the full size (100,000)
 W8_QUICK_DIVISOR = 100  # --quick: W8 at 10,000 (full) and 1,000 (small)
-W8_WRITE_BATCH = 10_000  # W8's writer: one file per batch of this many tasks
+W8_WRITE_BATCH = 10_000  # W8's writer: one file per batch of this many tasks (--quick: 1,000)
 W8_STAGES = 3  # two maps and the writer: W8's task-stages are tasks x 3
 W9_TASKS = 40_000  # 40,000 x 100 KB = 4.0 GB through the shuffle
 W9_BUDGET = "512MiB"  # local's shuffle_memory_budget in W9

@@ -108,17 +108,41 @@ def test_shuffle_workloads_check_their_output_beside_the_dict_baseline(tmp_path:
 
 
 def test_budgeted_local_shuffle_workload_stays_below_its_input(tmp_path: Path) -> None:
-    """W8 quick: 400 MB through local's shuffle with a 32 MiB budget (it spills): right answer, and the
-    driver's peak RSS well below the 400 MB that went through."""
-    out = tmp_path / "w8.jsonl"
-    proc = subprocess.run([sys.executable, str(RUN), "local", "--quick", "--workloads", "W8", "--no-baselines",
+    """W9 quick: 400 MB through the whole pipeline on local (a generator source, the map streamed into the
+    shuffle) with a 32 MiB budget (it spills): right answer, and the driver's peak RSS well below the
+    400 MB that went through."""
+    out = tmp_path / "w9.jsonl"
+    proc = subprocess.run([sys.executable, str(RUN), "local", "--quick", "--workloads", "W9", "--no-baselines",
                            "--set", "local.shuffle_memory_budget=32MiB", "--json-out", str(out)],
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
     for phase in ("cold", "warm"):
-        rec = _find(records, "local", "W8", phase)
+        rec = _find(records, "local", "W9", phase)
         assert rec["status"] == "ok" and rec["correct"] is True, rec
         assert rec["shuffled_bytes"] == 4_000 * 100_000 and rec["tasks_out"] == 100
         assert rec["shuffle_memory_budget"] == "32MiB"
+        assert rec["source"] == "generator"
         assert 0 < rec["peak_rss_mb"] < 300, rec["peak_rss_mb"]
+
+
+def test_scale_workload_writes_every_row_and_judges_the_driver(tmp_path: Path) -> None:
+    """W8 quick on local: 1,000 then 10,000 generated tasks through two maps into the batch JSONL writer,
+    return_outputs=False: every row written once (read back), nothing returned, the RSS growth and the
+    comparison with W1 in the record, the targets judged."""
+    out = tmp_path / "w8.jsonl"
+    proc = subprocess.run([sys.executable, str(RUN), "local", "--quick", "--workloads", "W8", "--json-out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    for phase, n in (("cold", 1_000), ("warm", 1_000), ("large", 10_000)):
+        rec = _find(records, "local", "W8", phase)
+        assert rec["status"] == "ok" and rec["correct"] is True, rec
+        assert rec["tasks"] == n and rec["task_stages"] == 3 * n and rec["tasks_out"] == 0
+        assert rec["rows_written"] == n and rec["files_written"] == n // 1_000
+        assert rec["source"] == "generator" and rec["rss_growth_mb"] is not None
+    large = _find(records, "local", "W8", "large")
+    assert large["w1_us_per_task_stage"] > 0 and large["us_per_task_stage"] > 0
+    assert {t["rule"] for t in large["targets"]} == {None, "1.1×warm+5", "1.2×W1+2"}
+    assert all(t["limit"] is not None for t in large["targets"])
+    assert "W8 scale" in proc.stdout
