@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections import Counter
@@ -617,19 +618,69 @@ class KillOnce(ProcessingStage):
         return task
 
 
+class FileWriter(ProcessingStage):
+    """Writes each task's ``repr(data)`` to ``<folder>/<task id>.txt`` the way a writer stage must: to a
+    temporary file (removing leftovers of its own name a killed attempt left), then renamed into place;
+    returns ``(file name, content)`` with the task's id. Used to check exactly-once files under kills."""
+
+    name = "file_writer"
+    resources = Resources(cpus=0.5)
+
+    def __init__(self, folder: str) -> None:
+        self.folder = str(folder)
+
+    def process(self, task: Task) -> Task:
+        import glob
+        import uuid
+
+        name = f"{task.task_id}.txt"
+        temporary = os.path.join(self.folder, "_tmp")
+        os.makedirs(temporary, exist_ok=True)
+        for stale in glob.glob(os.path.join(glob.escape(temporary), glob.escape(name) + ".*")):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(stale)
+        content = repr(task.data)
+        tmp = os.path.join(temporary, f"{name}.{uuid.uuid4().hex}")
+        with open(tmp, "w") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.path.join(self.folder, name))
+        return Task(data=(name, content))
+
+
+def written_files(folder: str | Path) -> dict[str, str]:
+    """What a :class:`FileWriter` left in ``folder``: file name -> content (temporary files excluded)."""
+    out: dict[str, str] = {}
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            with open(path) as f:
+                out[name] = f.read()
+    return out
+
+
+def leftover_temporaries(folder: str | Path) -> list[str]:
+    temporary = os.path.join(folder, "_tmp")
+    return sorted(os.listdir(temporary)) if os.path.isdir(temporary) else []
+
+
 RESUME_ENV = "CURATOR_EXEC_KIT_RESUME"
 
 
 def resume_stages(n: int = 60, seconds: float = 0.02, shuffle: bool = False, kill_dir: str = "",
-                  kill_on: int = -1) -> tuple[list[ProcessingStage], list[Task]]:
+                  kill_on: int = -1, write_dir: str = "") -> tuple[list[ProcessingStage], list[Task]]:
     """The pipeline of the kit's resume tests and its initial tasks: filter and uneven fan-out,
-    a paced stage, optionally a worker that kills itself, a shuffle, and more paced work after it."""
+    a paced stage, optionally a worker that kills itself, a shuffle, and more paced work after it;
+    with ``write_dir``, a :class:`FileWriter` last."""
     stages: list[ProcessingStage] = [Branchy(), Paced(seconds, "paced_1")]
     if kill_dir:
         stages.append(KillOnce(kill_dir, kill_on))
     if shuffle:
         stages += [KeepFirst(modulo=11), Unwrap(), Paced(seconds * 3, "paced_2")]
     stages.append(AddOne())
+    if write_dir:
+        stages.append(FileWriter(write_dir))
     return stages, [Task(data=i) for i in range(n)]
 
 

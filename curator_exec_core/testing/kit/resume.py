@@ -26,7 +26,7 @@ from curator_exec_core.errors import CheckpointError
 from curator_exec_core.registry import list_executors
 from curator_exec_core.tasks import PipelineResult, Task
 from curator_exec_core.testing.kit.base import ConformanceBase, MakeExecutor, canonical, reference_run
-from curator_exec_core.testing.stages import RESUME_ENV, Paced, resume_stages
+from curator_exec_core.testing.stages import RESUME_ENV, Paced, leftover_temporaries, resume_stages, written_files
 
 
 class ResumeTests(ConformanceBase):
@@ -66,11 +66,20 @@ class ResumeTests(ConformanceBase):
 
     def _resume_and_compare(self, make_executor: MakeExecutor, checkpoint: str | os.PathLike[str],
                             **params: Any) -> PipelineResult:
+        written = params.get("write_dir")
+        reference = {**params, "write_dir": f"{written}-reference"} if written else params
+        expected = reference_run(*resume_stages(**reference))
         stages, tasks = resume_stages(**params)
-        expected = reference_run(stages, tasks)
         got = make_executor(show_progress=False).run(stages, tasks, checkpoint_path=checkpoint)
         assert canonical(got) == canonical(expected)
         assert got.failed_tasks == [] and got.metrics["checkpoint"]["source_tasks"] == len(tasks)
+        if written:  # a writer last: exactly one file per output task, every one complete, no temporary left
+            files, want = written_files(written), written_files(reference["write_dir"])
+            assert sorted(files) == sorted(want), (
+                f"the writer's folder holds {len(files)} files, expected one per output task ({len(want)}): "
+                f"missing {sorted(set(want) - set(files))[:5]}, extra {sorted(set(files) - set(want))[:5]}")
+            assert files == want, "a file's content differs from the uninterrupted run's"
+            assert leftover_temporaries(written) == [], "temporary files were left behind"
         return got
 
     @staticmethod
@@ -110,7 +119,7 @@ class ResumeTests(ConformanceBase):
     def test_resume_after_the_driver_is_killed_at_a_random_point(self, make_executor: MakeExecutor,
                                                                   driver_env: dict[str, str], tmp_path: Path,
                                                                   seed: int) -> None:
-        params = {"n": self.n, "seconds": self.resume_seconds}
+        params = {"n": self.n, "seconds": self.resume_seconds, "write_dir": str(tmp_path / "out")}
         ck = tmp_path / "ck"
         proc = self._driver(make_executor, driver_env, ck, **params)
         try:
@@ -128,7 +137,8 @@ class ResumeTests(ConformanceBase):
 
     def test_resume_after_a_worker_is_killed(self, make_executor: MakeExecutor, driver_env: dict[str, str],
                                              tmp_path: Path) -> None:
-        params = {"n": self.n, "seconds": self.resume_seconds, "kill_dir": str(tmp_path), "kill_on": 401}
+        params = {"n": self.n, "seconds": self.resume_seconds, "kill_dir": str(tmp_path), "kill_on": 401,
+                  "write_dir": str(tmp_path / "out")}
         proc = self._driver(make_executor, driver_env, tmp_path / "ck", **params)
         out, err = proc.communicate(timeout=300)
         assert os.path.exists(tmp_path / "killed"), "the stage did not kill its worker"
