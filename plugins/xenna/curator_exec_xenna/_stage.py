@@ -28,13 +28,13 @@ class CuratorStage(xenna.Stage):
     """A managed stage as a Xenna stage (pickled to every ``StageWorker``)."""
 
     def __init__(self, managed: ManagedStage, cpus: float, gpus: float, chunk_size: int, coordinator: str,
-                 segment: int = 0, sink: bool = False) -> None:
+                 segment: int | str = 0, sink: bool = False) -> None:
         self.managed = managed
         self.cpus = float(cpus)
         self.gpus = float(gpus)
         self.chunk_size = max(1, int(chunk_size))
         self.sink = sink  # the last stage of a part whose outputs stay in the object store
-        # to the driver's RunCoordinator, for this execute call (one segment of the run)
+        # to the driver's RunCoordinator, for this execute call (one segment, or one window of the source)
         self.link = WorkerLink(coordinator, f"{managed.run_id}:{segment}", managed.index)
         self._lock: threading.Lock | None = None
 

@@ -12,6 +12,7 @@ import math
 import os
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from importlib.metadata import version
 from typing import Any
@@ -197,7 +198,7 @@ class XennaExecutor(RayExecutorBase):
         return self.options.chunk_size or auto_chunk_size(n_tasks, widest, min_size=16)
 
     def build_pipeline_spec(self, managed: Sequence[ManagedStage], inputs: Sequence[TaskChunk | Task], chunk: int,
-                            coordinator: str = "", sink: bool = False) -> Any:
+                            coordinator: str = "", sink: bool = False, call: str = "") -> Any:
         """The ``PipelineSpec`` this executor hands to ``cosmos_xenna.pipelines.v1.run_pipeline``."""
         xenna, xs = _import_xenna()
         opts = self.options
@@ -208,7 +209,7 @@ class XennaExecutor(RayExecutorBase):
             if pinned is None and opts.max_workers_per_stage is not None and sopts.num_workers_per_node is None:
                 pinned = m.num_workers()
             adapter = xs.stage_adapter(m, cpus=m.resources.cpus, gpus=m.resources.gpus, chunk_size=chunk,
-                                      coordinator=coordinator, segment=managed[0].index,
+                                      coordinator=coordinator, segment=call or managed[0].index,
                                       sink=sink and m is managed[-1])
             specs.append(xenna.StageSpec(adapter, num_workers=pinned, **sopts.spec_fields()))
         mode = xenna.ExecutionMode.STREAMING if opts.execution_mode == "streaming" else xenna.ExecutionMode.BATCH
@@ -238,7 +239,9 @@ class XennaExecutor(RayExecutorBase):
         run_id = ray_run.id
         chunk = self._chunk_size(sum(c.n for c in chunks), stages)
         coordinator = Coordinator.for_this_process()
-        spec = self.build_pipeline_spec(stages, chunks, chunk, coordinator.name, sink=to_chunks)
+        # one coordinator token per execute call: a run calls it once per segment, or per window of the source
+        call = f"{stages[0].index}-{uuid.uuid4().hex[:8]}"
+        spec = self.build_pipeline_spec(stages, chunks, chunk, coordinator.name, sink=to_chunks, call=call)
         limit = _compat.accepted_state_limit(session.address, lambda n: reaper.list_job_actors(
             limit=n, filters=[("class_name", "=", "__curator_exec_probe__")]))
         ray_run.run.info.update({"chunk_size": chunk, "xenna_version": version("cosmos-xenna"), "state_limit": limit,
@@ -246,7 +249,7 @@ class XennaExecutor(RayExecutorBase):
                                  "pinned_workers": [s.num_workers for s in spec.stages]})
         before = {a.actor_id for a in reaper.list_job_actors()}
         started, timeout = time.time(), self.options.teardown_timeout
-        token, indices = f"{run_id}:{stages[0].index}", [s.index for s in stages]  # this segment of the run
+        token, indices = f"{run_id}:{call}", [s.index for s in stages]  # this execute call of the run
 
         def before_kill(actor: Any) -> None:
             teardown_workers([actor], run_id, timeout, log=logger, indices=indices)
