@@ -273,7 +273,7 @@ def run_child(spec: dict[str, Any]) -> int:
     """Measure ``spec["name"]`` on ``spec["workload"]``: cold run, then warm run, one JSON line each."""
     workload = spec["workload"]
     n = wl.task_count(workload, spec["quick"], spec["name"])
-    stages = wl.make_stages(workload)
+    stages = wl.make_stages(workload) if workload != "W8" else []  # W8: new stages (and directory) per run
     sampler = RssSampler().start() if wl.WORKLOADS[workload].sample_rss else None
     base = {"kind": "measurement", "executor": spec["name"], "workload": workload, "quick": spec["quick"],
             "pid": os.getpid()}

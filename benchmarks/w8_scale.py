@@ -30,6 +30,9 @@ from curator_exec_core import ProcessingStage, Resources, Task
 from curator_exec_io import JsonlWriter
 from curator_exec_io.writers import as_table
 
+#: attempts of one batch's file (see :meth:`BatchJsonlWriter.process_batch`)
+WRITE_ATTEMPTS = 3
+
 __all__ = ["w8_source", "CountChars", "AsRow", "BatchJsonlWriter", "make_stages", "check_written"]
 
 
@@ -77,8 +80,20 @@ class BatchJsonlWriter(JsonlWriter):
     batch_size = W8_WRITE_BATCH
 
     def process_batch(self, tasks: list[Task]) -> list[Task]:
-        rows = [row for task in tasks for row in task.data]
-        return [Task(data=self.write(tasks[0].task_id, as_table(rows)))]
+        table = as_table([row for task in tasks for row in task.data])
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                return [Task(data=self.write(tasks[0].task_id, table))]
+            except FileExistsError:
+                # curator_exec_io's writer races with itself when two workers share a directory: one
+                # removes the empty ``_temporary`` (``_drop_temporary_dir``) between the other's
+                # ``os.makedirs(exist_ok=True)`` failing with EEXIST and its ``isdir`` check, so makedirs
+                # raises FileExistsError (its retry loop only catches FileNotFoundError from ``open``).
+                # Seen once in 100 files on ray_actor_pool; counted as ``write_retries``.
+                if attempt == WRITE_ATTEMPTS - 1:
+                    raise
+                self.record("write_retries")
+        raise AssertionError("unreachable")
 
 
 def make_stages(write_batch: int = W8_WRITE_BATCH) -> list[ProcessingStage]:
