@@ -198,10 +198,12 @@ class BaseWriter(ProcessingStage[Task, Task]):
 
     def _write_temporary(self, fs: Any, temporary: str, table: pa.Table) -> int:
         for attempt in range(5):
-            fs.makedirs(self.temporary_dir(), exist_ok=True)
             try:
+                fs.makedirs(self.temporary_dir(), exist_ok=True)
                 f = fs.open(temporary, "wb")
-            except FileNotFoundError:  # another writer removed the empty _temporary in between
+            except (FileNotFoundError, FileExistsError):
+                # another writer removed the empty _temporary in between (os.makedirs(exist_ok=True) raises
+                # FileExistsError when the directory goes away between its mkdir and its isdir check)
                 if attempt == 4:
                     raise
                 continue

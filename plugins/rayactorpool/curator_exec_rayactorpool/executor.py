@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import time
+import weakref
 from collections import deque
 from typing import Any
 
@@ -129,7 +130,10 @@ class RayActorPoolExecutor(RayExecutorBase):
         self.ensure_ray()
         ray_run = self.ray_run(stages)
         pool = _PoolRun(self, ray_run, stages, chunks, ray_run.placement(stages), to_chunks)
-        ray_run.run.defer(pool.close)  # whatever happens, the run's end closes the pool
+        # whatever happens, the run's end closes the pool; by a weak reference, so that a run that calls
+        # execute once per window of its source does not keep every window's pool (its tasks) alive
+        ref = weakref.ref(pool)
+        ray_run.run.defer(lambda error: _close_if_alive(ref, error))
         try:
             return pool.run()
         except BaseException as exc:
@@ -156,6 +160,12 @@ class RayActorPoolExecutor(RayExecutorBase):
     def keep_idle(self, actors: list[_Actor]) -> None:
         """Keep ``actors`` (set-up stages torn down) for the next run (``reuse_actors``)."""
         self._idle += [(a.key, a) for a in actors]
+
+
+def _close_if_alive(ref: weakref.ReferenceType[_PoolRun], error: BaseException | None) -> None:
+    pool = ref()
+    if pool is not None:
+        pool.close(error)
 
 
 class _PoolRun:
