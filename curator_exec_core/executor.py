@@ -38,9 +38,10 @@ from curator_exec_core.planning import ExecutionPlan, plan_stages
 from curator_exec_core.runner import FailurePolicy, ManagedStage
 from curator_exec_core.runner.kinds import kind_named, kind_of, manage
 from curator_exec_core.scheduling import Schedule
+from curator_exec_core.source import Source
 from curator_exec_core.stages import ProcessingStage
 from curator_exec_core.stats import stage_metrics_keys
-from curator_exec_core.tasks import EmptyTask, Task
+from curator_exec_core.tasks import Task
 
 if TYPE_CHECKING:  # pragma: no cover
     from collections.abc import Iterable
@@ -53,14 +54,9 @@ logger = logging.getLogger("curator_exec")
 
 
 def prepare_initial_tasks(initial_tasks: Iterable[Task] | None) -> list[Task]:
-    """``None`` -> ``[EmptyTask()]``; tasks without an id get their index."""
-    tasks: list[Task] = [EmptyTask()] if initial_tasks is None else list(initial_tasks)
-    for i, task in enumerate(tasks):
-        if not isinstance(task, Task):
-            raise TypeError(f"initial_tasks[{i}] is {type(task).__name__}, not a Task")
-        if not task.task_id:
-            task.task_id = str(i)
-    return tasks
+    """``None`` -> ``[EmptyTask()]``; tasks without an id get their index (all read, as a list: a run
+    reads them lazily through :class:`~curator_exec_core.source.Source`, which does the same)."""
+    return Source(initial_tasks).all()
 
 
 def _user(stage: ProcessingStage[Any, Any]) -> ProcessingStage[Any, Any]:

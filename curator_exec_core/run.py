@@ -225,13 +225,13 @@ class Run:
         executor = self.executor
         if self.checkpoint is None and not needs_split(self.managed, executor.native_stage_kinds):
             if executor.streams_input:  # a list stays a list; a generator is read as the executor goes
-                return self.call_execute(self.managed, iter(source) if source.lazy else source.all())
+                return self.call_execute(self.managed, source.whole())
             if source.total is not None and source.total <= self.window:
                 return self.call_execute(self.managed, source.all())
             return itertools.chain.from_iterable(self.call_execute(self.managed, w) for w in source.windows(self.window))
         segments = split_segments(self.managed)
         if executor.streams_input and self.checkpoint is None:  # segments as iterators: nothing gathered here
-            return run_segments(segments, iter(source) if source.lazy else source.all(),
+            return run_segments(segments, source.whole(),
                                 run_map=lambda seg, data, last: self.call_execute(list(seg.stages), data),
                                 run_barrier=lambda seg, data, last: executor.stream_barrier(seg.stage, data),
                                 empty=lambda data: isinstance(data, list) and not data)

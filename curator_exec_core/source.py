@@ -67,6 +67,10 @@ class Source:
         for task in self._items:
             yield self._prepared(task)
 
+    def whole(self) -> Iterable[Task]:
+        """The source for a consumer that reads as it goes: a list stays a list, a generator is an iterator."""
+        return iter(self) if self.lazy else self.all()
+
     def windows(self, size: int = DEFAULT_WINDOW) -> Iterator[list[Task]]:
         """The tasks as lists of at most ``size``, read as they are asked for."""
         it = iter(self)

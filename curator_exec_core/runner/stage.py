@@ -242,9 +242,9 @@ class ManagedStage(ProcessingStage[Task, Task]):
     def killed(self, tasks: list[Task]) -> tuple[list[Task], list[Task]]:
         """``tasks`` split into those to run and failure records for those whose call ended a worker of
         this stage on this node (see :mod:`curator_exec_core.runner.timeout`)."""
-        if not self.task_timeout or os.getpid() == self._driver_pid:
+        if os.getpid() == self._driver_pid:
             return tasks, []
-        ended = killed_tasks(self._killed_path())
+        ended = self.ended_by_timeout()
         if not ended:
             return tasks, []
         run: list[Task] = []
@@ -319,13 +319,11 @@ class ManagedStage(ProcessingStage[Task, Task]):
 
     def _run_into(self, batch: list[Task], out: list[Task], retries: int) -> int:
         """Run ``batch``, append its outputs to ``out``; returns how many failure records it made."""
-        if self.task_timeout:
-            batch, ended = self.killed(batch)
-            out.extend(ended)
-            if not batch:
-                return len(ended)
-            return len(ended) + self._run_into_timed(batch, out, retries)
-        return self._run_into_timed(batch, out, retries)
+        if not self.task_timeout:
+            return self._run_into_timed(batch, out, retries)
+        batch, ended = self.killed(batch)
+        out.extend(ended)
+        return len(ended) + (self._run_into_timed(batch, out, retries) if batch else 0)
 
     def _run_into_timed(self, batch: list[Task], out: list[Task], retries: int) -> int:
         start = time.perf_counter()
