@@ -363,12 +363,14 @@ def test_no_actor_left_after_success_or_failure(ray_attached, tmp_path):
     with pytest.raises(RuntimeError, match="no model here"):
         ex.run([Logged(tmp_path, "ok4"), SetupFails()], ints(20))
     assert alive_pool_actors() == []
-    # each actor that ran setup ran teardown, whatever happened
+    # each actor that ran setup ran teardown, whatever happened. ok4's actors start beside the failing
+    # stage's, so the run may abort before any of them got to setup (then none ran; CI saw both orders)
     for name in ("ok", "ok2", "ok3", "ok4"):
         events = read(os.path.join(tmp_path, f"{name}.jsonl"))
         setups = sorted(e["pid"] for e in events if e["event"] == "setup")
         teardowns = sorted(e["pid"] for e in events if e["event"] == "teardown")
-        assert setups and setups == teardowns, name
+        assert setups == teardowns, name
+        assert setups or name == "ok4", name
 
 
 def test_reuse_actors_keeps_them_between_runs_until_close(ray_attached, tmp_path):
