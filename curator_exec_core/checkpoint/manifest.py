@@ -29,6 +29,8 @@ logger = logging.getLogger("curator_exec")
 
 #: the manifest's name in a checkpoint directory
 MANIFEST = "manifest.json"
+#: names an executor may give what it writes into a checkpoint directory before its run opens it
+EXECUTOR_FILES = ".curator-exec-"
 
 #: checkpoint directories are created private to their user: their records are pickles
 PRIVATE_MODE = 0o700
@@ -129,8 +131,9 @@ def read_manifest(folder: str, overwrite: bool, error: ErrorFactory) -> dict[str
     Nothing is changed."""
     manifest = os.path.join(folder, MANIFEST)
     if not os.path.exists(manifest):
-        entries = [n for n in os.listdir(folder) if n != "lock" and not n.startswith(DIGESTS_FILE)]
-        # (a digests file without a manifest: a first start killed before writing its manifest)
+        entries = [n for n in os.listdir(folder) if n != "lock" and not n.startswith((DIGESTS_FILE, EXECUTOR_FILES))]
+        # (a digests file without a manifest: a first start killed before writing its manifest; an
+        # executor's files written before its run opened the directory: the slurm driver job's)
         if entries and (not overwrite or not all(n.startswith(("part-", ".")) for n in entries)):
             raise error(f"is not empty and holds no curator-exec checkpoint ({len(entries)} entries, e.g. "
                         f"{sorted(entries)[0]!r}); nothing was touched. Use an empty or new directory.")

@@ -22,6 +22,7 @@ from curator_exec_core.capacity import local_capacity
 from curator_exec_core.config import option
 from curator_exec_core.errors import ConfigError
 from curator_exec_core.runner import ManagedStage
+from curator_exec_core.runner.chain import stream_stages
 from curator_exec_core.shuffle import ManagedShuffle, group_in_process
 
 #: ``shuffle_memory_budget="auto"``: this share of the machine's memory (cgroup limit respected)
@@ -109,7 +110,7 @@ class LocalExecutor(BaseExecutor):
         from ``initial_tasks`` only when the stages ahead of it have room."""
         if not self.is_prepared(stages):  # called directly with plain stages: the whole lifecycle
             return self.execute_unprepared(stages, initial_tasks)
-        return _stream(stages, initial_tasks)
+        return stream_stages(stages, initial_tasks)
 
     def shuffle_memory_budget(self) -> int | None:
         """The ``shuffle_memory_budget`` option in bytes (None: never spill)."""
@@ -141,28 +142,3 @@ class LocalExecutor(BaseExecutor):
         finally:
             stage.teardown()
 
-
-def _stream(stages: list[ManagedStage], initial_tasks: Iterable[Task]) -> Iterator[Task]:
-    node = socket.gethostname()
-    try:
-        for stage in stages:
-            stage.setup(WorkerMetadata(worker_id=f"local:{os.getpid()}:{stage.index}", node_id=node))
-        stream: Iterable[Task] = initial_tasks
-        for stage in stages:
-            stream = _through(stage, stream)
-        yield from stream
-    finally:
-        for stage in stages:
-            stage.teardown()
-
-
-def _through(stage: ManagedStage, upstream: Iterable[Task]) -> Iterator[Task]:
-    size = stage.batch_size
-    batch: list[Task] = []
-    for task in upstream:
-        batch.append(task)
-        if len(batch) >= size:
-            yield from stage.process_batch(batch)
-            batch = []
-    if batch:
-        yield from stage.process_batch(batch)

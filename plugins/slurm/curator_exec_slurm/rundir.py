@@ -1,0 +1,71 @@
+"""The run directory's ``slurm/`` part: what the driver and the elements exchange, as files.
+
+::
+
+    <run dir>/slurm/
+        jobs                       job ids this run directory's drivers submitted (one per line)
+        <attempt>/<n>-<kind>-<stage>/
+            job.pkl                what every element of the job needs (stages, partitions, ...)
+            job.sh                 the batch script
+            in-<i>.pkl             element i's input tasks (its shard; a gang rank's share)
+            out-<i>.pkl            element i finished: its outputs and counts
+            error-<i>.pkl          element i failed for good (the stage error it raised)
+            piece-<i>-<p>.pkl      a shuffle's key element i: its keyed tasks of partition p
+            log-<i>.txt            element i's stdout and stderr (a gang: log-rank<r>.txt)
+
+Every file is written to a temporary name and renamed into place, so a reader (the driver, a reduce
+element) never sees half of one, on a local or a network filesystem.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Any
+
+from curator_exec_core.checkpoint.manifest import write_atomic
+
+__all__ = ["dump", "load", "job_path", "input_path", "output_path", "error_path", "piece_path", "log_pattern",
+           "jobs_file"]
+
+
+def dump(path: str, value: Any) -> None:
+    write_atomic(path, pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def load(path: str) -> Any:
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def job_path(jobdir: str) -> str:
+    return os.path.join(jobdir, "job.pkl")
+
+
+def input_path(jobdir: str, index: int) -> str:
+    return os.path.join(jobdir, f"in-{index}.pkl")
+
+
+def output_path(jobdir: str, index: int) -> str:
+    return os.path.join(jobdir, f"out-{index}.pkl")
+
+
+def error_path(jobdir: str, index: int) -> str:
+    return os.path.join(jobdir, f"error-{index}.pkl")
+
+
+def piece_path(jobdir: str, index: int, partition: int) -> str:
+    return os.path.join(jobdir, f"piece-{index}-{partition}.pkl")
+
+
+def log_pattern(jobdir: str, gang: bool = False) -> str:
+    """sbatch's ``--output``: one log per element (``%a``; a gang's ranks share the job's log)."""
+    return os.path.join(jobdir, "log.txt" if gang else "log-%a.txt")
+
+
+def log_path(jobdir: str, index: int, gang: bool = False) -> str:
+    return os.path.join(jobdir, "log.txt" if gang else f"log-{index}.txt")
+
+
+def jobs_file(run_dir: str) -> str:
+    return os.path.join(run_dir, "slurm", "jobs")
