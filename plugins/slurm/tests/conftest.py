@@ -15,7 +15,7 @@ import tempfile
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-import slurm_cluster  # noqa: E402
+import slurm_cluster
 
 REQUIRE = os.environ.get("CURATOR_EXEC_REQUIRE_SLURM") == "1"
 
@@ -27,7 +27,7 @@ def cluster():
         state = tempfile.mkdtemp(prefix="curator-exec-slurm-")
         try:
             found = slurm_cluster.start(state)
-        except Exception as exc:  # noqa: BLE001 - reported as the reason
+        except Exception as exc:
             problem = f"a one-node Slurm could not be started: {exc}"
     if problem is not None:
         message = f"Slurm tests need a one-node Slurm (root and apt-get to install slurm-wlm and munge): {problem}"
