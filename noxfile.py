@@ -23,13 +23,13 @@ nox.options.default_venv_backend = "venv"
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PY311 = "3.11"
-PLUGINS = ["local", "ray", "rayactorpool", "raydata", "io"]  # plugins tested on the default Python
+PLUGINS = ["local", "ray", "rayactorpool", "raydata", "io", "slurm"]  # plugins tested on the default Python
 #: plugin directories that are libraries (no executor entry point): the Ray layer, the io stages
 LIBRARIES = {"ray", "io"}
-#: what a plugin directory needs from this repository besides the core (not on any index); io's tests
-#: run pipelines on the `local` executor
-LOCAL_DEPS = {"rayactorpool": ["ray"], "raydata": ["ray"], "xenna": ["ray"], "io": ["local"]}
-ALL_PLUGINS = ["local", "ray", "rayactorpool", "raydata", "xenna", "io"]
+#: what a plugin directory needs from this repository besides the core (not on any index); io's and
+#: slurm's tests run pipelines on the `local` executor
+LOCAL_DEPS = {"rayactorpool": ["ray"], "raydata": ["ray"], "xenna": ["ray"], "io": ["local"], "slurm": ["local"]}
+ALL_PLUGINS = ["local", "ray", "rayactorpool", "raydata", "xenna", "io", "slurm"]
 XENNA_PINS = {"3.11": "cosmos-xenna==0.3.0", "3.12": "cosmos-xenna>=0.5,<0.6"}
 TEST_DEPS = ["pytest>=8", "pytest-timeout>=2.2", "psutil"]
 

@@ -62,6 +62,7 @@ KNOWN_BACKENDS: dict[str, str] = {
     "ray_actor_pool": "curator-exec-rayactorpool",
     "ray_data": "curator-exec-raydata",
     "xenna": "curator-exec-xenna",
+    "slurm": "curator-exec-slurm",
 }
 
 
