@@ -85,8 +85,8 @@ class BaseExecutor(ABC):
     #: does ``execute`` read its ``initial_tasks`` lazily (any iterable, read no further ahead than its
     #: workers need) and may it return its outputs as an iterator? Then the run hands it the whole
     #: source at once. If not (a list in, a list out), the run calls ``execute`` once per window of
-    #: source tasks (``curator_exec_core.source.DEFAULT_WINDOW``), so the driver still holds a window,
-    #: not the source.
+    #: source tasks (the ``source_window`` option) on a pipeline of map stages, so the driver still holds
+    #: a window, not the source; a pipeline with a barrier in ``native_stage_kinds`` gets it whole.
     streams_input: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any] | None = None, ignore_head_node: bool = False, **options: Any) -> None:

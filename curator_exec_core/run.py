@@ -33,6 +33,7 @@ from curator_exec_core.lifecycle import capacity_and_plan
 from curator_exec_core.progress import ProgressEvent, ProgressReporter
 from curator_exec_core.registry import get_plugin_manager
 from curator_exec_core.runner import ManagedStage, remove_run_dir
+from curator_exec_core.runner.kinds import kind_named
 from curator_exec_core.runner.segments import BarrierSegment, MapSegment, needs_split, run_segments, split_segments
 from curator_exec_core.scheduling import Schedule
 from curator_exec_core.source import DEFAULT_WINDOW, Source
@@ -226,7 +227,7 @@ class Run:
         if self.checkpoint is None and not needs_split(self.managed, executor.native_stage_kinds):
             if executor.streams_input:  # a list stays a list; a generator is read as the executor goes
                 return self.call_execute(self.managed, source.whole())
-            if source.total is not None and source.total <= self.window:
+            if (source.total is not None and source.total <= self.window) or not self._windowable():
                 return self.call_execute(self.managed, source.all())
             return itertools.chain.from_iterable(self.call_execute(self.managed, w) for w in source.windows(self.window))
         segments = split_segments(self.managed)
@@ -244,6 +245,13 @@ class Run:
             segments = segments[position + 1:]
         return run_segments(segments, tasks, run_map=self._run_map, run_barrier=self._run_barrier,
                             after=checkpoint.save_barrier if checkpoint is not None else None)
+
+    def _windowable(self) -> bool:
+        """Whether ``execute`` may take the source window by window: only a pipeline of map stages is
+        per-task independent. A barrier stage the executor runs itself (a shuffle, a gang) needs every
+        task of the run in one ``execute`` (window by window, it would group or share each window
+        apart: a dedup of 200,000 documents in windows of 10,000 kept the duplicates across windows)."""
+        return all(not kind_named(s.kind).barrier for s in self.managed)
 
     def _run_map(self, segment: MapSegment, tasks: list[Task], last: bool) -> list[Task]:
         stages = list(segment.stages)

@@ -30,7 +30,35 @@ LISTED_FAILURES = 20
 
 
 class NotACheckpoint(ValueError):
-    """The directory holds no (readable) curator-exec checkpoint."""
+    """The directory holds no (readable) curator-exec checkpoint. ``notes``: what executors wrote there
+    before a run opened it (a run submitted to a batch scheduler, not started yet)."""
+
+    def __init__(self, message: str, notes: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.notes = notes
+
+
+#: an executor's note in a checkpoint directory: ``DIR/.curator-exec-<anything>/status.txt``, one line
+#: that ``curator-exec status`` shows (the slurm executor's ``wait=False``: the driver job's id)
+NOTE_FILE = "status.txt"
+
+
+def executor_notes(folder: str) -> tuple[str, ...]:
+    """The first line of every ``DIR/.curator-exec-*/status.txt``, by name."""
+    notes = []
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.startswith(".curator-exec-"))
+    except OSError:
+        return ()
+    for name in names:
+        try:
+            with open(os.path.join(folder, name, NOTE_FILE)) as f:
+                line = f.readline().strip()
+        except OSError:
+            continue
+        if line:
+            notes.append(line)
+    return tuple(notes)
 
 
 @attrs.frozen
@@ -70,6 +98,8 @@ class CheckpointStatus:
     lock: LockStatus
     last_write: float | None
     resume_command: str
+    #: what executors noted in the directory (see :func:`executor_notes`)
+    notes: tuple[str, ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -101,7 +131,7 @@ def read_status(path: str | os.PathLike[str]) -> CheckpointStatus:
         failed=tuple({"task_id": f.task_id, "stage": f.stage, "error": f.error, "attempts": f.attempts}
                      for f in failed[:LISTED_FAILURES]),
         failed_total=len(failed), lock=_lock(folder), last_write=_last_write(folder),
-        resume_command=_resume_command(folder, manifest.get("started_by") or {}))
+        resume_command=_resume_command(folder, manifest.get("started_by") or {}), notes=executor_notes(folder))
 
 
 def _manifest(folder: str) -> dict[str, Any]:
@@ -112,6 +142,10 @@ def _manifest(folder: str) -> dict[str, Any]:
         with open(path) as f:
             manifest = json.load(f)
     except FileNotFoundError:
+        notes = executor_notes(folder)
+        if notes:
+            raise NotACheckpoint(f"{folder}: no run has opened this checkpoint yet; " + "; ".join(notes),
+                                 notes) from None
         raise NotACheckpoint(f"{folder} holds no curator-exec checkpoint (no manifest.json)") from None
     except (OSError, ValueError) as exc:
         raise NotACheckpoint(f"{folder}: manifest.json is unreadable ({exc})") from exc

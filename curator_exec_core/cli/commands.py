@@ -251,7 +251,7 @@ def _print_run(report: dict[str, Any]) -> None:
 
 
 #: ``curator-exec status`` exit statuses a script can use
-STATUS_EXIT = {"finished": 0, "failed": 1, "running": 3, "stopped": 3, "not a checkpoint": 4}
+STATUS_EXIT = {"finished": 0, "failed": 1, "running": 3, "stopped": 3, "submitted": 3, "not a checkpoint": 4}
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -261,11 +261,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         status = read_status(args.dir)
     except NotACheckpoint as exc:
+        state = "submitted" if exc.notes else "not a checkpoint"  # an executor noted a run not started yet
         if args.json:
-            print_json({"path": args.dir, "state": "not a checkpoint", "error": str(exc)})
+            print_json({"path": args.dir, "state": state, "error": str(exc), "notes": list(exc.notes),
+                        "finished": False})
         else:
             print(f"{exc}")
-        return STATUS_EXIT["not a checkpoint"]
+        return STATUS_EXIT[state]
     if args.json:
         print_json(status.as_dict())
     else:
@@ -289,6 +291,8 @@ def _print_status(status: Any) -> None:
     else:
         print("Lock: free" + (f" (last held by {lock.holder})" if lock.holder else ""))
     print(f"Last write: {age(status.last_write)}")
+    for note in status.notes:
+        print(f"Executor: {note}")
     if status.failed_total:
         print(f"Failed tasks: {status.failed_total}")
         for f in status.failed:

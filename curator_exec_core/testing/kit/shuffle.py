@@ -59,6 +59,13 @@ class ShuffleTests(ConformanceBase):
         expected = sorted(len([f for f in firsts if (f + 1) % 3 == r]) for r in range(3))
         assert sorted(len(t.data["ids"]) for t in got) == [c for c in expected if c]
 
+    def test_shuffle_groups_across_source_windows(self, make_executor: MakeExecutor) -> None:
+        """An executor that takes its source window by window (``source_window``) still groups every task
+        of the run: a key's tasks in different windows end in one group."""
+        got = self.run_and_compare(make_executor, [AddOne(), KeepFirst(7)], _ints(self.n), source_window=11)
+        assert sorted(len(t.data["ids"]) for t in got) == sorted(
+            len(ids) for ids in _groups({str(i): i + 1 for i in range(self.n)}, lambda d: d % 7).values())
+
     def test_shuffle_ids_do_not_depend_on_the_partition_count(self, make_executor: MakeExecutor) -> None:
         one = make_executor(show_progress=False).run([KeepFirst(13, num_partitions=1)], _ints(self.n))
         many = make_executor(show_progress=False).run([KeepFirst(13, num_partitions=5)], _ints(self.n))

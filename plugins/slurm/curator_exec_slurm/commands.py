@@ -89,9 +89,9 @@ class Slurm:
 
     # -- jobs -------------------------------------------------------------------------------
     def sbatch(self, args: Sequence[str], script: str, script_args: Sequence[str] = ()) -> str:
-        """Submit ``script`` (a path) with sbatch's ``args`` and the script's ``script_args``; returns
-        the job id."""
-        out = self.run(["sbatch", "--parsable", *args, script, *script_args]).strip()
+        """Submit ``script`` (a path; empty with ``--wrap`` in ``args``) with sbatch's ``args`` and the
+        script's ``script_args``; returns the job id."""
+        out = self.run(["sbatch", "--parsable", *args, *([script] if script else []), *script_args]).strip()
         job_id = out.split(";", 1)[0].strip()
         if not job_id.isdigit():
             raise SlurmError(f"sbatch printed {out!r}, not a job id")

@@ -31,7 +31,7 @@ from curator_exec_core import BaseExecutor, Capacity, ExecutorOptions, Task
 from curator_exec_core.capacity import GpuInfo, NodeCapacity
 from curator_exec_core.checkpoint.manifest import EXECUTOR_FILES, PRIVATE_MODE
 from curator_exec_core.config import option
-from curator_exec_core.errors import ConfigError, PlanError
+from curator_exec_core.errors import CheckpointError, ConfigError, PlanError
 from curator_exec_core.gang import ManagedGang
 from curator_exec_core.run import Run
 from curator_exec_core.runner import ManagedStage
@@ -54,6 +54,10 @@ ELEMENTS_PER_SLOT = 2
 _TIME = re.compile(r"^(\d+|\d+:\d{2}(:\d{2})?|\d+-\d+(:\d{2}(:\d{2})?)?|UNLIMITED|INFINITE)$", re.IGNORECASE)
 _MEM = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
 
+#: seconds the job proving that the compute nodes see the run directory may wait to start
+SHARED_PATH_TIMEOUT = 60.0
+#: (filesystem, partition, Slurm environment) proven shared in this process
+_SHARED: set[tuple] = set()
 #: each run's view of Slurm (the executor holds settings only)
 _RUNS: weakref.WeakKeyDictionary[Run, SlurmRun] = weakref.WeakKeyDictionary()
 
@@ -231,6 +235,55 @@ class SlurmExecutor(BaseExecutor):
             self.slurm.cancel(owners)
         os.remove(jobs)
 
+    def prove_shared(self, run_dir: str) -> None:
+        """Raise :class:`CheckpointError` unless a compute node of the partition sees ``run_dir``: a
+        one-CPU job reads the driver's marker there and writes its own, which the driver must then
+        see (a node-local folder of the same name, such as a login node's ``/tmp``, fails both ways).
+        Cached per filesystem and partition for this process. A check job that has not started within
+        :data:`SHARED_PATH_TIMEOUT` (a busy cluster) is cancelled with a warning: the elements, which
+        read their inputs from the directory, are then the proof."""
+        import shutil
+        import time
+        import uuid
+
+        partition = self.partition_name()
+        key = (os.stat(run_dir).st_dev, partition, tuple(sorted(self.options.slurm_env.items())))
+        if key in _SHARED:
+            return
+        token = uuid.uuid4().hex
+        folder = os.path.join(run_dir, "slurm", ".nodes", token)
+        os.makedirs(folder, mode=PRIVATE_MODE)
+        try:
+            with open(os.path.join(folder, "driver"), "w") as f:
+                f.write(token)
+            probe = shlex.quote(folder)
+            script = (f'[ "$(cat {probe}/driver 2>/dev/null)" = {token} ] && '
+                      f'echo {token} > {probe}/"${{SLURMD_NODENAME:-$(hostname)}}"')
+            args = [f"--job-name={self.options.job_name}-check", "--ntasks=1", "--cpus-per-task=1", "--time=1",
+                    "--output=/dev/null", "--no-requeue", f"--partition={partition}"]
+            args += [f"{flag}={value}" for flag, value in (("--account", self.options.account),
+                                                          ("--qos", self.options.qos)) if value]
+            job_id = self.slurm.sbatch([*args, "--wrap", script], "")
+            deadline = time.monotonic() + SHARED_PATH_TIMEOUT
+            while self.slurm.alive([job_id]):
+                if time.monotonic() > deadline:
+                    self.slurm.cancel([job_id])
+                    logger.warning("slurm: the job checking that the compute nodes see %s did not start within "
+                                   "%.0f s; going on (an element that cannot read the directory fails with its "
+                                   "log saying so)", run_dir, SHARED_PATH_TIMEOUT)
+                    return
+                time.sleep(min(self.options.poll_interval, 0.5))
+            seen = [name for name in os.listdir(folder) if name != "driver"]
+            if not seen:
+                raise CheckpointError(
+                    f"run directory {run_dir}: a compute node of partition {partition!r} does not see it (job "
+                    f"{job_id} found no marker there, or its marker did not reach this machine). Put the run "
+                    "directory (checkpoint_path, or the scratch_dir option) on a filesystem every node mounts "
+                    "(Lustre, GPFS, NFS), not on a node-local disk such as /tmp.")
+            _SHARED.add(key)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
     def slurm_run(self, run: Run) -> SlurmRun:
         """This run's view of Slurm, made at its first job."""
         found = _RUNS.get(run)
@@ -247,6 +300,7 @@ class SlurmExecutor(BaseExecutor):
                 "to run() (the run is then resumable), or set the 'scratch_dir' option to a shared directory "
                 "under which each run gets its own")
         os.makedirs(os.path.join(run_dir, "slurm"), mode=PRIVATE_MODE, exist_ok=True)
+        self.prove_shared(run_dir)
         srun = _RUNS[run] = SlurmRun(run, self.options, self.slurm, run_dir)
         scratch = run.checkpoint is None
 
@@ -372,6 +426,9 @@ class SlurmExecutor(BaseExecutor):
         job_id = self.slurm.sbatch([*args, *self.options.sbatch_args], script)
         with open(os.path.join(submit, "driver.job"), "w") as f:
             f.write(job_id + "\n")
+        with open(os.path.join(submit, "status.txt"), "w") as f:  # shown by `curator-exec status DIR`
+            f.write(f"slurm: submitted with wait=False as driver job {job_id} (its log: "
+                    f"{os.path.join(submit, 'driver.log')}; squeue -j {job_id})\n")
         logger.info("slurm: submitted driver job %s for %s", job_id, path)
         return PipelineResult([], metrics={"slurm": {"driver_job": job_id, "run_dir": path, "job_ids": [job_id]}},
                               executor=self.executor_name)

@@ -80,6 +80,17 @@ def test_a_run_needs_a_shared_run_directory(slurm_env):
         ex.run([AddOne()], ints(3))
 
 
+def test_the_run_directory_is_proven_shared_once_per_filesystem(make_slurm, slurm_env, tmp_path, monkeypatch):
+    from curator_exec_slurm import executor as module
+
+    monkeypatch.setattr(module, "_SHARED", set())
+    ex = make_slurm()
+    ex.run([AddOne()], ints(2), checkpoint_path=tmp_path / "a")
+    ex.run([AddOne()], ints(2), checkpoint_path=tmp_path / "b")
+    assert len(module._SHARED) == 1  # one check job for both (same filesystem, partition)
+    assert os.listdir(tmp_path / "a" / "slurm" / ".nodes") == []  # its markers are removed
+
+
 def test_capacity_is_the_partitions_nodes(cluster, make_slurm):
     cap = make_slurm().capacity()
     assert [n.node_id for n in cap.nodes] == [cluster.node]
@@ -215,11 +226,18 @@ def test_wait_false_returns_at_once_and_status_follows_the_run(make_slurm, slurm
     result = make_slurm(wait=False, tasks_per_element=10).run(stages, ints(30), checkpoint_path=ck)
     assert list(result) == [] and result.metrics["slurm"]["driver_job"].isdigit()
     env = {**os.environ, **slurm_env}
+    job = result.metrics["slurm"]["driver_job"]
     deadline = time.monotonic() + 180
+    seen_states = set()
     while True:
         status = subprocess.run([sys.executable, "-m", "curator_exec_core", "status", "--json", str(ck)],
                                 capture_output=True, text=True, env=env)
-        if status.returncode == 0 and json.loads(status.stdout).get("finished"):
+        report = json.loads(status.stdout)
+        seen_states.add(report["state"])
+        if report["state"] == "submitted":  # before the driver job opened the checkpoint: the executor's note
+            assert status.returncode == 3 and f"driver job {job}" in report["notes"][0]
+        if status.returncode == 0 and report.get("finished"):
+            assert f"driver job {job}" in " ".join(report["notes"])
             break
         assert time.monotonic() < deadline, status.stdout + status.stderr
         time.sleep(0.5)
