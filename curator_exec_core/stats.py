@@ -54,9 +54,10 @@ class Summary:
 
     def add(self, value: float) -> None:
         n = self.n + 1
-        delta = value - self.mean
-        self.total += value
-        self.m2 += delta * (value - self.total / n)
+        total = self.total
+        delta = value - (total / self.n if self.n else 0.0)
+        self.total = total = total + value
+        self.m2 += delta * (value - total / n)
         self.n = n
         if value < self.lo:
             self.lo = value
@@ -313,6 +314,30 @@ class RunStats:
             self._failed[index] += n_failed
             if perf is not None:
                 self._perf[index].fold(perf)
+        for listener in self._listeners:
+            listener(index)
+
+    def add_call(self, index: int, worker: str, n_in: int, n_out: int, n_failed: int, wall: float, cpu: float,
+                 counters: dict[str, Summary] | None, errors: tuple[str, ...]) -> None:
+        """One call of stage ``index`` in this process: :meth:`add` of its counts and its
+        :class:`CallPerf` figures, without building either (the runner's hot path)."""
+        with self._lock:
+            self._in[index] += n_in
+            self._out[index] += n_out
+            self._failed[index] += n_failed
+            stage = self._perf[index]
+            mine = stage.workers.get(worker)
+            if mine is None:
+                mine = stage.workers[worker] = WorkerStats()
+            mine.tasks_in += n_in
+            mine.tasks_out += n_out
+            mine.tasks_failed += n_failed
+            mine.process_s.add(wall)
+            mine.cpu_s.add(cpu)
+            if counters:
+                _merge_counters(mine.counters, counters)
+            if errors and len(stage.errors) < FIRST_ERRORS:
+                stage.errors.extend(errors[:FIRST_ERRORS - len(stage.errors)])
         for listener in self._listeners:
             listener(index)
 

@@ -194,11 +194,15 @@ class ManagedStage(ProcessingStage[Task, Task]):
         if counts[2] and made:
             errors = tuple(f"{t.task_id}: {t.error}" for t in made
                            if type(t) is FailedTask and t.stage == self.name)[:FIRST_ERRORS]
-        perf = CallPerf(self.worker_id or _process_worker(os.getpid()), counts[0], counts[1], counts[2], wall, cpu,
-                        self.stage.__dict__.pop("_curator_records", None), errors)
-        self._last = last = (counts[0], counts[1], counts[2], perf)
-        if self.stats is not None:
-            self.stats.add(self.index, last)
+        worker = self.worker_id or _process_worker(os.getpid())
+        records = self.stage.__dict__.pop("_curator_records", None)
+        stats = self.stats
+        if stats is not None:  # the driver process: straight into the run's stats (its figures are there)
+            self._last = (counts[0], counts[1], counts[2], None)
+            stats.add_call(self.index, worker, counts[0], counts[1], counts[2], wall, cpu, records, errors)
+        else:  # a worker process: the figures travel back with the counts
+            self._last = (counts[0], counts[1], counts[2],
+                          CallPerf(worker, counts[0], counts[1], counts[2], wall, cpu, records, errors))
 
     def _check(self, result: Any, call: str = "process()") -> None:
         if not isinstance(result, Task):
