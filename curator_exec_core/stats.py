@@ -378,6 +378,15 @@ class RunStats:
         for listener in self._listeners:
             listener(index)
 
+    def totals(self) -> StageCounts:
+        """Every stage that did something: its counts with its figures (a :class:`StageStats`), what a
+        worker process that ran many calls (a batch job's element) sends back to the driver's
+        :meth:`add_all`."""
+        with self._lock:
+            return {i: Counts(self._in[i], self._out[i], self._failed[i], StageStats().fold(self._perf[i]))
+                    for i in range(len(self.names))
+                    if self._in[i] or self._out[i] or self._failed[i] or self._perf[i].workers}
+
     def stage(self, index: int) -> Counts:
         """Stage ``index``'s totals so far."""
         with self._lock:

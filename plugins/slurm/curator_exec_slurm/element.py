@@ -31,7 +31,7 @@ from typing import Any
 from curator_exec_core.errors import StageFailedError
 from curator_exec_core.runner.chain import stream_stages
 from curator_exec_core.stages import WorkerMetadata
-from curator_exec_core.stats import StageCounts, add_counts
+from curator_exec_core.stats import RunStats
 from curator_exec_slurm import rundir
 
 __all__ = ["main"]
@@ -40,14 +40,10 @@ __all__ = ["main"]
 ROOT_TIMEOUT = 300.0
 
 
-class Totals:
-    """The element's counts per stage (what a stage's ``stats`` gets in the element process)."""
-
-    def __init__(self) -> None:
-        self.counts: StageCounts = {}
-
-    def add(self, index: int, counts: Any) -> None:
-        add_counts(self.counts, index, counts)
+def element_stats(stages: list[Any]) -> RunStats:
+    """The element's own stats for ``stages`` (by their index in the pipeline); what it sends back is
+    :meth:`RunStats.totals`."""
+    return RunStats([f"stage-{i}" for i in range(max(s.index for s in stages) + 1)])
 
 
 def _worker_id(kind: str, index: int) -> str:
@@ -55,12 +51,12 @@ def _worker_id(kind: str, index: int) -> str:
     return f"slurm:{job}:{kind}{index}:{socket.gethostname()}:{os.getpid()}"
 
 
-def _watch(stages: list[Any], totals: Totals) -> None:
+def _watch(stages: list[Any], totals: RunStats) -> None:
     for stage in stages:
         stage.stats = totals
 
 
-def run_map(job: dict[str, Any], jobdir: str, index: int, totals: Totals) -> list[Any]:
+def run_map(job: dict[str, Any], jobdir: str, index: int, totals: RunStats) -> list[Any]:
     stages = job["stages"]
     _watch(stages, totals)
     tasks = rundir.load(rundir.input_path(jobdir, index))
@@ -72,7 +68,7 @@ def run_map(job: dict[str, Any], jobdir: str, index: int, totals: Totals) -> lis
             observer.flush_all()
 
 
-def run_key(job: dict[str, Any], jobdir: str, index: int, totals: Totals) -> list[Any]:
+def run_key(job: dict[str, Any], jobdir: str, index: int, totals: RunStats) -> list[Any]:
     from curator_exec_core.shuffle import partitioned
 
     stage = job["stage"]
@@ -83,7 +79,7 @@ def run_key(job: dict[str, Any], jobdir: str, index: int, totals: Totals) -> lis
     return records
 
 
-def run_reduce(job: dict[str, Any], jobdir: str, index: int, totals: Totals) -> list[Any]:
+def run_reduce(job: dict[str, Any], jobdir: str, index: int, totals: RunStats) -> list[Any]:
     stage = job["stage"]
     _watch([stage], totals)
     key_dir = job["key_dir"]
@@ -95,7 +91,7 @@ def run_reduce(job: dict[str, Any], jobdir: str, index: int, totals: Totals) -> 
         stage.teardown()
 
 
-def run_gang(job: dict[str, Any], jobdir: str, rank: int, totals: Totals) -> list[Any]:
+def run_gang(job: dict[str, Any], jobdir: str, rank: int, totals: RunStats) -> list[Any]:
     stage = job["stage"]
     _watch([stage], totals)
     root_file = os.path.join(jobdir, f"root-{os.environ.get('SLURM_JOB_ID', '0')}.pkl")
@@ -128,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     kind, jobdir, offset = (argv if argv is not None else sys.argv[1:])[:3]
     index = element_index(kind, int(offset))
     job = rundir.load(rundir.job_path(jobdir))
-    totals = Totals()
+    totals = element_stats(job["stages"] if "stages" in job else [job["stage"]])
     print(f"curator-exec slurm element {kind} {index} on {socket.gethostname()} pid {os.getpid()} "
           f"(restart {os.environ.get('SLURM_RESTART_COUNT', '0')})", flush=True)
     try:
@@ -144,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:
             rundir.dump(rundir.error_path(jobdir, index), RuntimeError(f"{type(exc).__name__}: {exc}"))
         return 4
-    rundir.dump(rundir.output_path(jobdir, index), (outputs, totals.counts))
+    rundir.dump(rundir.output_path(jobdir, index), (outputs, totals.totals()))
     return 0
 
 

@@ -250,3 +250,20 @@ def test_arrays_past_max_array_size_are_split(make_slurm):
     got = make_slurm(tasks_per_element=2, max_array_size=3).run([AddOne()], ints(14))
     assert canonical(got) == canonical(reference_run([AddOne()], ints(14)))
     assert len(got.metrics["engine"]["slurm"]["job_ids"]) == 3  # 7 elements: 3 + 3 + 1
+
+
+class DiesEveryTime(Paced):
+    """Kills its own process: an element that never finishes (what a node failure looks like)."""
+
+    def process(self, task):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_an_element_that_never_finishes_fails_the_run_naming_it_and_its_log(make_slurm):
+    from curator_exec_slurm.jobs import SlurmJobError
+
+    with pytest.raises(SlurmJobError) as info:
+        make_slurm(tasks_per_element=5, max_element_retries=1).run([AddOne(), DiesEveryTime(name="dies")], ints(10))
+    message = str(info.value)
+    assert "2 element(s)" in message and "after 2 submission(s) (max_element_retries=1)" in message
+    assert "log-0+0.txt" in message and "curator-exec slurm element map 0" in message  # the log's tail
