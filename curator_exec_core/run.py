@@ -33,7 +33,6 @@ from curator_exec_core.lifecycle import capacity_and_plan
 from curator_exec_core.progress import ProgressEvent, ProgressReporter
 from curator_exec_core.registry import get_plugin_manager
 from curator_exec_core.runner import ManagedStage, remove_run_dir
-from curator_exec_core.runner.kinds import kind_named
 from curator_exec_core.runner.segments import BarrierSegment, MapSegment, needs_split, run_segments, split_segments
 from curator_exec_core.scheduling import Schedule
 from curator_exec_core.source import DEFAULT_WINDOW, Source
@@ -251,7 +250,7 @@ class Run:
         per-task independent. A barrier stage the executor runs itself (a shuffle, a gang) needs every
         task of the run in one ``execute`` (window by window, it would group or share each window
         apart: a dedup of 200,000 documents in windows of 10,000 kept the duplicates across windows)."""
-        return all(not kind_named(s.kind).barrier for s in self.managed)
+        return not needs_split(self.managed, frozenset())
 
     def _run_map(self, segment: MapSegment, tasks: list[Task], last: bool) -> list[Task]:
         stages = list(segment.stages)

@@ -131,13 +131,18 @@ class WorkerStats:
         self.counters: dict[str, Summary] = {}
 
     def fold(self, call: CallPerf) -> None:
-        self.tasks_in += call.tasks_in
-        self.tasks_out += call.tasks_out
-        self.tasks_failed += call.tasks_failed
-        self.process_s.add(call.wall)
-        self.cpu_s.add(call.cpu)
-        if call.counters:
-            _merge_counters(self.counters, call.counters)
+        self.add(call.tasks_in, call.tasks_out, call.tasks_failed, call.wall, call.cpu, call.counters)
+
+    def add(self, n_in: int, n_out: int, n_failed: int, wall: float, cpu: float,
+            counters: Mapping[str, Summary] | None) -> None:
+        """One call's figures (what :meth:`fold` takes from a :class:`CallPerf`)."""
+        self.tasks_in += n_in
+        self.tasks_out += n_out
+        self.tasks_failed += n_failed
+        self.process_s.add(wall)
+        self.cpu_s.add(cpu)
+        if counters:
+            _merge_counters(self.counters, counters)
 
     def merge(self, other: WorkerStats) -> None:
         self.tasks_in += other.tasks_in
@@ -190,20 +195,25 @@ class StageStats:
         """Fold a call's :class:`CallPerf` or another :class:`StageStats` in (returns self)."""
         if isinstance(perf, StageStats):
             for worker, stats in perf.workers.items():
-                mine = self.workers.get(worker)
-                if mine is None:
-                    mine = self.workers[worker] = WorkerStats()
-                mine.merge(stats)
+                self.worker(worker).merge(stats)
             errors = perf.errors
         else:
-            mine = self.workers.get(perf.worker)
-            if mine is None:
-                mine = self.workers[perf.worker] = WorkerStats()
-            mine.fold(perf)
+            self.worker(perf.worker).fold(perf)
             errors = list(perf.errors)
+        self.note_errors(errors)
+        return self
+
+    def worker(self, name: str) -> WorkerStats:
+        """The figures of worker ``name`` (new, empty ones the first time)."""
+        mine = self.workers.get(name)
+        if mine is None:
+            mine = self.workers[name] = WorkerStats()
+        return mine
+
+    def note_errors(self, errors: Sequence[str]) -> None:
+        """Keep the first :data:`FIRST_ERRORS` errors."""
         if errors and len(self.errors) < FIRST_ERRORS:
             self.errors.extend(errors[:FIRST_ERRORS - len(self.errors)])
-        return self
 
     def merged(self) -> WorkerStats:
         """Every worker's figures merged."""
@@ -326,18 +336,9 @@ class RunStats:
             self._out[index] += n_out
             self._failed[index] += n_failed
             stage = self._perf[index]
-            mine = stage.workers.get(worker)
-            if mine is None:
-                mine = stage.workers[worker] = WorkerStats()
-            mine.tasks_in += n_in
-            mine.tasks_out += n_out
-            mine.tasks_failed += n_failed
-            mine.process_s.add(wall)
-            mine.cpu_s.add(cpu)
-            if counters:
-                _merge_counters(mine.counters, counters)
-            if errors and len(stage.errors) < FIRST_ERRORS:
-                stage.errors.extend(errors[:FIRST_ERRORS - len(stage.errors)])
+            stage.worker(worker).add(n_in, n_out, n_failed, wall, cpu, counters)
+            if errors:
+                stage.note_errors(errors)
         for listener in self._listeners:
             listener(index)
 

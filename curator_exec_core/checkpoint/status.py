@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from curator_exec_core.checkpoint.journal import HEADER_SIZE, unframe
-from curator_exec_core.checkpoint.manifest import FORMAT_VERSION
+from curator_exec_core.checkpoint.manifest import EXECUTOR_FILES, FORMAT_VERSION
 from curator_exec_core.checkpoint.recovery import finished
 from curator_exec_core.tasks import FailedTask, Task
 
@@ -47,7 +47,7 @@ def executor_notes(folder: str) -> tuple[str, ...]:
     """The first line of every ``DIR/.curator-exec-*/status.txt``, by name."""
     notes = []
     try:
-        names = sorted(n for n in os.listdir(folder) if n.startswith(".curator-exec-"))
+        names = sorted(n for n in os.listdir(folder) if n.startswith(EXECUTOR_FILES))
     except OSError:
         return ()
     for name in names:
