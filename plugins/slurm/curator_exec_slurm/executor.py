@@ -20,7 +20,6 @@ import os
 import pickle
 import re
 import shlex
-import sys
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -41,7 +40,7 @@ from curator_exec_core.stages import ProcessingStage
 from curator_exec_core.tasks import FailedTask, PipelineResult
 from curator_exec_slurm import rundir
 from curator_exec_slurm.commands import Slurm, SlurmError
-from curator_exec_slurm.jobs import ArrayJob, SlurmRun
+from curator_exec_slurm.jobs import ArrayJob, SlurmRun, python_command, site_args, write_script
 
 __all__ = ["SlurmExecutor", "SlurmOptions", "SUBMIT_DIR"]
 
@@ -191,16 +190,20 @@ class SlurmExecutor(BaseExecutor):
                    if not any(bad in r.get("State", "") for bad in ("DOWN", "DRAIN", "FAIL", "NOT_RESPONDING"))]
         if not records:
             raise PlanError(f"executor 'slurm': partition {name!r} has no usable node (all down or drained: "
-                            "`sinfo -p {name}`)")
+                            f"`sinfo -p {name}`)")
         return Capacity(nodes=[node_capacity(r) for r in records])
 
     def stage_serializer(self) -> Callable[[Any], Any] | None:
         return pickle.dumps
 
+    def element_cpus(self, stages: Sequence[ManagedStage]) -> int:
+        """CPUs of one element running ``stages``: ``cpus_per_task``, else the most any of them asks for."""
+        return self.options.cpus_per_task or max(1, math.ceil(max(s.resources.cpus for s in stages) - 1e-9))
+
     def element_resources(self, stages: Sequence[ManagedStage], gang: bool = False) -> list[str]:
         """sbatch arguments for one element running ``stages`` (or one gang rank)."""
         opts = self.options
-        cpus = opts.cpus_per_task or max(1, math.ceil(max(s.resources.cpus for s in stages) - 1e-9))
+        cpus = self.element_cpus(stages)
         gpus = opts.gpus_per_task if opts.gpus_per_task is not None else \
             math.ceil(max(s.resources.gpus for s in stages) - 1e-9)
         args = [f"--cpus-per-task={cpus}"] + ([] if gang else ["--ntasks=1"])
@@ -211,17 +214,16 @@ class SlurmExecutor(BaseExecutor):
     def elements_for(self, n_tasks: int, stages: Sequence[ManagedStage], capacity: Capacity | None = None) -> int:
         if self.options.tasks_per_element:
             return max(1, math.ceil(n_tasks / self.options.tasks_per_element))
-        cpus = self.options.cpus_per_task or max(1, math.ceil(max(s.resources.cpus for s in stages) - 1e-9))
+        cpus = self.element_cpus(stages)
         nodes = capacity.nodes if capacity is not None else ()
         slots = sum(int(n.cpus // cpus) for n in nodes) or 1
         return max(1, min(n_tasks, ELEMENTS_PER_SLOT * slots))
 
     # -- the run directory -----------------------------------------------------------------
     def check_shared_path(self, path: str) -> None:
-        """Compute nodes prove they see the run directory by reading their inputs from it: an element
-        that cannot ends without a log, which the driver reports as such. Here: jobs a killed driver
-        left running on this directory are cancelled (this run holds its lock, so they are orphans;
-        the journals keep what they finished)."""
+        """Jobs a killed driver left running on this checkpoint directory are cancelled (this run holds
+        its lock, so they are orphans; the journals keep what they finished). That the compute nodes
+        see the directory is proven by :meth:`prove_shared`, at the run's first job."""
         jobs = rundir.jobs_file(path)
         if not os.path.exists(jobs):
             return
@@ -260,9 +262,7 @@ class SlurmExecutor(BaseExecutor):
             script = (f'[ "$(cat {probe}/driver 2>/dev/null)" = {token} ] && '
                       f'echo {token} > {probe}/"${{SLURMD_NODENAME:-$(hostname)}}"')
             args = [f"--job-name={self.options.job_name}-check", "--ntasks=1", "--cpus-per-task=1", "--time=1",
-                    "--output=/dev/null", "--no-requeue", f"--partition={partition}"]
-            args += [f"{flag}={value}" for flag, value in (("--account", self.options.account),
-                                                          ("--qos", self.options.qos)) if value]
+                    "--output=/dev/null", "--no-requeue", *site_args(self.options, element=False)]
             job_id = self.slurm.sbatch([*args, "--wrap", script], "")
             deadline = time.monotonic() + SHARED_PATH_TIMEOUT
             while self.slurm.alive([job_id]):
@@ -406,23 +406,13 @@ class SlurmExecutor(BaseExecutor):
         rundir.dump(os.path.join(submit, "run.pkl"),
                     {"executor": type(self), "options": values, "stages": list(stages),
                      "tasks": Source(initial_tasks).all(), "checkpoint_path": path, "overwrite": overwrite})
-        python = self.options.python or sys.executable
-        syspath = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
-        script = os.path.join(submit, "driver.sh")
-        lines = ["#!/bin/bash", "# written by curator-exec's slurm executor (wait=False): the run's driver"]
-        if self.options.env_setup:
-            lines.append(self.options.env_setup)
-        lines += [f"export PYTHONPATH={shlex.quote(syspath)}${{PYTHONPATH:+:$PYTHONPATH}}",
-                  f"exec {shlex.quote(python)} -m curator_exec_slurm.drive {shlex.quote(submit)}"]
-        with open(script, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        os.chmod(script, 0o700)
+        script = write_script(os.path.join(submit, "driver.sh"), self.options, "the driver of a wait=False run",
+                              [f"exec {python_command(self.options, 'curator_exec_slurm.drive', submit)}"])
         args = [f"--job-name={self.options.job_name}-driver", f"--chdir={submit}", "--ntasks=1",
-                "--cpus-per-task=1", f"--output={os.path.join(submit, 'driver.log')}", "--open-mode=append"]
-        for flag, value in (("--partition", self.options.partition), ("--account", self.options.account),
-                            ("--qos", self.options.qos), ("--time", self.options.time_limit)):
-            if value:
-                args.append(f"{flag}={value}")
+                "--cpus-per-task=1", f"--output={os.path.join(submit, 'driver.log')}", "--open-mode=append",
+                *site_args(self.options, element=False)]
+        if self.options.time_limit:
+            args.append(f"--time={self.options.time_limit}")
         job_id = self.slurm.sbatch([*args, *self.options.sbatch_args], script)
         with open(os.path.join(submit, "driver.job"), "w") as f:
             f.write(job_id + "\n")

@@ -69,6 +69,35 @@ class ArrayJob:
         return list(itertools.chain.from_iterable(self.done[i] for i in range(self.elements)))
 
 
+def site_args(options: SlurmOptions, *, element: bool = True) -> list[str]:
+    """sbatch arguments every job of a run shares: where it runs and who pays (partition, account,
+    qos) and, for an element (``element``), its time limit and memory."""
+    pairs = [("--partition", options.partition), ("--account", options.account), ("--qos", options.qos)]
+    if element:
+        pairs += [("--time", options.time_limit), ("--mem", options.mem_per_task)]
+    return [f"{flag}={value}" for flag, value in pairs if value]
+
+
+def write_script(path: str, options: SlurmOptions, what: str, body: list[str]) -> str:
+    """A batch script at ``path``: the ``env_setup`` line, the driver's ``sys.path`` as ``PYTHONPATH``
+    (the pickled stages name the driver's modules), then ``body``."""
+    syspath = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+    lines = ["#!/bin/bash", f"# written by curator-exec's slurm executor: {what}"]
+    if options.env_setup:
+        lines.append(options.env_setup)
+    lines.append(f"export PYTHONPATH={shlex.quote(syspath)}${{PYTHONPATH:+:$PYTHONPATH}}")
+    with open(path, "w") as f:
+        f.write("\n".join([*lines, *body]) + "\n")
+    os.chmod(path, 0o700)
+    return path
+
+
+def python_command(options: SlurmOptions, module: str, *args: str) -> str:
+    """``<interpreter> -m <module> <args>``, quoted; the interpreter is the ``python`` option or the
+    driver's own."""
+    return " ".join(shlex.quote(a) for a in (options.python or sys.executable, "-m", module, *args))
+
+
 class SlurmRun:
     """One run's use of Slurm: under ``<run dir>/slurm/<attempt>/``, numbered job directories."""
 
@@ -82,7 +111,7 @@ class SlurmRun:
         os.makedirs(self.base, mode=PRIVATE_MODE, exist_ok=True)
         self._seq = itertools.count()
         #: the run's PYTHONHASHSEED for its elements (unless the driver's environment sets one)
-        self.hash_seed = int(run.id[:6], 16) % 4_294_967_295 if all(c in "0123456789abcdef" for c in run.id[:6]) else 1
+        self.hash_seed = int(run.id[:8], 16)  # a run id is hex
         #: job ids of this run that may still be alive (cancelled when the run ends with an error)
         self.live: set[str] = set()
         self.submitted: list[str] = []
@@ -95,50 +124,34 @@ class SlurmRun:
         return ArrayJob(f"{self.options.job_name}-{kind}-{safe}", kind, jobdir, elements, resources)
 
     def write_script(self, job: ArrayJob) -> str:
-        """The batch script: the environment line, the driver's ``sys.path``, then the element; with
-        ``requeue``, ``SIGUSR1`` (sent before the time limit or a preemption) requeues the element."""
+        """The batch script (:func:`write_script`) running the element; with ``requeue``, ``SIGUSR1``
+        (sent before the time limit or a preemption) requeues the element."""
         opts = self.options
-        python = opts.python or sys.executable
-        path = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
-        element = f"{shlex.quote(python)} -m curator_exec_slurm.element {job.kind} {shlex.quote(job.jobdir)}"
-        lines = ["#!/bin/bash", "# written by curator-exec's slurm executor: one element of a pipeline run",
-                 "set -u"]
-        if opts.env_setup:
-            lines.append(opts.env_setup)
-        lines.append(f"export PYTHONPATH={shlex.quote(path)}${{PYTHONPATH:+:$PYTHONPATH}}")
-        lines.append("export PYTHONUNBUFFERED=1")
-        # every element hashes a str alike (keys built with hash() group right), as the driver's own if set
-        lines.append(f"export PYTHONHASHSEED=${{PYTHONHASHSEED:-{self.hash_seed}}}")
+        element = python_command(opts, "curator_exec_slurm.element", job.kind, job.jobdir)
+        body = ["export PYTHONUNBUFFERED=1",
+                # every element hashes a str alike (keys built with hash() group right), as the driver's own if set
+                f"export PYTHONHASHSEED=${{PYTHONHASHSEED:-{self.hash_seed}}}"]
         if job.gang:
-            lines.append(f"exec srun --kill-on-bad-exit=1 --output={shlex.quote(job.jobdir)}/log-rank%t.txt "
-                         f"{element} 0")
+            body.append(f"exec srun --kill-on-bad-exit=1 --output={shlex.quote(job.jobdir)}/log-rank%t.txt "
+                        f"{element} 0")
+        elif opts.requeue:
+            body += ['requeue() { echo "curator-exec: SIGUSR1: requeueing this element"; '
+                     'scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"; }',
+                     "trap requeue USR1",
+                     f'{element} "$1" &',
+                     "child=$!",
+                     'wait "$child"; status=$?',
+                     # a trapped signal interrupts wait: wait again for the element itself
+                     'while kill -0 "$child" 2>/dev/null; do wait "$child"; status=$?; done',
+                     'exit "$status"']
         else:
-            offset = '"$1"'
-            if opts.requeue:
-                lines += ['requeue() { echo "curator-exec: SIGUSR1: requeueing this element"; '
-                          'scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"; }',
-                          "trap requeue USR1",
-                          f"{element} {offset} &",
-                          "child=$!",
-                          'wait "$child"; status=$?',
-                          # a trapped signal interrupts wait: wait again for the element itself
-                          'while kill -0 "$child" 2>/dev/null; do wait "$child"; status=$?; done',
-                          'exit "$status"']
-            else:
-                lines.append(f"exec {element} {offset}")
-        script = os.path.join(job.jobdir, "job.sh")
-        with open(script, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        os.chmod(script, 0o700)
-        return script
+            body.append(f'exec {element} "$1"')
+        return write_script(os.path.join(job.jobdir, "job.sh"), opts, "one element of a pipeline run", body)
 
     def common_args(self, job: ArrayJob) -> list[str]:
         opts = self.options
-        args = [f"--job-name={job.name}", f"--chdir={job.jobdir}", "--kill-on-invalid-dep=yes", "--open-mode=append"]
-        for flag, value in (("--partition", opts.partition), ("--account", opts.account), ("--qos", opts.qos),
-                            ("--time", opts.time_limit), ("--mem", opts.mem_per_task)):
-            if value:
-                args.append(f"{flag}={value}")
+        args = [f"--job-name={job.name}", f"--chdir={job.jobdir}", "--kill-on-invalid-dep=yes", "--open-mode=append",
+                *site_args(opts)]
         if opts.requeue and not job.gang:
             args += ["--requeue", f"--signal=B:USR1@{int(opts.requeue_signal_s)}"]
         else:
@@ -156,7 +169,7 @@ class SlurmRun:
         job.arrays = []
         if job.gang:
             size = job.elements
-            args = [*self.common_args(job), f"--ntasks={size}", f"--output={rundir.log_pattern(job.jobdir, True)}"]
+            args = [*self.common_args(job), f"--ntasks={size}", f"--output={rundir.gang_log(job.jobdir)}"]
             if dependency:
                 args.append(f"--dependency={dependency}")
             job_id = self._sbatch(args, script, [])
@@ -169,8 +182,7 @@ class SlurmRun:
             spec = _array_spec([i - offset for i in members])
             if self.options.max_concurrent:
                 spec += f"%{self.options.max_concurrent}"
-            args = [*self.common_args(job), f"--array={spec}",
-                    f"--output={os.path.join(job.jobdir, f'log-{offset}+%a.txt')}"]
+            args = [*self.common_args(job), f"--array={spec}", f"--output={rundir.element_log(job.jobdir, offset)}"]
             after = f"afterany:{previous}" if previous else dependency
             if after:
                 args.append(f"--dependency={after}")
@@ -248,7 +260,7 @@ class SlurmRun:
                 if record.get("JobState") not in (None, "COMPLETED"):
                     states.append(f"{record.get('JobId')}: {record.get('JobState')} ({record.get('Reason', '')})")
         first = missing[0]
-        log = _log_file(job, first)
+        log = _log_file(job, first, self.options.max_array_size)
         return (f"{len(missing)} element(s) of {job.name} ({_short(missing)}) ended without finishing after "
                 f"{job.retries + 1} submission(s) (max_element_retries={self.options.max_element_retries}). "
                 f"Slurm says: {'; '.join(states[:5]) or 'nothing (the jobs are gone from squeue and scontrol)'}. "
@@ -275,14 +287,12 @@ def _short(indices: Sequence[int]) -> str:
     return "elements " + _array_spec(indices)
 
 
-def _log_file(job: ArrayJob, index: int) -> str:
+def _log_file(job: ArrayJob, index: int, max_array_size: int) -> str:
+    """Element ``index``'s log: in the array it was submitted in (see :meth:`SlurmRun.submit`)."""
     if job.gang:
         return os.path.join(job.jobdir, "log-rank0.txt")
-    for _, offset, members in job.arrays or [("", 0, [])]:
-        if index in members:
-            return os.path.join(job.jobdir, f"log-{offset}+{index - offset}.txt")
-    cap_guess = [name for name in os.listdir(job.jobdir) if name.endswith(f"+{index}.txt")]
-    return os.path.join(job.jobdir, cap_guess[0]) if cap_guess else os.path.join(job.jobdir, f"log-0+{index}.txt")
+    offset = index // max_array_size * max_array_size
+    return rundir.element_log(job.jobdir, offset, index - offset)
 
 
 def _tail(path: str, lines: int = LOG_TAIL) -> str:

@@ -11,7 +11,7 @@
             out-<i>.pkl            element i finished: its outputs and counts
             error-<i>.pkl          element i failed for good (the stage error it raised)
             piece-<i>-<p>.pkl      a shuffle's key element i: its keyed tasks of partition p
-            log-<i>.txt            element i's stdout and stderr (a gang: log-rank<r>.txt)
+            log-<offset>+<j>.txt   stdout and stderr of element offset + j (a gang: log.txt, log-rank<r>.txt)
 
 Every file is written to a temporary name and renamed into place, so a reader (the driver, a reduce
 element) never sees half of one, on a local or a network filesystem.
@@ -25,8 +25,8 @@ from typing import Any
 
 from curator_exec_core.checkpoint.manifest import write_atomic
 
-__all__ = ["dump", "load", "job_path", "input_path", "output_path", "error_path", "piece_path", "log_pattern",
-           "jobs_file"]
+__all__ = ["dump", "load", "job_path", "input_path", "output_path", "error_path", "piece_path", "element_log",
+           "gang_log", "jobs_file"]
 
 
 def dump(path: str, value: Any) -> None:
@@ -58,13 +58,15 @@ def piece_path(jobdir: str, index: int, partition: int) -> str:
     return os.path.join(jobdir, f"piece-{index}-{partition}.pkl")
 
 
-def log_pattern(jobdir: str, gang: bool = False) -> str:
-    """sbatch's ``--output``: one log per element (``%a``; a gang's ranks share the job's log)."""
-    return os.path.join(jobdir, "log.txt" if gang else "log-%a.txt")
+def element_log(jobdir: str, offset: int, index: int | str = "%a") -> str:
+    """The log of element ``offset + index`` (an array submitted with ``offset``; ``%a``: sbatch's
+    ``--output`` pattern for all of its elements)."""
+    return os.path.join(jobdir, f"log-{offset}+{index}.txt")
 
 
-def log_path(jobdir: str, index: int, gang: bool = False) -> str:
-    return os.path.join(jobdir, "log.txt" if gang else f"log-{index}.txt")
+def gang_log(jobdir: str) -> str:
+    """A gang job's own log (its ranks log to ``log-rank<r>.txt`` through ``srun``)."""
+    return os.path.join(jobdir, "log.txt")
 
 
 def jobs_file(run_dir: str) -> str:
