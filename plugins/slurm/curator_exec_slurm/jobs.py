@@ -214,6 +214,10 @@ class SlurmRun:
             logger.warning("slurm: %d element(s) of %s ended without finishing (%s); resubmitting them "
                            "(retry %d of %d)", len(missing), job.name, _short(missing), job.retries,
                            self.options.max_element_retries)
+            if job.gang:  # its ranks run together: every rank again, no output of the failed attempt kept
+                for rank in job.done:
+                    os.remove(rundir.output_path(job.jobdir, rank))
+                job.done.clear()
             self.submit(job, None if job.gang else missing)
 
     def _poll_until_ended(self, job: ArrayJob, on_done: Callable[[int, list[Task]], None] | None) -> None:
