@@ -24,7 +24,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from curator_exec_core.checkpoint import Checkpoint
@@ -172,10 +172,15 @@ class Run:
         """Capacity, plan, checkpoint, managed stages, schedule; then ``run_started``."""
         executor, hook = self.executor, self.hook
         _, self.plan = capacity_and_plan(hook, executor, self.stages)
-        if self.checkpoint is not None:  # its identity covers every source task: read them all
-            self.checkpoint.open(self.stages, source.all(), executor.options.ignore_failures)
-            executor.check_shared_path(self.checkpoint.path)
-            load_earlier(self.checkpoint.path, self.stats)
+        if self.checkpoint is not None:
+            checkpoint = self.checkpoint
+            checkpoint.open(self.stages, executor.options.ignore_failures, source.total)
+            # every initial task is checked against the checkpoint's record of it before its work
+            source.checker = (checkpoint.check_inputs, checkpoint.inputs_read)
+            if checkpoint.whole_source_first:  # a list (already in memory), or no records to name a change
+                source.all()
+            executor.check_shared_path(checkpoint.path)
+            load_earlier(checkpoint.path, self.stats)
         self.managed = executor.managed_stages(self.stages, self.plan, self.id)
         for stage in self.managed:
             stage.run, stage.stats = self, self.stats
@@ -235,15 +240,20 @@ class Run:
                                 run_map=lambda seg, data, last: self.call_execute(list(seg.stages), data),
                                 run_barrier=lambda seg, data, last: executor.stream_barrier(seg.stage, data),
                                 empty=lambda data: isinstance(data, list) and not data)
-        tasks = source.all()
+        # map segments window by window, barriers through stream_barrier (with a checkpoint, their outputs
+        # through a file): iterators between segments, so the driver holds a window, never the data
+        data: Source | _Flow = source
         checkpoint = self.checkpoint
         if checkpoint is not None and (found := checkpoint.last_barrier(segments)) is not None:
-            checkpoint.resumed = len(tasks)  # every source task's work up to that barrier is done
-            position, tasks = found
-            self.stats.resume(segments[position].first.index, len(tasks))
+            position, count, outputs = found
+            for _ in source.windows(self.window):  # the inputs are still checked (their work is done)
+                pass
+            checkpoint.resumed = source.read  # every source task's work up to that barrier is done
+            self.stats.resume(segments[position].first.index, count)
             segments = segments[position + 1:]
-        return run_segments(segments, tasks, run_map=self._run_map, run_barrier=self._run_barrier,
-                            after=checkpoint.save_barrier if checkpoint is not None else None)
+            data = _Flow(outputs)
+        return run_segments(segments, data, run_map=self._run_map, run_barrier=self._run_barrier,
+                            empty=lambda d: d.empty())
 
     def _windowable(self) -> bool:
         """Whether ``execute`` may take the source window by window: only a pipeline of map stages is
@@ -252,15 +262,28 @@ class Run:
         apart: a dedup of 200,000 documents in windows of 10,000 kept the duplicates across windows)."""
         return not needs_split(self.managed, frozenset())
 
-    def _run_map(self, segment: MapSegment, tasks: list[Task], last: bool) -> list[Task]:
+    def _run_map(self, segment: MapSegment, data: Source | _Flow, last: bool) -> _Flow:
+        """A map segment on ``data`` window by window (it is per-task independent)."""
         stages = list(segment.stages)
-        if self.checkpoint is None:
-            return list(self.call_execute(stages, tasks))
-        return self.checkpoint.run_map(segment, tasks, lambda t: list(self.call_execute(stages, t)),
-                                       functools.partial(self.stats.resume, segment.first.index))
+        checkpoint = self.checkpoint
 
-    def _run_barrier(self, segment: BarrierSegment, tasks: list[Task], last: bool) -> list[Task]:
-        return self.executor.run_barrier(segment.stage, tasks)
+        def outputs() -> Iterator[Task]:
+            for window in data.windows(self.window):
+                if checkpoint is None:
+                    yield from self.call_execute(stages, window)
+                else:
+                    yield from checkpoint.run_map(segment, window, lambda t: list(self.call_execute(stages, t)),
+                                                  functools.partial(self.stats.resume, segment.first.index))
+
+        return _Flow(outputs())
+
+    def _run_barrier(self, segment: BarrierSegment, data: Source | _Flow, last: bool) -> _Flow:
+        """A barrier stage on its input as it comes (``stream_barrier``); with a checkpoint its outputs
+        go to a file before the next segment starts (a resume starts after it), and are read back."""
+        outputs = self.executor.stream_barrier(segment.stage, data)
+        if self.checkpoint is None:
+            return _Flow(iter(outputs))
+        return _Flow(self.checkpoint.save_barrier(segment, outputs)[1])
 
     def call_execute(self, stages: list[ManagedStage], tasks: Iterable[Task]) -> Iterable[Task]:
         """The execute phase (its hook) on ``stages``: the outputs, a list or (an executor that streams)
@@ -341,3 +364,34 @@ class Run:
 
     def __repr__(self) -> str:
         return f"<Run {self.id} of {len(self.stages)} stages on {self.executor!r}>"
+
+
+class _Flow(Iterator[Task]):
+    """The tasks between two segments, as an iterator that can say whether it is empty (by reading one
+    ahead) and hand itself out in windows."""
+
+    def __init__(self, tasks: Iterator[Task]) -> None:
+        self._tasks = tasks
+        self._head: list[Task] = []
+
+    def empty(self) -> bool:
+        if not self._head:
+            self._head = list(itertools.islice(self._tasks, 1))
+        return not self._head
+
+    def __next__(self) -> Task:
+        if self._head:
+            return self._head.pop()
+        return next(self._tasks)
+
+    def windows(self, size: int) -> Iterator[list[Task]]:
+        while True:
+            window = list(itertools.islice(self, max(1, size)))
+            if not window:
+                return
+            yield window
+
+    def close(self) -> None:
+        close = getattr(self._tasks, "close", None)
+        if close is not None:
+            close()

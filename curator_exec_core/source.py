@@ -6,12 +6,17 @@ tasks out one by one (to an executor that streams, :attr:`BaseExecutor.streams_i
 windows of ``window`` tasks (to one that takes a list: its ``execute`` is called once per window).
 Nothing reads a generator further than its consumer asks, so the driver holds at most a window of
 source tasks (plus what the engine has in flight), never the whole source.
+
+A checkpointed run sets :attr:`Source.checker`: every window (or, for a consumer that reads task by
+task, every :data:`CHECK_CHUNK` tasks) is handed to its ``check`` before any of it is handed out,
+and its ``end`` is called once the iterable is exhausted, before the last tasks are handed out (the
+checkpoint records the tasks, or refuses them, before their work starts).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 
 from curator_exec_core.tasks import EmptyTask, Task
 
@@ -19,6 +24,9 @@ __all__ = ["Source", "DEFAULT_WINDOW"]
 
 #: source tasks per ``execute`` call for an executor that takes lists
 DEFAULT_WINDOW = 10_000
+
+#: tasks read (and checked) at a time for a consumer that reads task by task, in a checkpointed run
+CHECK_CHUNK = 1024
 
 
 class Source:
@@ -35,6 +43,9 @@ class Source:
         self._peeked: list[Task] = []
         self._all: list[Task] | None = None
         self.read = 0  # tasks read from the iterable so far
+        #: ``(check, end)``: ``check(tasks)`` for every batch read before it is handed out; ``end()``
+        #: once the iterable is exhausted (a checkpointed run: see the module docstring)
+        self.checker: tuple[Callable[[list[Task]], None], Callable[[], None]] | None = None
 
     @property
     def lazy(self) -> bool:
@@ -51,6 +62,8 @@ class Source:
 
     def empty(self) -> bool:
         """Whether the source holds no task (reads at most one)."""
+        if self._all is not None:
+            return not self._all
         if self._peeked:
             return False
         for task in self._items:
@@ -58,14 +71,44 @@ class Source:
             return False
         return True
 
-    def __iter__(self) -> Iterator[Task]:
-        if self._all is not None:
-            yield from self._all
-            return
+    def _raw(self) -> Iterator[Task]:
         while self._peeked:
             yield self._peeked.pop(0)
         for task in self._items:
             yield self._prepared(task)
+
+    def _batches(self, size: int) -> Iterator[list[Task]]:
+        """Lists of at most ``size`` tasks as they are read, each checked before it is handed out."""
+        if self._all is not None:
+            for start in range(0, len(self._all), max(1, size)):
+                yield self._all[start:start + max(1, size)]
+            return
+        it = self._raw()
+        while True:
+            batch = list(itertools.islice(it, max(1, size)))
+            if self.checker is not None:
+                if batch:
+                    self.checker[0](batch)
+                if len(batch) < size:
+                    self._end()
+            if not batch:
+                return
+            yield batch
+
+    def _end(self) -> None:
+        if self.checker is not None:
+            end, self.checker = self.checker[1], None
+            end()
+
+    def __iter__(self) -> Iterator[Task]:
+        if self.checker is None or self._all is not None:
+            if self._all is not None:
+                yield from self._all
+            else:
+                yield from self._raw()
+            return
+        for batch in self._batches(CHECK_CHUNK):
+            yield from batch
 
     def whole(self) -> Iterable[Task]:
         """The source for a consumer that reads as it goes: a list stays a list, a generator is an iterator."""
@@ -73,12 +116,7 @@ class Source:
 
     def windows(self, size: int = DEFAULT_WINDOW) -> Iterator[list[Task]]:
         """The tasks as lists of at most ``size``, read as they are asked for."""
-        it = iter(self)
-        while True:
-            window = list(itertools.islice(it, max(1, size)))
-            if not window:
-                return
-            yield window
+        return self._batches(size)
 
     def all(self) -> list[Task]:
         """Every task at once (what a run that needs the whole source, a checkpoint's identity, reads);

@@ -277,7 +277,7 @@ def test_changed_content_with_the_same_ids_is_refused_naming_the_first_changed_t
     kept = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name != "lock"}
     assert {"manifest.json", "inputs.digests"} <= set(kept)
     manifest = json.loads(kept["manifest.json"])
-    assert manifest["format"] == 2 and manifest["initial_tasks"]["content"]["file"] == "inputs.digests"
+    assert manifest["format"] == 3 and manifest["initial_tasks"]["content"]["file"] == "inputs.digests"
     assert len(kept["inputs.digests"]) == 8 + 24 * 6  # a header, 24 bytes a task
     with pytest.raises(CheckpointError, match=rf"checkpoint {tmp_path}: .*content of initial task 'doc-2' "
                                               r"\(position 2\) changed \(the first of 2 changed tasks\).*"
@@ -337,7 +337,7 @@ def test_a_format_1_checkpoint_resumes_with_a_warning_and_is_upgraded(tmp_path, 
     assert "format 1, which recorded the initial tasks' ids but not their content" in caplog.text
     assert again.metrics["checkpoint"]["resumed_tasks"] == 6 and canonical(again) == canonical(first)
     upgraded = json.loads((tmp_path / "manifest.json").read_text())
-    assert upgraded["format"] == 2 and "content" in upgraded["initial_tasks"]
+    assert upgraded["format"] == 3 and "content" in upgraded["initial_tasks"]
     assert upgraded["started_by"] == manifest["started_by"] and upgraded["created"] == manifest["created"]
     with pytest.raises(CheckpointError, match="content of initial task 'doc-1'"):  # checked from now on
         ex.run([Words()], docs(changed={1: "new"}), checkpoint_path=tmp_path)
@@ -374,29 +374,59 @@ def test_a_set_of_strings_digests_the_same_in_another_process():
         assert out == content_digest(Task(data=data)).hex()
 
 
-def test_source_digest_compares_in_windows_and_names_a_change_past_the_first(tmp_path):
-    from curator_exec_core.checkpoint.inputs import WINDOW, SourceDigest
+def test_input_ledger_compares_in_windows_and_names_a_change_past_the_first(tmp_path):
+    from curator_exec_core.checkpoint.inputs import WINDOW, InputLedger
 
     n = 2 * WINDOW + 7
-    first = SourceDigest(str(tmp_path), "a")
-    for i in range(n):
-        first.add(Task(data=i, task_id=str(i)))
+    first = InputLedger(str(tmp_path))
+    first.check(Task(data=i, task_id=str(i)) for i in range(n))
     old = first.finish()
-    first.keep()
+    first.close()
     assert os.path.getsize(tmp_path / "inputs.digests") == 8 + 24 * n
-    second = SourceDigest(str(tmp_path), "b", previous=old)
-    for i in range(n):
-        second.add(Task(data=-i if i in (WINDOW + 3, n - 1) else i, task_id=str(i)))
+    # read whole first (collect): every difference counted, nothing written
+    second = InputLedger(str(tmp_path), expected=old, collect=True)
+    second.check(Task(data=-i if i in (WINDOW + 3, n - 1) else i, task_id=str(i)) for i in range(n))
     new = second.finish()
-    second.discard()
+    second.close()
     assert new["sha256"] == old["sha256"] and new["content"] != old["content"]
     assert second.first_changed == (WINDOW + 3, str(WINDOW + 3)) and second.changed == 2
-    assert sorted(os.listdir(tmp_path)) == ["inputs.digests"]
+    assert os.path.getsize(tmp_path / "inputs.digests") == 8 + 24 * n
+    # read as it goes: refused at the first change, in the batch that holds it
+    third = InputLedger(str(tmp_path), expected=old)
+    third.check(Task(data=i, task_id=str(i)) for i in range(WINDOW + 3))
+    with pytest.raises(CheckpointError, match=rf"content of initial task '{WINDOW + 3}' \(position {WINDOW + 3}\)"):
+        third.check([Task(data=-1, task_id=str(WINDOW + 3))])
+    third.close()
+    (tmp_path / "x").mkdir()
     with pytest.raises(CheckpointError, match="'7' appears more than once"):
-        third = SourceDigest(str(tmp_path), "c")
-        for i in (5, 7, 7):
-            third.add(Task(data=i, task_id=str(i)))
-    assert sorted(os.listdir(tmp_path)) == ["inputs.digests"]
+        InputLedger(str(tmp_path / "x"), fresh=True).check(Task(data=i, task_id=str(i)) for i in (5, 7, 7))
+    assert sorted(os.listdir(tmp_path)) == ["inputs.digests", "x"]  # no temporary file
+
+
+def test_input_ledger_grows_with_each_attempt_and_refuses_a_shorter_or_longer_source(tmp_path):
+    from curator_exec_core.checkpoint.inputs import InputLedger
+
+    first = InputLedger(str(tmp_path))  # an attempt killed after reading 10 tasks: no count yet
+    first.check(Task(data=i, task_id=str(i)) for i in range(10))
+    first.close()
+    with open(tmp_path / "inputs.digests", "ab") as f:
+        f.write(b"torn")  # a record cut short by the kill
+    second = InputLedger(str(tmp_path))
+    assert second.recorded == 10 and os.path.getsize(tmp_path / "inputs.digests") == 8 + 24 * 10
+    second.check(Task(data=i, task_id=str(i)) for i in range(6))
+    with pytest.raises(CheckpointError, match="end after 6, but it recorded 10"):
+        second.finish()
+    second.close()
+    third = InputLedger(str(tmp_path))
+    third.check(Task(data=i, task_id=str(i)) for i in range(12))  # two more: appended
+    done = third.finish()
+    third.close()
+    assert done["count"] == 12 and os.path.getsize(tmp_path / "inputs.digests") == 8 + 24 * 12
+    fourth = InputLedger(str(tmp_path), expected=done)
+    fourth.check(Task(data=i, task_id=str(i)) for i in range(12))
+    with pytest.raises(CheckpointError, match="more initial tasks than the 12 it recorded"):
+        fourth.check([Task(data=12, task_id="12")])
+    fourth.close()
 
 
 def test_a_first_start_killed_before_its_manifest_starts_again(tmp_path):

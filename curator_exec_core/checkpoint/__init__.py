@@ -36,27 +36,30 @@ run, so a second run on the same checkpoint is refused instead of interleaved.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from curator_exec_core.checkpoint.inputs import SourceDigest
-from curator_exec_core.checkpoint.journal import HEADER_SIZE, Journal, frame, read_journal, unframe
+from curator_exec_core.checkpoint.inputs import DIGESTS_FILE, DIGESTS_MAGIC, RECORD, InputLedger
+from curator_exec_core.checkpoint.journal import HEADER_SIZE, Journal, block_length, frame, read_journal, unframe
 from curator_exec_core.checkpoint.lineage import merge_lineage, split_lineage
 from curator_exec_core.checkpoint.manifest import (
     FORMAT_VERSION,
     PRIVATE_MODE,
-    accept_manifest,
     acquire_lock,
+    input_differences,
     pipeline_fingerprint,
     read_manifest,
+    start_manifest,
     write_atomic,
+    write_manifest,
 )
-from curator_exec_core.checkpoint.recovery import finished
+from curator_exec_core.checkpoint.recovery import finished_by_source
 from curator_exec_core.errors import CheckpointError
 from curator_exec_core.runner.segments import BarrierSegment, MapSegment, Segment
 from curator_exec_core.tasks import Task
@@ -82,13 +85,22 @@ class Checkpoint:
         #: filled as the run goes: initial tasks whose work was resumed, the barrier resumed after
         self.resumed = 0
         self.resumed_after: str | None = None
+        self.inputs: InputLedger | None = None
+        self.whole_source_first = False
+        self._manifest: dict[str, Any] = {}
+        self._expected: dict[str, Any] | None = None
+        self._unnamed = False
+        self._parts: dict[int, _Part] = {}
 
     def _error(self, what: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {self.path}: {what}")
 
-    def open(self, stages: Sequence[Any], tasks: Iterable[Task], ignore_failures: bool) -> None:
-        """Check, lock and (re)write the directory for a run of ``stages`` on ``tasks``: one pass over
-        the tasks digests their ids and content (:class:`~.inputs.SourceDigest`)."""
+    def open(self, stages: Sequence[Any], ignore_failures: bool, total: int | None = None) -> None:
+        """Check and lock the directory for a run of ``stages``, before any work: a checkpoint of
+        another pipeline is refused (unless ``overwrite``: it starts over). The initial tasks are
+        checked as the run reads them (:meth:`check_inputs`, :meth:`inputs_read`); ``total``: how many
+        there are, when the source knows (a list): then they are all checked before any work
+        (:attr:`whole_source_first`), as they are when the records to compare with are missing."""
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise self._error("is a file, not a directory; give a directory path (it is created if missing)")
         try:
@@ -98,21 +110,56 @@ class Checkpoint:
             raise self._error(f"cannot be written ({exc.strerror or exc}); choose a writable directory") from exc
         try:
             old = read_manifest(self.path, self.overwrite, self._error)
-            previous = old.get("initial_tasks") if old is not None and not self.overwrite else None
-            inputs = SourceDigest(self.path, self.attempt, previous, self._error)
-            try:
-                for task in tasks:
-                    inputs.add(task)
-                fingerprint = pipeline_fingerprint(stages, inputs.finish(), ignore_failures)
-            except BaseException:
-                inputs.discard()
-                raise
-            accept_manifest(self.path, old, fingerprint, self.overwrite, self._error, inputs)
+            fingerprint = pipeline_fingerprint(stages, ignore_failures)
+            started = start_manifest(self.path, old, fingerprint, self.overwrite, self._error)
+            fresh = started is not None
+            self._manifest = started if started is not None else {**(old or {}), **fingerprint}
+            entry = self._manifest.get("initial_tasks", {})
+            expected = entry if "count" in entry else None
+            #: the previous records cannot be trusted to name a change (format 1, or a missing or damaged
+            #: digests file): the whole source is read and compared before any work
+            self._unnamed = expected is not None and not _records_usable(self.path, expected)
+            self.whole_source_first = total is not None or self._unnamed
+            self._expected = expected
+            self.inputs = InputLedger(self.path, self._error, fresh=fresh or self._unnamed, expected=expected,
+                                      collect=self.whole_source_first)
         except BaseException:
             self.close()
             raise
 
+    def check_inputs(self, tasks: list[Task]) -> None:
+        """The run read ``tasks`` (the next initial tasks), and has not started their work: record them,
+        or refuse them if they are not the ones the checkpoint recorded at their positions."""
+        self.inputs.check(tasks)
+
+    def inputs_read(self) -> None:
+        """The run read its initial tasks to the end: refuse them if they are not the recorded ones
+        (fewer, or, read whole first, any difference), else complete the manifest."""
+        entry = self.inputs.finish()
+        expected = self._expected
+        if expected is not None:
+            changes = input_differences(expected, entry, self.inputs)
+            if changes:
+                raise self._error("was written by a different pipeline or inputs: " + "; ".join(changes)
+                                  + ". Pass overwrite=True (curator-exec run --fresh) to discard it and start over, "
+                                    "or use another directory.")
+        self.inputs.keep()
+        if expected is not None and isinstance(expected.get("content"), dict) and not self._unnamed:
+            return
+        if expected is not None and not isinstance(expected.get("content"), dict):
+            logger.warning(
+                "checkpoint %s: written in checkpoint format %s, which recorded the initial tasks' ids but not "
+                "their content; resuming with the ids checked only. If the data of a task changed since, pass "
+                "overwrite=True (curator-exec run --fresh) to start over. The content is recorded from now on.",
+                self.path, self._manifest.get("format", 1))
+        self._manifest.update(format=FORMAT_VERSION, initial_tasks=entry)
+        write_manifest(self.path, self._manifest)
+        self._expected = entry
+
     def close(self) -> None:
+        if self.inputs is not None:
+            self.inputs.close()
+            self.inputs = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
@@ -121,44 +168,71 @@ class Checkpoint:
     def _barrier_file(self, position: int) -> str:
         return os.path.join(self.path, f"part-{position}.outputs")
 
-    def last_barrier(self, segments: Sequence[Segment]) -> tuple[int, list[Task]] | None:
-        """The last barrier segment that finished in an earlier attempt (its position), and its outputs."""
+    def last_barrier(self, segments: Sequence[Segment]) -> tuple[int, int, Iterator[Task]] | None:
+        """The last barrier segment that finished in an earlier attempt: its position, how many outputs
+        it made, and the outputs (read from its file as they are asked for)."""
         for segment in reversed(segments):
             path = self._barrier_file(segment.position)
             if not isinstance(segment, BarrierSegment) or not os.path.exists(path):
                 continue
-            with open(path, "rb") as f:
-                data = f.read()
-            body = unframe(data)
-            if body is not None and len(data) == HEADER_SIZE + len(body):
+            count = barrier_count(path)
+            if count is not None:
                 self.resumed_after = segment.name
-                return segment.position, pickle.loads(body)
+                return segment.position, count, read_barrier(path)
             logger.warning("checkpoint: ignoring the damaged %s", path)
         return None
 
-    def save_barrier(self, segment: Segment, outputs: list[Task]) -> None:
-        """A barrier segment finished: its outputs, as one atomic file (a map segment: nothing)."""
-        if isinstance(segment, BarrierSegment):
-            write_atomic(self._barrier_file(segment.position),
-                         frame(pickle.dumps(outputs, protocol=pickle.HIGHEST_PROTOCOL)))
+    def save_barrier(self, segment: BarrierSegment, outputs: Iterable[Task]) -> tuple[int, Iterator[Task]]:
+        """A barrier segment's outputs, as they come, into its file (blocks of :data:`BARRIER_BLOCK`
+        tasks, then a trailer with their count; made visible atomically, after an fsync, once whole);
+        returns their count and the outputs read back from the file as they are asked for. The driver
+        holds one block at a time, never the barrier's outputs."""
+        path = self._barrier_file(segment.position)
+        tmp = f"{path}.tmp-{self.attempt}"
+        count = 0
+        try:
+            with open(tmp, "wb") as f:
+                block: list[Task] = []
+                for task in outputs:
+                    block.append(task)
+                    if len(block) >= BARRIER_BLOCK:
+                        f.write(frame(pickle.dumps(block, protocol=pickle.HIGHEST_PROTOCOL)))
+                        count += len(block)
+                        block = []
+                if block:
+                    f.write(frame(pickle.dumps(block, protocol=pickle.HIGHEST_PROTOCOL)))
+                    count += len(block)
+                f.write(frame(pickle.dumps({"count": count})))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+        return count, read_barrier(path)
 
     def run_map(self, segment: MapSegment, sources: list[Task], run: Callable[[list[Task]], list[Task]],
                 resumed: Callable[[int], None]) -> list[Task]:
-        """One map segment: the outputs of its finished sources from the journals, then ``run`` on the
-        others with a journal observing the segment's stages."""
+        """One window of a map segment's sources: the outputs of those that finished in an earlier
+        attempt (from the part's journals, read once per run), then ``run`` on the others with a journal
+        observing the segment's stages."""
         folder = os.path.join(self.path, f"part-{segment.position}")
-        os.makedirs(folder, mode=PRIVATE_MODE, exist_ok=True)
+        part = self._parts.get(segment.position)
+        if part is None:
+            os.makedirs(folder, mode=PRIVATE_MODE, exist_ok=True)
+            part = self._parts[segment.position] = _Part(folder)
         for task in sources:
             if task.lineage:  # a source holds all of its own share: empty lineage (see lineage.shares)
                 task.lineage = ()
-        done, outputs, _ = finished(folder, {t.task_id for t in sources})
-        pending = [t for t in sources if t.task_id not in done]
+        outputs, pending = part.take(sources)
+        done = len(sources) - len(pending)
         if segment.position == 0:
-            self.resumed = len(done)
+            self.resumed += done
         if done:
-            logger.info("checkpoint %s: %d of %d source tasks of part %d resumed", self.path, len(done),
+            logger.info("checkpoint %s: %d of %d source tasks of part %d resumed", self.path, done,
                         len(sources), segment.position)
-            resumed(len(done))
+            resumed(done)
         if not pending:
             return outputs
         journal = Journal(folder, self.attempt, end=segment.stages[-1].index)
@@ -170,3 +244,82 @@ class Checkpoint:
             journal.flush_all()
             for stage in segment.stages:
                 stage.observer = None
+
+
+#: tasks per block of a barrier's outputs file
+BARRIER_BLOCK = 256
+
+
+class _Part:
+    """What the journals of one map part recorded as finished, read once per run: the finished
+    sources and their outputs, handed out (and let go) window by window."""
+
+    def __init__(self, folder: str) -> None:
+        self.done, self.outputs, _ = finished_by_source(folder, None)
+
+    def take(self, sources: list[Task]) -> tuple[list[Task], list[Task]]:
+        """For one window of sources: the outputs of the finished ones, and the others."""
+        if not self.done:
+            return [], sources
+        outputs: list[Task] = []
+        pending: list[Task] = []
+        for task in sources:
+            if task.task_id in self.done:
+                outputs += self.outputs.pop(task.task_id, ())
+            else:
+                pending.append(task)
+        return outputs, pending
+
+
+def _blocks(path: str) -> Iterator[bytes]:
+    """The block bodies of a barrier's outputs file; raises ValueError at a damaged one."""
+    with open(path, "rb") as f:
+        while True:
+            head = f.read(HEADER_SIZE)
+            if not head:
+                return
+            body = f.read(block_length(head))
+            if unframe(head + body) is None:
+                raise ValueError(f"{path} is damaged")
+            yield body
+
+
+def barrier_count(path: str) -> int | None:
+    """How many outputs a barrier's outputs file holds (checking every block's checksum, unpickling
+    only the trailer); None if it is damaged. A file of format 2 (one block, the list) is unpickled."""
+    try:
+        last = None
+        blocks = 0
+        for body in _blocks(path):
+            last, blocks = body, blocks + 1
+        if last is None:
+            return None
+        value = pickle.loads(last)
+    except (OSError, ValueError, pickle.UnpicklingError, EOFError):
+        return None
+    if isinstance(value, dict):
+        return int(value["count"])
+    return len(value) if blocks == 1 and isinstance(value, list) else None
+
+
+def read_barrier(path: str) -> Iterator[Task]:
+    """The outputs of a barrier's outputs file, block by block."""
+    for body in _blocks(path):
+        value = pickle.loads(body)
+        if isinstance(value, list):
+            yield from value
+
+
+def _records_usable(folder: str, expected: dict[str, Any]) -> bool:
+    """Whether the digests file can name a change against ``expected`` (a complete ``initial_tasks``
+    entry): the entry has a content digest (format 2 or later) and the file holds a record per task."""
+    if not isinstance(expected.get("content"), dict):
+        return False
+    try:
+        size = os.path.getsize(os.path.join(folder, DIGESTS_FILE))
+    except OSError:
+        return False
+    if size != len(DIGESTS_MAGIC) + int(expected["count"]) * RECORD.size:
+        return False
+    with open(os.path.join(folder, DIGESTS_FILE), "rb") as f:
+        return f.read(len(DIGESTS_MAGIC)) == DIGESTS_MAGIC

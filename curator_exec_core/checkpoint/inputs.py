@@ -29,18 +29,19 @@ import logging
 import os
 import pickle
 import struct
+from collections.abc import Iterable
 from typing import Any, BinaryIO
 
 from curator_exec_core.errors import CheckpointError
 from curator_exec_core.tasks import Task
 
-__all__ = ["DIGESTS_FILE", "RECORD", "WINDOW", "SourceDigest", "content_digest"]
+__all__ = ["DIGESTS_FILE", "DIGESTS_MAGIC", "RECORD", "WINDOW", "InputLedger", "content_digest"]
 
 logger = logging.getLogger("curator_exec")
 
 #: the side file of a checkpoint directory holding one record per initial task, in source order
 DIGESTS_FILE = "inputs.digests"
-_MAGIC = b"CXDIGv1\n"
+DIGESTS_MAGIC = _MAGIC = b"CXDIGv1\n"
 #: one record: blake2b-64 of the task id, blake2b-128 of its content
 RECORD = struct.Struct("<8s16s")
 #: records written, and read from the previous file, at a time (96 KiB)
@@ -121,63 +122,50 @@ def _id_digest(task_id: str) -> bytes:
     return hashlib.blake2b(task_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
 
 
-class _Records:
-    """The records of a previous digests file, read in windows of :data:`WINDOW`."""
+class InputLedger:
+    """The initial tasks' records in a checkpoint directory, kept as the source is read.
 
-    def __init__(self, path: str, count: int) -> None:
-        self._f: BinaryIO | None = None
-        self._buf = b""
-        self._pos = 0
-        try:
-            f = open(path, "rb")  # closed by close()
-        except OSError:
-            return
-        if f.read(len(_MAGIC)) != _MAGIC or os.fstat(f.fileno()).st_size != len(_MAGIC) + count * RECORD.size:
-            f.close()  # damaged or of another format: cannot name a change
-            return
-        self._f = f
+    ``DIR/inputs.digests`` holds one :data:`RECORD` per initial task, in source order: every task a
+    run has read, over all its attempts (a file that only grows, truncated only when a run starts
+    over). :meth:`check` is given the tasks a run has read, window by window, *before* their work
+    starts: a task at a position the file already records must give the same record (same id, same
+    content), else the run is refused naming it; a task past the end is appended, and the window's
+    new records reach the file (written, not buffered) before :meth:`check` returns. So the work a
+    journal records is always of a task whose record is on file, and a resume trusts a finished task
+    only once the task read now gave the same record (see :class:`~curator_exec_core.checkpoint.Checkpoint`).
 
-    @property
-    def usable(self) -> bool:
-        return self._f is not None
+    ``expected``: the manifest's ``initial_tasks`` entry when an earlier attempt read the source to its
+    end (``count``, ids' ``sha256``, ``content`` digest): more tasks than ``count`` are refused when
+    read, fewer at the end (:meth:`finish`). ``collect``: do not raise at the first difference; count
+    them (:attr:`first_changed`, :attr:`changed`, :attr:`first_other_id`) and write nothing until
+    :meth:`finish` accepts the whole source (a source read whole before any work: a list, or a
+    checkpoint whose records are missing).
 
-    def next(self) -> bytes | None:
-        if self._pos >= len(self._buf):
-            if self._f is None:
-                return None
-            self._buf, self._pos = self._f.read(WINDOW * RECORD.size), 0
-            if len(self._buf) < RECORD.size:
-                self.close()
-                return None
-        record = self._buf[self._pos: self._pos + RECORD.size]
-        self._pos += RECORD.size
-        return record
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-
-
-class SourceDigest:
-    """The fingerprint of the initial tasks, built as they are read: :meth:`add` each task in source
-    order, then :meth:`finish`. Writes the records to a temporary file in ``folder`` that
-    :meth:`keep` makes the checkpoint's :data:`DIGESTS_FILE` (or :meth:`discard` removes).
-
-    ``previous``: the ``initial_tasks`` entry of the checkpoint's manifest, if it has one; its
-    records are compared with the new ones as they are made (:attr:`first_changed`,
-    :attr:`changed`, :attr:`first_other_id`).
-
-    Memory: a window of records, and the distinct-id check's set (a reference to each id string).
+    Memory: a window of old records, the records not yet written, and the distinct-id check's set (a
+    reference to each id string).
     """
 
-    def __init__(self, folder: str, attempt: str, previous: dict[str, Any] | None = None,
-                 error: Any = CheckpointError) -> None:
-        self.folder = folder
+    def __init__(self, folder: str, error: Any = CheckpointError, *, fresh: bool = False,
+                 expected: dict[str, Any] | None = None, collect: bool = False) -> None:
+        self.path = os.path.join(folder, DIGESTS_FILE)
         self._error = error
-        self.tmp_path = os.path.join(folder, f"{DIGESTS_FILE}.tmp-{attempt}")
-        self._out: BinaryIO | None = None
-        self._buf = bytearray(_MAGIC)
+        self.expected = expected if expected and "count" in expected else None
+        self.collect = collect
+        self._f: BinaryIO = open(self.path, "w+b" if fresh or not os.path.exists(self.path) else "r+b")
+        head = self._f.read(len(_MAGIC))
+        size = os.fstat(self._f.fileno()).st_size
+        if head != _MAGIC:  # new, emptied, or not ours: records start again
+            self._f.seek(0)
+            self._f.truncate()
+            self._f.write(_MAGIC)
+            size = len(_MAGIC)
+        #: records the file held when this run opened it (a torn last record of a killed run is cut)
+        self.recorded = (size - len(_MAGIC)) // RECORD.size
+        if size != len(_MAGIC) + self.recorded * RECORD.size and not collect:
+            self._f.truncate(len(_MAGIC) + self.recorded * RECORD.size)
+        self._window = b""
+        self._window_start = 0
+        self._pending = bytearray()
         self._ids = hashlib.sha256()
         self._all = hashlib.blake2b(digest_size=32)
         self._seen: set[str] = set()
@@ -187,79 +175,89 @@ class SourceDigest:
         #: (position, task id) of the first task with the recorded id and other content; ``changed``: how many
         self.first_changed: tuple[int, str] | None = None
         self.changed = 0
-        content = (previous or {}).get("content")
-        self._old: _Records | None = None
-        if isinstance(content, dict) and isinstance(content.get("file"), str):
-            self._old = _Records(os.path.join(folder, os.path.basename(content["file"])),
-                                 int((previous or {}).get("count", 0)))
 
-    @property
-    def compared(self) -> bool:
-        """Whether the previous checkpoint's records were there to compare with."""
-        return self._old is not None and self._old.usable
+    def _old(self, position: int) -> bytes:
+        """The record on file at ``position`` (< :attr:`recorded`), read in windows."""
+        offset = position - self._window_start
+        if not 0 <= offset * RECORD.size < len(self._window):
+            self._f.seek(len(_MAGIC) + position * RECORD.size)
+            self._window = self._f.read(min(WINDOW, self.recorded - position) * RECORD.size)
+            self._window_start, offset = position, 0
+        return self._window[offset * RECORD.size: (offset + 1) * RECORD.size]
 
-    def add(self, task: Task) -> None:
+    def check(self, tasks: Iterable[Task]) -> None:
+        """Record (or compare) ``tasks``, the next ones the run read; see the class docstring."""
+        for task in tasks:
+            self._add(task)
+        if self._pending and not self.collect:
+            self._write()
+
+    def _add(self, task: Task) -> None:
         task_id = task.task_id
+        position = self.count
         if task_id in self._seen:
-            self.discard()
             raise self._error(f"the initial tasks must have distinct task_ids to be resumable; {task_id!r} "
                               "appears more than once")
         self._seen.add(task_id)
-        if self.count:
-            self._ids.update(b"\0")
-        self._ids.update(task_id.encode())
+        if self.expected is not None and position >= int(self.expected["count"]) and not self.collect:
+            raise self._error(f"there are more initial tasks than the {self.expected['count']} it recorded (task "
+                              f"{task_id!r} at position {position}): these are other inputs")
         try:
             record = RECORD.pack(_id_digest(task_id), content_digest(task))
         except Exception as exc:
-            self.discard()
             raise self._error(f"cannot digest the content of initial task {task_id!r} ({type(exc).__name__}: "
                               f"{exc}); a checkpointed run needs initial tasks whose data pickles") from exc
-        if self._old is not None:
-            old = self._old.next()
-            if old is not None and self.first_other_id is None:
-                if old[:8] != record[:8]:
-                    self.first_other_id = (self.count, task_id)
-                elif old != record:
-                    self.changed += 1
-                    if self.first_changed is None:
-                        self.first_changed = (self.count, task_id)
+        if position < self.recorded:
+            old = self._old(position)
+            if old != record:
+                self._differs(position, task_id, old[:8] != record[:8])
+        else:
+            self._pending += record
+        if position:
+            self._ids.update(b"\0")
+        self._ids.update(task_id.encode())
         self._all.update(record)
-        self._buf += record
         self.count += 1
-        if len(self._buf) >= WINDOW * RECORD.size:
-            self._write()
+
+    def _differs(self, position: int, task_id: str, other_id: bool) -> None:
+        if other_id:
+            if self.first_other_id is None:
+                self.first_other_id = (position, task_id)
+            if not self.collect:
+                raise self._error(f"initial task {task_id!r} at position {position} is not the task it recorded "
+                                  "there (another id): these are other inputs")
+            return
+        self.changed += 1
+        if self.first_changed is None:
+            self.first_changed = (position, task_id)
+        if not self.collect:
+            raise self._error(self.describe_change())
 
     def _write(self) -> None:
-        if self._out is None:
-            self._out = open(self.tmp_path, "wb")  # closed by finish() or discard()
-        self._out.write(self._buf)
-        self._buf = bytearray()
+        self._f.seek(0, os.SEEK_END)
+        self._f.write(self._pending)
+        self._f.flush()  # in the kernel before the work starts: a killed process cannot lose it
+        self._pending = bytearray()
+        self.recorded = max(self.recorded, self.count)
 
     def finish(self) -> dict[str, Any]:
-        """The manifest's ``initial_tasks`` entry: count, ids' sha256 (format 1's), content digest."""
-        self._write()
-        assert self._out is not None
-        self._out.close()
-        self._out = None
-        if self._old is not None:
-            self._old.close()
-        self._seen = set()
+        """The source was read to its end: the manifest's ``initial_tasks`` entry (count, ids' sha256,
+        content digest). A source that ends before the records on file is refused (they were of more
+        tasks); so is, in ``collect`` mode, any difference found."""
+        if self.count < self.recorded and (self.expected is None or not self.collect):
+            raise self._error(f"the initial tasks end after {self.count}, but it recorded {self.recorded} read by an "
+                              "earlier run: these are other inputs")
         return {"count": self.count, "sha256": self._ids.hexdigest(),
                 "content": {"blake2b": self._all.hexdigest(), "file": DIGESTS_FILE}}
 
     def keep(self) -> None:
-        """The records become the checkpoint's :data:`DIGESTS_FILE` (atomically: a rename)."""
-        os.replace(self.tmp_path, os.path.join(self.folder, DIGESTS_FILE))
+        """Write what :meth:`check` held back (``collect`` mode, once the inputs are accepted)."""
+        if self._pending:
+            self._write()
 
-    def discard(self) -> None:
-        for f in (self._out, self._old):
-            if f is not None:
-                f.close()
-        self._out = None
-        try:
-            os.remove(self.tmp_path)
-        except FileNotFoundError:
-            pass
+    def close(self) -> None:
+        self._seen = set()
+        self._f.close()
 
     def describe_change(self) -> str:
         """What changed in the content of the inputs (their ids are the same), for an error."""

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from curator_exec_core.runner import ManagedStage
 
 __all__ = ["FLUSH_SECONDS", "Journal", "Dropped", "Output", "Record", "read_journal", "frame", "unframe",
-           "HEADER_SIZE"]
+           "HEADER_SIZE", "block_length"]
 
 logger = logging.getLogger("curator_exec")
 
@@ -70,6 +70,13 @@ def _process_token() -> str:
 def frame(body: bytes) -> bytes:
     """One block: ``magic | length | crc32 | body`` (journals and barrier files)."""
     return _HEADER.pack(_MAGIC, len(body), zlib.crc32(body)) + body
+
+
+def block_length(header: bytes) -> int:
+    """The body length a block's header announces (0 for a header cut short)."""
+    if len(header) < _HEADER.size:
+        return 0
+    return int(_HEADER.unpack_from(header)[1])
 
 
 def unframe(data: bytes, pos: int = 0) -> bytes | None:

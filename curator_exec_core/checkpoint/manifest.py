@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from curator_exec_core.checkpoint.inputs import DIGESTS_FILE, SourceDigest
+from curator_exec_core.checkpoint.inputs import DIGESTS_FILE, InputLedger
 from curator_exec_core.errors import CheckpointError
 
 try:
@@ -22,8 +22,8 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "write_atomic", "pipeline_fingerprint", "differences", "acquire_lock",
-           "read_manifest", "accept_manifest", "check_private", "PRIVATE_MODE"]
+__all__ = ["FORMAT_VERSION", "MANIFEST", "write_atomic", "pipeline_fingerprint", "differences", "input_differences",
+           "acquire_lock", "read_manifest", "start_manifest", "write_manifest", "check_private", "PRIVATE_MODE"]
 
 logger = logging.getLogger("curator_exec")
 
@@ -36,8 +36,10 @@ EXECUTOR_FILES = ".curator-exec-"
 PRIVATE_MODE = 0o700
 
 #: the checkpoint layout this version writes and reads; a newer one is refused. 2: the manifest's
-#: ``initial_tasks`` has a ``content`` digest and names the digests file (format 1 is still read)
-FORMAT_VERSION = 2
+#: ``initial_tasks`` has a ``content`` digest and names the digests file; 3: ``initial_tasks`` has its
+#: ``count`` only once a run read the source to its end, the digests file grows as a run reads it,
+#: and a barrier's outputs file is a sequence of blocks (formats 1 and 2 are still read)
+FORMAT_VERSION = 3
 
 ErrorFactory = Callable[[str], CheckpointError]
 
@@ -64,9 +66,11 @@ def write_atomic(path: str, data: bytes, durable: bool = True) -> None:
         pass
 
 
-def pipeline_fingerprint(stages: Sequence[Any], initial_tasks: dict[str, Any], ignore_failures: bool) -> dict[str, Any]:
-    """What identifies a run for its checkpoint: the stages, and the initial tasks' fingerprint
-    (:meth:`~curator_exec_core.checkpoint.inputs.SourceDigest.finish`: count, ids, content)."""
+def pipeline_fingerprint(stages: Sequence[Any], ignore_failures: bool) -> dict[str, Any]:
+    """What identifies a run's pipeline for its checkpoint: the stages (class, name, kind,
+    :meth:`~curator_exec_core.stages.ProcessingStage.fingerprint`) and ``ignore_failures``. The
+    initial tasks' part (``initial_tasks``) is added once the source has been read to its end
+    (:meth:`~curator_exec_core.checkpoint.inputs.InputLedger.finish`)."""
     from curator_exec_core.runner.kinds import kind_of
 
     users = [getattr(s, "stage", s) for s in stages]
@@ -74,13 +78,11 @@ def pipeline_fingerprint(stages: Sequence[Any], initial_tasks: dict[str, Any], i
         "stages": [{"class": f"{type(u).__module__}.{type(u).__qualname__}", "name": u.name,
                     "fingerprint": str(u.fingerprint()), "kind": kind_of(u).name} for u in users],
         "ignore_failures": bool(ignore_failures),
-        "initial_tasks": initial_tasks,
     }
 
 
-def differences(old: dict[str, Any], new: dict[str, Any], inputs: SourceDigest | None = None) -> list[str]:
-    """What changed from the ``old`` manifest to the ``new`` fingerprint, one phrase each. A manifest
-    of format 1 (no content digest) is compared on the ids only."""
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What changed in the pipeline from the ``old`` manifest to the ``new`` fingerprint, one phrase each."""
     out: list[str] = []
     a, b = old.get("stages", []), new["stages"]
     if len(a) != len(b):
@@ -93,16 +95,21 @@ def differences(old: dict[str, Any], new: dict[str, Any], inputs: SourceDigest |
                     out.append(f"stage {i} {field}: {x.get(field)!r} -> {y[field]!r}")
     if old.get("ignore_failures") != new["ignore_failures"]:
         out.append(f"ignore_failures: {old.get('ignore_failures')} -> {new['ignore_failures']}")
-    x, y = old.get("initial_tasks", {}), new["initial_tasks"]
-    if (x.get("count"), x.get("sha256")) != (y["count"], y["sha256"]):
-        where = ""
-        if inputs is not None and inputs.first_other_id is not None:
-            where = f"; the first other id is {inputs.first_other_id[1]!r} at position {inputs.first_other_id[0]}"
-        out.append(f"initial tasks: {x.get('count')} tasks (ids sha256 {str(x.get('sha256'))[:12]}) -> "
-                   f"{y['count']} tasks (ids sha256 {y['sha256'][:12]}){where}")
-    elif isinstance(x.get("content"), dict) and x["content"].get("blake2b") != y["content"]["blake2b"]:
-        out.append(inputs.describe_change() if inputs is not None else "the content of the initial tasks changed")
     return out
+
+
+def input_differences(old: dict[str, Any], new: dict[str, Any], inputs: InputLedger | None = None) -> list[str]:
+    """What changed from the ``old`` manifest's complete ``initial_tasks`` entry to ``new`` (one
+    phrase each). An entry of format 1 (no content digest) is compared on the ids only."""
+    where = ""
+    if inputs is not None and inputs.first_other_id is not None:
+        where = f"; the first other id is {inputs.first_other_id[1]!r} at position {inputs.first_other_id[0]}"
+    if (old.get("count"), old.get("sha256")) != (new["count"], new["sha256"]):
+        return [f"initial tasks: {old.get('count')} tasks (ids sha256 {str(old.get('sha256'))[:12]}) -> "
+                f"{new['count']} tasks (ids sha256 {new['sha256'][:12]}){where}"]
+    if isinstance(old.get("content"), dict) and old["content"].get("blake2b") != new["content"]["blake2b"]:
+        return [inputs.describe_change() if inputs is not None else "the content of the initial tasks changed"]
+    return []
 
 
 def acquire_lock(folder: str, error: ErrorFactory) -> int:
@@ -155,50 +162,39 @@ def read_manifest(folder: str, overwrite: bool, error: ErrorFactory) -> dict[str
     return old
 
 
-def accept_manifest(folder: str, old: dict[str, Any] | None, fingerprint: dict[str, Any], overwrite: bool,
-                    error: ErrorFactory, inputs: SourceDigest) -> None:
-    """Accept ``folder`` (its manifest ``old``, from :func:`read_manifest`) for a run of ``fingerprint``:
-    a new or empty one, or a checkpoint of the same run; with ``overwrite``, discard a checkpoint of
-    another run. Keeps the inputs' digests file and writes the manifest (``inputs`` is discarded if
-    the checkpoint is refused).
-
-    A checkpoint of format 1 recorded the initial task ids but not their content: it is resumed with
-    a warning if everything else matches, and its manifest is upgraded (content recorded from now)."""
-    path = os.path.join(folder, MANIFEST)
-    for name in os.listdir(folder):  # digests of a run killed while it read its inputs (we hold the lock)
-        if name.startswith(f"{DIGESTS_FILE}.tmp-") and name != os.path.basename(inputs.tmp_path):
+def start_manifest(folder: str, old: dict[str, Any] | None, fingerprint: dict[str, Any], overwrite: bool,
+                   error: ErrorFactory) -> dict[str, Any] | None:
+    """Accept ``folder`` (its manifest ``old``, from :func:`read_manifest`) for a run of the pipeline
+    ``fingerprint``: a checkpoint of the same pipeline is resumed (its initial tasks are checked as the
+    run reads them); with ``overwrite``, or a new or empty directory, the run starts over: what a
+    checkpoint holds is removed and a manifest without the initial tasks' part is written (and
+    returned; None: the checkpoint is resumed). A checkpoint of another pipeline is refused (nothing changed)."""
+    for name in os.listdir(folder):  # digests of an earlier version's run killed while it read its inputs
+        if name.startswith(f"{DIGESTS_FILE}.tmp-"):
             os.remove(os.path.join(folder, name))
-    if old is not None:
-        changes = differences(old, fingerprint, inputs)
-        legacy = not isinstance(old.get("initial_tasks", {}).get("content"), dict)
-        if not changes:
-            inputs.keep()
-            if legacy:
-                logger.warning(
-                    "checkpoint %s: written in checkpoint format %s, which recorded the initial tasks' ids but "
-                    "not their content; resuming with the ids checked only. If the data of a task changed since, "
-                    "pass overwrite=True (curator-exec run --fresh) to start over. The content is recorded from now "
-                    "on.", folder, old.get("format", 1))
-                write_atomic(path, json.dumps({**old, **fingerprint, "format": FORMAT_VERSION}).encode(),
-                             durable=False)
-            return
-        if not overwrite:
-            inputs.discard()
+    if old is not None and not overwrite:
+        changes = differences(old, fingerprint)
+        if changes:
             raise error("was written by a different pipeline or inputs: " + "; ".join(changes)
                         + ". Pass overwrite=True (curator-exec run --fresh) to discard it and start over, "
                           "or use another directory.")
-    for name in os.listdir(folder):  # overwrite: only what a checkpoint holds (not this run's digests)
-        if name.startswith("part-") or name == MANIFEST or (name.startswith(DIGESTS_FILE)
-                                                             and name != os.path.basename(inputs.tmp_path)):
+        return None
+    for name in os.listdir(folder):  # only what a checkpoint holds
+        if name.startswith(("part-", "stats")) or name in (MANIFEST, DIGESTS_FILE):
             full = os.path.join(folder, name)
             shutil.rmtree(full) if os.path.isdir(full) else os.remove(full)
-    inputs.keep()  # before the manifest that names it
-    # not fsynced (a killed process cannot lose it; after a machine crash that did, the directory
-    # is refused as not a checkpoint, never trusted, and --fresh starts over)
     # provenance: the command that started the run (``curator-exec status`` shows how to resume it)
     started = {"argv": list(sys.argv), "cwd": os.getcwd(), "python": sys.executable}
-    write_atomic(path, json.dumps({"format": FORMAT_VERSION, "created": time.time(), "started_by": started,
-                                   **fingerprint}).encode(), durable=False)
+    manifest = {"format": FORMAT_VERSION, "created": time.time(), "started_by": started, **fingerprint,
+                "initial_tasks": {"content": {"file": DIGESTS_FILE}}}
+    write_manifest(folder, manifest)
+    return manifest
+
+
+def write_manifest(folder: str, manifest: dict[str, Any]) -> None:
+    """Replace the manifest (atomically). Not fsynced: a killed process cannot lose it; after a machine
+    crash that did, the directory is refused as not a checkpoint, never trusted, and --fresh starts over."""
+    write_atomic(os.path.join(folder, MANIFEST), json.dumps(manifest).encode(), durable=False)
 
 
 def check_private(folder: str, error: ErrorFactory) -> None:

@@ -10,7 +10,7 @@ from curator_exec_core.checkpoint.journal import Dropped, Output, Record, read_j
 from curator_exec_core.checkpoint.lineage import shares
 from curator_exec_core.tasks import Task
 
-__all__ = ["finished"]
+__all__ = ["finished", "finished_by_source"]
 
 logger = logging.getLogger("curator_exec")
 
@@ -61,11 +61,21 @@ def _owners(by_attempt: dict[str, dict[tuple[bool, str], Record]], sources: set[
             del owner[s]
 
 
+def finished_by_source(folder: str, sources: set[str] | None) -> tuple[set[str], dict[str, list[Task]], int]:
+    """From the journals of one part: the sources that are done (of ``sources``; None: any), their
+    outputs by (first) source, and how many journal files had a torn end."""
+    by_attempt, torn = _read_attempts(folder)
+    owner = _owners(by_attempt, sources)
+    outputs: dict[str, list[Task]] = {}
+    for attempt, recs in by_attempt.items():
+        for r in recs.values():
+            if isinstance(r, Output) and r.lineage and owner.get(r.lineage[0][0]) == attempt:
+                outputs.setdefault(r.lineage[0][0], []).append(r.task)
+    return set(owner), outputs, torn
+
+
 def finished(folder: str, sources: set[str] | None) -> tuple[set[str], list[Task], int]:
     """From the journals of one part: the sources that are done (of ``sources``; None: any), their
     outputs, and how many journal files had a torn end."""
-    by_attempt, torn = _read_attempts(folder)
-    owner = _owners(by_attempt, sources)
-    outputs = [r.task for attempt, recs in by_attempt.items() for r in recs.values()
-               if isinstance(r, Output) and r.lineage and owner.get(r.lineage[0][0]) == attempt]
-    return set(owner), outputs, torn
+    done, outputs, torn = finished_by_source(folder, sources)
+    return done, [t for tasks in outputs.values() for t in tasks], torn

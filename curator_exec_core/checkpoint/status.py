@@ -13,7 +13,6 @@ from typing import Any
 
 import attrs
 
-from curator_exec_core.checkpoint.journal import HEADER_SIZE, unframe
 from curator_exec_core.checkpoint.manifest import EXECUTOR_FILES, FORMAT_VERSION
 from curator_exec_core.checkpoint.recovery import finished
 from curator_exec_core.tasks import FailedTask, Task
@@ -91,7 +90,8 @@ class LockStatus:
 class CheckpointStatus:
     path: str
     pipeline: tuple[str, ...]
-    source_tasks: int
+    #: None until a run has read the source to its end
+    source_tasks: int | None
     segments: tuple[SegmentStatus, ...]
     failed: tuple[dict[str, Any], ...]
     failed_total: int
@@ -123,11 +123,12 @@ def read_status(path: str | os.PathLike[str]) -> CheckpointStatus:
     folder = os.path.abspath(os.fspath(path))
     manifest = _manifest(folder)
     stages = manifest.get("stages", [])
-    segments, outputs = _segments(folder, stages, int(manifest.get("initial_tasks", {}).get("count", 0)))
+    count = manifest.get("initial_tasks", {}).get("count")  # None until a run read the source to its end
+    segments, outputs = _segments(folder, stages, None if count is None else int(count))
     failed = [t for t in outputs if isinstance(t, FailedTask)]
     return CheckpointStatus(
         path=folder, pipeline=tuple(s.get("name", "?") for s in stages),
-        source_tasks=int(manifest.get("initial_tasks", {}).get("count", 0)), segments=tuple(segments),
+        source_tasks=count, segments=tuple(segments),
         failed=tuple({"task_id": f.task_id, "stage": f.stage, "error": f.error, "attempts": f.attempts}
                      for f in failed[:LISTED_FAILURES]),
         failed_total=len(failed), lock=_lock(folder), last_write=_last_write(folder),
@@ -154,7 +155,7 @@ def _manifest(folder: str) -> dict[str, Any]:
     return manifest
 
 
-def _segments(folder: str, stages: list[dict[str, Any]], sources: int) -> tuple[list[SegmentStatus], list[Task]]:
+def _segments(folder: str, stages: list[dict[str, Any]], sources: int | None) -> tuple[list[SegmentStatus], list[Task]]:
     """Every segment's progress (barrier kinds split the pipeline, as a run does), and the outputs the
     last finished work recorded (failure records among them)."""
     groups: list[tuple[str, list[str]]] = []
@@ -181,17 +182,11 @@ def _segments(folder: str, stages: list[dict[str, Any]], sources: int) -> tuple[
 
 
 def _barrier_outputs(path: str) -> list[Task] | None:
-    import pickle
+    from curator_exec_core.checkpoint import barrier_count, read_barrier
 
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
+    if not os.path.exists(path) or barrier_count(path) is None:
         return None
-    body = unframe(data)
-    if body is None or len(data) != HEADER_SIZE + len(body):
-        return None
-    return list(pickle.loads(body))
+    return list(read_barrier(path))
 
 
 def _lock(folder: str) -> LockStatus:

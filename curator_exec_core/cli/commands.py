@@ -279,7 +279,8 @@ def _print_status(status: Any) -> None:
     from curator_exec_core.checkpoint.status import age
 
     print(f"Checkpoint {status.path}: {status.state}")
-    print(f"Pipeline: {' -> '.join(status.pipeline)} ({status.source_tasks} source tasks)")
+    sources = "source not read to its end yet" if status.source_tasks is None else f"{status.source_tasks} source tasks"
+    print(f"Pipeline: {' -> '.join(status.pipeline)} ({sources})")
     for seg in status.segments:
         total = "?" if seg.total is None else seg.total
         what = "source tasks finished" if seg.kind == "map" else f"{seg.kind} stage finished"

@@ -211,7 +211,7 @@ class ResumeTests(ConformanceBase):
         fresh = executor.run(stages[:1], tasks, checkpoint_path=tmp_path / "ck", overwrite=True)
         assert canonical(fresh) == canonical(reference_run(stages[:1], tasks))
         holder = Checkpoint(tmp_path / "ck")
-        holder.open(stages[:1], tasks, False)
+        holder.open(stages[:1], False)
         try:
             with pytest.raises(CheckpointError, match="in use by another run"):
                 executor.run(stages[:1], tasks, checkpoint_path=tmp_path / "ck")
