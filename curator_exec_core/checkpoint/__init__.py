@@ -56,7 +56,6 @@ from curator_exec_core.checkpoint.manifest import (
     pipeline_fingerprint,
     read_manifest,
     start_manifest,
-    write_atomic,
     write_manifest,
 )
 from curator_exec_core.checkpoint.recovery import finished_by_source
@@ -130,11 +129,13 @@ class Checkpoint:
     def check_inputs(self, tasks: list[Task]) -> None:
         """The run read ``tasks`` (the next initial tasks), and has not started their work: record them,
         or refuse them if they are not the ones the checkpoint recorded at their positions."""
+        assert self.inputs is not None, "open() first"
         self.inputs.check(tasks)
 
     def inputs_read(self) -> None:
         """The run read its initial tasks to the end: refuse them if they are not the recorded ones
         (fewer, or, read whole first, any difference), else complete the manifest."""
+        assert self.inputs is not None, "open() first"
         entry = self.inputs.finish()
         expected = self._expected
         if expected is not None:
