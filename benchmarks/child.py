@@ -5,20 +5,25 @@ Every (executor or baseline, workload) pair runs in a fresh subprocess,
 :func:`run_child` is what it runs): a cold run, then a warm run, one JSON line each on
 stdout, prefixed with :data:`MARK` so that what engines print does not get in the way.
 W4 (import time) runs fresh interpreters instead (:func:`measure_w4`); W7 (checkpoint
-overhead) runs pairs of warm runs (:func:`w7_pairs`).
+overhead) runs pairs of warm runs (:func:`w7_pairs`). A workload whose record has ``checkpoint``
+(W6C) gets a new checkpoint directory each run (:func:`checkpoint_dir`, as W7's checkpointed runs do).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +39,8 @@ MARK = "@@curator-exec-bench@@ "  # prefix of the child's JSON lines on stdout (
 W4_RUNS = 5
 CHILD_EXIT_GRACE = 120.0  # seconds a child may spend shutting its engine down after its last result
 MB = 1_000_000
+#: where the checkpoint directories of W6C and W7 are made (default: ``tempfile.gettempdir()``)
+CHECKPOINT_DIR_ENV = "BENCH_CHECKPOINT_DIR"
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -113,6 +120,35 @@ class RssSampler:
             self._thread.join(timeout=1)
 
 
+def disk_bytes(folder: str) -> int:
+    """What ``folder`` occupies on disk (allocated blocks, as ``du`` counts them; symbolic links not followed)."""
+    total = 0
+    for root, dirs, files in os.walk(folder):
+        for name in (*dirs, *files):
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            total += getattr(st, "st_blocks", 0) * 512 or st.st_size
+    return total
+
+
+@contextlib.contextmanager
+def checkpoint_dir(wanted: bool = True) -> Iterator[str | None]:
+    """A new empty directory for one run's ``checkpoint_path`` (None if not ``wanted``), under
+    ``$BENCH_CHECKPOINT_DIR`` or the temporary directory; removed afterwards, also after an error."""
+    if not wanted:
+        yield None
+        return
+    root = os.environ.get(CHECKPOINT_DIR_ENV) or tempfile.gettempdir()
+    os.makedirs(root, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="curator-exec-bench-ck-", dir=root)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 # -- child: one (executor or baseline, workload) pair, cold then warm -------------------------------
 
 
@@ -165,9 +201,10 @@ class _Subject:
         return self.executor is not None or self.pool is not None
 
     def run(self, workload: str, stages: list, tasks: Any, record: dict[str, Any],
-            t0: float) -> tuple[Any, float, float] | None:
+            t0: float, checkpoint: str | None = None) -> tuple[Any, float, float] | None:
         """One run: ``(outputs, seconds spent building the executor or pool, start time)``; None (and
-        a record emitted) when the executor is not installed or its plugin is broken."""
+        a record emitted) when the executor is not installed or its plugin is broken. ``checkpoint``:
+        the executor's run gets it as ``checkpoint_path`` (the baselines have none)."""
         if self.name == wl.PLAIN:
             return wl.plain_loop(stages, tasks), 0.0, t0
         if self.name == wl.DICT:
@@ -196,7 +233,8 @@ class _Subject:
             record["shuffle_memory_budget"] = self.options["shuffle_memory_budget"]
         pipeline = self._pipeline(f"bench-{workload}", stages=stages)
         # W8: the writer has written the outputs; they are dropped where they are made
-        return pipeline.run(self.executor, initial_tasks=tasks, return_outputs=workload != "W8"), construct, t0
+        return pipeline.run(self.executor, initial_tasks=tasks, return_outputs=workload != "W8",
+                            checkpoint_path=checkpoint), construct, t0
 
     def w1_reference(self) -> float:
         """W8's comparison: µs per task-stage of W1 (its stages and size) on this executor, already
@@ -229,10 +267,13 @@ class _Subject:
 
 
 def _measure(subject: _Subject, spec: dict[str, Any], phase: str, stages: list, n: int,
-             sampler: RssSampler | None, base: dict[str, Any], extra: dict[str, Any] | None = None) -> bool:
-    """One phase: run, measure, check the outputs and emit the record; False when there is nothing to measure."""
+             sampler: RssSampler | None, base: dict[str, Any], extra: dict[str, Any] | None = None,
+             checkpoint: str | None = None) -> bool:
+    """One phase: run, measure, check the outputs and emit the record; False when there is nothing to measure.
+    ``checkpoint``: the run's checkpoint directory (new and empty; the record gets its size after the run)."""
     workload = spec["workload"]
-    tasks = wl.make_source(workload, n, spec["name"])  # a list, or a generator read as the run goes
+    data = wl.WORKLOADS[workload].data  # W6C: W6's tasks, figures and check
+    tasks = wl.make_source(data, n, spec["name"])  # a list, or a generator read as the run goes
     gc.collect()
     record: dict[str, Any] = {**base, "phase": phase, "status": "ok", "loadavg": loadavg(), **(extra or {})}
     if not isinstance(tasks, list):
@@ -241,7 +282,7 @@ def _measure(subject: _Subject, spec: dict[str, Any], phase: str, stages: list, 
     if sampler is not None:
         sampler.reset()
     cpu0 = time.process_time()
-    ran = subject.run(workload, stages, tasks, record, time.perf_counter())
+    ran = subject.run(workload, stages, tasks, record, time.perf_counter(), checkpoint)
     if ran is None:
         return False
     outputs, construct, t0 = ran
@@ -253,13 +294,17 @@ def _measure(subject: _Subject, spec: dict[str, Any], phase: str, stages: list, 
                       rss_before_mb=rss_before / MB if rss_before is not None else None)
         if rss_before is not None:  # what the run added to the driver (W8's metric)
             record["rss_growth_mb"] = (peak - rss_before) / MB
-    record.update(_metrics(workload, n, seconds, spec["cores"]))
+    record.update(_metrics(data, n, seconds, spec["cores"]))
     record.update(construct_seconds=construct, run_seconds=seconds - construct,
                   ru_maxrss_mb=(ru_maxrss_bytes() or 0) / MB, loadavg_after=loadavg(),
                   ray_initialized=_ray_state())
-    if workload in ("W3", "W6", "W9"):
+    if data in ("W3", "W6", "W9"):
         record["intermediate_bytes_expected"] = n * wl.W3_BLOB_BYTES
-    record.update(wl.check_outputs(workload, n, outputs, stages))
+    if checkpoint is not None:
+        ck = (getattr(outputs, "metrics", None) or {}).get("checkpoint") or {}
+        record.update(checkpoint_mb=disk_bytes(checkpoint) / MB, resumed_tasks=ck.get("resumed_tasks"),
+                      checkpoint_root=os.path.dirname(checkpoint))
+    record.update(wl.check_outputs(data, n, outputs, stages))
     failed = getattr(outputs, "failed_tasks", None)
     if failed:
         record["failed_tasks"] = len(failed)
@@ -272,9 +317,10 @@ def _measure(subject: _Subject, spec: dict[str, Any], phase: str, stages: list, 
 def run_child(spec: dict[str, Any]) -> int:
     """Measure ``spec["name"]`` on ``spec["workload"]``: cold run, then warm run, one JSON line each."""
     workload = spec["workload"]
-    n = wl.task_count(workload, spec["quick"], spec["name"])
-    stages = wl.make_stages(workload) if workload != "W8" else []  # W8: new stages (and directory) per run
-    sampler = RssSampler().start() if wl.WORKLOADS[workload].sample_rss else None
+    work = wl.WORKLOADS[workload]
+    n = wl.task_count(work.data, spec["quick"], spec["name"])
+    stages = wl.make_stages(work.data) if workload != "W8" else []  # W8: new stages (and directory) per run
+    sampler = RssSampler().start() if work.sample_rss else None
     base = {"kind": "measurement", "executor": spec["name"], "workload": workload, "quick": spec["quick"],
             "pid": os.getpid()}
     subject: _Subject | None = None
@@ -283,8 +329,9 @@ def run_child(spec: dict[str, Any]) -> int:
         if workload == "W8":
             return run_w8(subject, spec, n, sampler, base)
         for phase in ("cold", "warm"):
-            if not _measure(subject, spec, phase, stages, n, sampler, base):
-                return 0
+            with checkpoint_dir(work.checkpoint and spec["name"] not in wl.BASELINES) as folder:
+                if not _measure(subject, spec, phase, stages, n, sampler, base, checkpoint=folder):
+                    return 0
     except BaseException as exc:  # report, never hang the parent
         import traceback
 
@@ -308,8 +355,6 @@ def run_w8(subject: _Subject, spec: dict[str, Any], n: int, sampler: RssSampler 
     """W8: a run at ``n / W8_SMALL_DIVISOR`` tasks that starts the engine (cold), the same again
     (warm: the engine started), W1 on the same executor for comparison, then the full ``n`` (``large``).
     Each run writes to a new directory (new stages), checked and removed after it."""
-    import shutil
-
     from benchmarks import w8_scale
 
     small = max(1, n // wl.W8_SMALL_DIVISOR)
@@ -331,9 +376,6 @@ def run_w8(subject: _Subject, spec: dict[str, Any], n: int, sampler: RssSampler 
 def w7_pairs(executor: Any, stages: list, n: int) -> tuple[Any, dict[str, Any]]:
     """W7: :data:`W7_PAIRS` warm runs without and with a checkpoint (a new directory each time),
     interleaved so drift hits both alike; the medians and the overhead of the checkpoint."""
-    import shutil
-    import tempfile
-
     from curator_exec_core import Pipeline
 
     pipeline = Pipeline("bench-W7", stages=stages)
@@ -345,12 +387,11 @@ def w7_pairs(executor: Any, stages: list, n: int) -> tuple[Any, dict[str, Any]]:
         t0 = time.perf_counter()
         pipeline.run(executor, initial_tasks=tasks)
         without.append(time.perf_counter() - t0)
-        folder = tempfile.mkdtemp(prefix="curator-exec-bench-ck-")
         tasks = wl.make_tasks(n)
-        t0 = time.perf_counter()
-        outputs = pipeline.run(executor, initial_tasks=tasks, checkpoint_path=folder)
-        with_cp.append(time.perf_counter() - t0)
-        shutil.rmtree(folder, ignore_errors=True)
+        with checkpoint_dir() as folder:
+            t0 = time.perf_counter()
+            outputs = pipeline.run(executor, initial_tasks=tasks, checkpoint_path=folder)
+            with_cp.append(time.perf_counter() - t0)
     a, b = statistics.median(without), statistics.median(with_cp)
     return outputs, {"pairs": W7_PAIRS, "seconds_without_checkpoint": a, "seconds_with_checkpoint": b,
                      "checkpoint_overhead_pct": (b / a - 1.0) * 100.0}

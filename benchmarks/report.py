@@ -87,7 +87,9 @@ def _notes(workload: str, cold: dict | None, warm: dict | None, large: dict | No
         return f"{rec['tasks']} documents -> {rec['unique_documents']} distinct"
     if workload in ("W6", "W9") and "shuffled_bytes" in rec:
         budget = f", budget {rec['shuffle_memory_budget']}" if rec.get("shuffle_memory_budget") else ""
-        return f"{rec['shuffled_bytes'] / GB:.2f} GB shuffled into {rec['tasks_out']} keys{budget}"
+        checkpoint = (f"; checkpoint {rec['checkpoint_mb']:.0f} MB on disk, {rec.get('resumed_tasks')} resumed"
+                      if rec.get("checkpoint_mb") is not None else "")
+        return f"{rec['shuffled_bytes'] / GB:.2f} GB shuffled into {rec['tasks_out']} keys{budget}{checkpoint}"
     if workload == "W3" and "intermediate_bytes" in rec:
         return f"{rec['intermediate_bytes'] / GB:.2f} GB flowed per run; RSS before warm {rec.get('rss_before_mb', 0):.0f} MB"
     if workload == "W7" and "seconds_without_checkpoint" in rec:
@@ -136,9 +138,10 @@ def _row(name: str, workload: str, cold: dict | None, warm: dict | None, large: 
     start = f"{cold['engine_start_seconds']:.3f}" if cold and "engine_start_seconds" in cold else "-"
     record = WORKLOADS.get(workload)
     title = f"{workload} {record.title if record else ''}".strip()
+    data = record.data if record else workload  # W6C: shown as W6 is
     return [name, title, _secs(cold), _secs(warm), start, record.metric if record else "",
-            _fmt_metric(workload, cold), _fmt_metric(workload, warm), "; ".join(targets) or "-", result,
-            _notes(workload, cold, warm, large)]
+            _fmt_metric(data, cold), _fmt_metric(data, warm), "; ".join(targets) or "-", result,
+            _notes(data, cold, warm, large)]
 
 
 def render_table(records: list[dict]) -> str:

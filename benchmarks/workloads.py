@@ -20,6 +20,9 @@ Workloads (full size; ``--quick`` divides the task counts by 10):
   (a shuffle keyed by the normalised text's hash).
 * **W6 shuffle 2 GB**: ``W6_TASKS`` tasks of ``W3_BLOB_BYTES`` (:class:`AttachBytes`) shuffled
   into ``W6_KEYS`` keys (:class:`Bucket`).
+* **W6C shuffle 2 GB, checkpoint**: W6 (its stages, data and output check: ``Workload.same_as``) with
+  ``checkpoint_path`` set to a new empty directory each run (``Workload.checkpoint``; made and removed
+  in ``child.py``).
 * **W7 checkpoint overhead**: W1's stages, warm runs without and with a checkpoint
   (measured in ``child.py``).
 * **W8 scale**: ``W8_TASKS`` generated source tasks (:func:`w8_source`, a generator) through two
@@ -83,6 +86,13 @@ class Workload:
     baselines: tuple[str, ...]  # measured next to the executors, in this order
     default: bool = False  # in the default ``--workloads``
     sample_rss: bool = False  # the driver's RSS is sampled during each run
+    same_as: str | None = None  # runs that workload's stages and data, checked alike (W6C: W6's)
+    checkpoint: bool = False  # each run gets checkpoint_path=<a new empty directory> (child.checkpoint_dir)
+
+    @property
+    def data(self) -> str:
+        """The workload id whose stages, tasks, output check and table figures this one uses."""
+        return self.same_as or self.id
 
 
 WORKLOADS: dict[str, Workload] = {w.id: w for w in (
@@ -92,6 +102,7 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in (
     Workload("W4", "import", "ray imported?", (STARTUP,), default=True),
     Workload("W5", "exact dedup", "docs/s", (DICT, RAYDATA_GROUPBY)),
     Workload("W6", "shuffle 2 GB", "peak RSS MB", (DICT,), sample_rss=True),
+    Workload("W6C", "shuffle 2 GB, checkpoint", "peak RSS MB", (), sample_rss=True, same_as="W6", checkpoint=True),
     Workload("W7", "checkpoint overhead", "checkpoint overhead", ()),
     Workload("W8", "scale", "RSS growth MB", (), sample_rss=True),
     Workload("W9", "shuffle 4 GB, budget", "peak RSS MB", (), sample_rss=True),

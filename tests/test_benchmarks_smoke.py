@@ -6,6 +6,7 @@ No timing assertions here: speed targets live in ``benchmarks/targets.py`` (``TA
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,24 @@ def test_shuffle_workloads_check_their_output_beside_the_dict_baseline(tmp_path:
         assert w5["unique_documents"] == 14_000 and w5["tasks_out"] == 14_000 and w5["docs_per_second"] > 0
         assert w6["shuffled_bytes"] == 2_000 * 100_000 and w6["tasks_out"] == 100 and w6["peak_rss_mb"] > 0
     assert [t["rule"] for t in _find(records, "local", "W5", "warm")["targets"]] == ["3×dict_group+0"]
+
+
+def test_checkpointed_shuffle_workload_records_its_checkpoint_and_removes_it(tmp_path: Path) -> None:
+    """W6C quick on local: W6's data and check with a new checkpoint directory per run, made under
+    BENCH_CHECKPOINT_DIR; the record has the directory's size and resumed_tasks, and nothing is left."""
+    out, root = tmp_path / "w6c.jsonl", tmp_path / "checkpoints"
+    proc = subprocess.run([sys.executable, str(RUN), "local", "--quick", "--workloads", "W6C", "--json-out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO,
+                          env={**os.environ, "BENCH_CHECKPOINT_DIR": str(root)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    for phase in ("cold", "warm"):
+        rec = _find(records, "local", "W6C", phase)
+        assert rec["status"] == "ok" and rec["correct"] is True, rec
+        assert rec["shuffled_bytes"] == 2_000 * 100_000 and rec["tasks_out"] == 100 and rec["peak_rss_mb"] > 0
+        assert rec["checkpoint_mb"] > 0 and rec["resumed_tasks"] == 0 and rec["checkpoint_root"] == str(root)
+    assert list(root.iterdir()) == []  # each phase's directory removed
+    assert "W6C shuffle 2 GB, checkpoint" in proc.stdout
 
 
 def test_budgeted_local_shuffle_workload_stays_below_its_input(tmp_path: Path) -> None:
