@@ -272,7 +272,7 @@ class Run:
                 if checkpoint is None:
                     yield from self.call_execute(stages, window)
                 else:
-                    yield from checkpoint.run_map(segment, window, lambda t: list(self.call_execute(stages, t)),
+                    yield from checkpoint.run_map(segment, window, lambda t: self.call_execute(stages, t),
                                                   functools.partial(self.stats.resume, segment.first.index))
 
         return _Flow(outputs())

@@ -436,3 +436,33 @@ def test_a_first_start_killed_before_its_manifest_starts_again(tmp_path):
     assert result.metrics["checkpoint"]["resumed_tasks"] == 0
     assert sorted(p.name for p in tmp_path.glob("inputs.digests*")) == ["inputs.digests"]
     assert os.path.getsize(tmp_path / "inputs.digests") == 8 + 24 * 6
+
+
+def test_barrier_outputs_file_blocks_trailer_and_the_format_2_file(tmp_path):
+    from curator_exec_core.checkpoint import BARRIER_BLOCK, Checkpoint, barrier_count, read_barrier
+    from curator_exec_core.checkpoint.journal import frame
+    from curator_exec_core.runner.segments import BarrierSegment
+
+    ck = Checkpoint(tmp_path)
+    n = 2 * BARRIER_BLOCK + 5
+    outputs = (Task(data=i, task_id=str(i)) for i in range(n))
+    count, back = ck.save_barrier(BarrierSegment(1, None), outputs)
+    path = tmp_path / "part-1.outputs"
+    assert count == n == barrier_count(str(path)) and [t.data for t in back] == list(range(n))
+    assert not list(tmp_path.glob("*.tmp-*"))
+    data = path.read_bytes()
+    path.write_bytes(data[:-3])  # cut short: never trusted
+    assert barrier_count(str(path)) is None
+    path.write_bytes(data[:10] + b"x" + data[11:])  # damaged in the first block
+    assert barrier_count(str(path)) is None
+    old = [Task(data=i, task_id=str(i)) for i in range(3)]  # format 2: one block, the list
+    path.write_bytes(frame(pickle.dumps(old)))
+    assert barrier_count(str(path)) == 3 and [t.data for t in read_barrier(str(path))] == [0, 1, 2]
+
+    def failing():
+        yield Task(data=0)
+        raise RuntimeError("the barrier failed")
+
+    with pytest.raises(RuntimeError, match="the barrier failed"):
+        ck.save_barrier(BarrierSegment(2, None), failing())
+    assert not (tmp_path / "part-2.outputs").exists() and not list(tmp_path.glob("*.tmp-*"))

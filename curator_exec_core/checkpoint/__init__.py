@@ -94,6 +94,10 @@ class Checkpoint:
     def _error(self, what: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {self.path}: {what}")
 
+    def _refused(self, what: str) -> CheckpointError:
+        return self._error(f"was written by a different pipeline or inputs: {what}. Pass overwrite=True "
+                           "(curator-exec run --fresh) to discard it and start over, or use another directory.")
+
     def open(self, stages: Sequence[Any], ignore_failures: bool, total: int | None = None) -> None:
         """Check and lock the directory for a run of ``stages``, before any work: a checkpoint of
         another pipeline is refused (unless ``overwrite``: it starts over). The initial tasks are
@@ -121,7 +125,7 @@ class Checkpoint:
             self.whole_source_first = total is not None or self._unnamed
             self._expected = expected
             self.inputs = InputLedger(self.path, self._error, fresh=fresh or self._unnamed, expected=expected,
-                                      collect=self.whole_source_first)
+                                      collect=self.whole_source_first, refuse=self._refused)
         except BaseException:
             self.close()
             raise
@@ -141,9 +145,7 @@ class Checkpoint:
         if expected is not None:
             changes = input_differences(expected, entry, self.inputs)
             if changes:
-                raise self._error("was written by a different pipeline or inputs: " + "; ".join(changes)
-                                  + ". Pass overwrite=True (curator-exec run --fresh) to discard it and start over, "
-                                    "or use another directory.")
+                raise self._refused("; ".join(changes))
         self.inputs.keep()
         if expected is not None and isinstance(expected.get("content"), dict) and not self._unnamed:
             return
@@ -213,11 +215,11 @@ class Checkpoint:
             raise
         return count, read_barrier(path)
 
-    def run_map(self, segment: MapSegment, sources: list[Task], run: Callable[[list[Task]], list[Task]],
-                resumed: Callable[[int], None]) -> list[Task]:
+    def run_map(self, segment: MapSegment, sources: list[Task], run: Callable[[list[Task]], Iterable[Task]],
+                resumed: Callable[[int], None]) -> Iterator[Task]:
         """One window of a map segment's sources: the outputs of those that finished in an earlier
         attempt (from the part's journals, read once per run), then ``run`` on the others with a journal
-        observing the segment's stages."""
+        observing the segment's stages until its outputs (a list, or an iterator) are read."""
         folder = os.path.join(self.path, f"part-{segment.position}")
         part = self._parts.get(segment.position)
         if part is None:
@@ -234,13 +236,14 @@ class Checkpoint:
             logger.info("checkpoint %s: %d of %d source tasks of part %d resumed", self.path, done,
                         len(sources), segment.position)
             resumed(done)
+        yield from outputs
         if not pending:
-            return outputs
+            return
         journal = Journal(folder, self.attempt, end=segment.stages[-1].index)
         for stage in segment.stages:
             stage.observer = journal
         try:
-            return outputs + run(pending)
+            yield from run(pending)
         finally:
             journal.flush_all()
             for stage in segment.stages:

@@ -146,9 +146,11 @@ class InputLedger:
     """
 
     def __init__(self, folder: str, error: Any = CheckpointError, *, fresh: bool = False,
-                 expected: dict[str, Any] | None = None, collect: bool = False) -> None:
+                 expected: dict[str, Any] | None = None, collect: bool = False, refuse: Any = None) -> None:
         self.path = os.path.join(folder, DIGESTS_FILE)
         self._error = error
+        #: the error for other inputs than the recorded ones (``error`` if not given)
+        self._refuse = refuse or error
         self.expected = expected if expected and "count" in expected else None
         self.collect = collect
         self._f: BinaryIO = open(self.path, "w+b" if fresh or not os.path.exists(self.path) else "r+b")
@@ -200,7 +202,7 @@ class InputLedger:
                               "appears more than once")
         self._seen.add(task_id)
         if self.expected is not None and position >= int(self.expected["count"]) and not self.collect:
-            raise self._error(f"there are more initial tasks than the {self.expected['count']} it recorded (task "
+            raise self._refuse(f"there are more initial tasks than the {self.expected['count']} it recorded (task "
                               f"{task_id!r} at position {position}): these are other inputs")
         try:
             record = RECORD.pack(_id_digest(task_id), content_digest(task))
@@ -224,14 +226,14 @@ class InputLedger:
             if self.first_other_id is None:
                 self.first_other_id = (position, task_id)
             if not self.collect:
-                raise self._error(f"initial task {task_id!r} at position {position} is not the task it recorded "
+                raise self._refuse(f"initial task {task_id!r} at position {position} is not the task it recorded "
                                   "there (another id): these are other inputs")
             return
         self.changed += 1
         if self.first_changed is None:
             self.first_changed = (position, task_id)
         if not self.collect:
-            raise self._error(self.describe_change())
+            raise self._refuse(self.describe_change())
 
     def _write(self) -> None:
         self._f.seek(0, os.SEEK_END)
@@ -245,7 +247,7 @@ class InputLedger:
         content digest). A source that ends before the records on file is refused (they were of more
         tasks); so is, in ``collect`` mode, any difference found."""
         if self.count < self.recorded and (self.expected is None or not self.collect):
-            raise self._error(f"the initial tasks end after {self.count}, but it recorded {self.recorded} read by an "
+            raise self._refuse(f"the initial tasks end after {self.count}, but it recorded {self.recorded} read by an "
                               "earlier run: these are other inputs")
         return {"count": self.count, "sha256": self._ids.hexdigest(),
                 "content": {"blake2b": self._all.hexdigest(), "file": DIGESTS_FILE}}

@@ -60,7 +60,9 @@ do not start with ``Test``, so importing them into a test module collects nothin
     the data plane: a generator source gives the reference answer and is read no further ahead
     than a bounded window (``source_window`` for an executor that takes lists); ``return_outputs=False``
     never ships the last stage's outputs to the driver; ``Pipeline.stream`` yields the reference outputs
-    with the result after them, and closing it early tears the run down.
+    with the result after them, and closing it early tears the run down; with a checkpoint, a
+    generator source is still read lazily, checked as it is read (a changed, longer or shorter one
+    refused, naming the change) and resumed.
 :class:`ConfigTests` (``kit/config.py``)
     option typos are ``ConfigError``; an infeasible GPU request is a ``PlanError`` before
     any setup; the shape of ``capacity()``.

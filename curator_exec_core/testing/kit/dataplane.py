@@ -12,6 +12,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
+from curator_exec_core.errors import CheckpointError
 from curator_exec_core.pipeline import Pipeline
 from curator_exec_core.tasks import Task
 from curator_exec_core.testing.kit.base import ConformanceBase, MakeExecutor, _ints, canonical, reference_run
@@ -86,3 +89,44 @@ class DataPlaneTests(ConformanceBase):
         assert setups and setups == teardowns, f"every worker that ran setup was torn down: {setups} vs {teardowns}"
         # the executor runs the next pipeline as usual
         assert sorted(t.data for t in executor.run([AddOne()], _ints(3))) == [1, 2, 3]
+
+    def test_a_checkpointed_generator_source_is_read_lazily_checked_as_read_and_resumed(
+            self, make_executor: MakeExecutor, tmp_path: Path) -> None:
+        """With a checkpoint too, a generator source is read as the run needs it (its identity is
+        checked task by task as it is read, not by reading it whole first); a rerun on the same
+        generator resumes; a changed, longer or shorter generator is refused, naming the change."""
+        stages = [AddOne(), FanOut(2)]
+        ck = tmp_path / "ck"
+        source = _Counted(self.lazy_n)
+        executor = make_executor(show_progress=False, source_window=self.lazy_window)
+        stream = Pipeline("lazy", stages).stream(executor, source, buffer=64, checkpoint_path=ck)
+        assert len(list(itertools.islice(stream, 5))) == 5
+        bound = 64 * 4 + 4 * self.lazy_window
+        assert source.pulled <= bound, (
+            f"{source.pulled} of {self.lazy_n} source tasks were read while the consumer held 5 outputs of a "
+            f"checkpointed run: the source must be read as the run needs it (at most ~{bound} here)")
+        stream.close()
+        pulled = source.pulled
+        window = max(self.lazy_window, self.lazy_n // 4)
+        executor = make_executor(show_progress=False, source_window=window)
+
+        def ints(n: int, changed: int | None = None) -> Iterator[Task]:
+            return (Task(data=-1 if i == changed else i) for i in range(n))
+
+        done = executor.run(stages, ints(self.lazy_n), checkpoint_path=ck)
+        assert canonical(done) == canonical(reference_run(stages, _ints(self.lazy_n)))
+        assert done.metrics["checkpoint"]["source_tasks"] == self.lazy_n
+        assert done.metrics["checkpoint"]["resumed_tasks"] <= pulled
+        again = executor.run(stages, ints(self.lazy_n), checkpoint_path=ck)
+        assert again.metrics["checkpoint"]["resumed_tasks"] == self.lazy_n
+        assert canonical(again) == canonical(done)
+        changed = self.lazy_n - 3
+        with pytest.raises(CheckpointError, match=rf"content of initial task '{changed}' \(position {changed}\) "
+                                                  r"changed.*overwrite=True"):
+            executor.run(stages, ints(self.lazy_n, changed), checkpoint_path=ck)
+        with pytest.raises(CheckpointError, match=rf"more initial tasks than the {self.lazy_n} it recorded"):
+            executor.run(stages, ints(self.lazy_n + 1), checkpoint_path=ck)
+        with pytest.raises(CheckpointError, match=rf"end after {self.lazy_n - 1}, but it recorded {self.lazy_n}"):
+            executor.run(stages, ints(self.lazy_n - 1), checkpoint_path=ck)
+        last = executor.run(stages, ints(self.lazy_n), checkpoint_path=ck)  # the refusals changed nothing
+        assert last.metrics["checkpoint"]["resumed_tasks"] == self.lazy_n and canonical(last) == canonical(done)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from abc import abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -91,6 +91,28 @@ def _run_gang(ray_run: RayRun, stage: ManagedStage, tasks: list[Task]) -> list[T
 #: how the Ray layer runs a barrier stage of each kind (a kind not here runs the core's default)
 RAY_BARRIERS: dict[str, Callable[[RayRun, ManagedStage, list[Task]], list[Task]]] = {
     "shuffle": _run_shuffle, "gang": _run_gang}
+
+#: input tasks put into the object store at a time when a barrier's input comes as a stream
+STREAM_WINDOW = 1_000
+
+
+def barrier_chunks(ray_run: RayRun, stage: ManagedStage, chunks: list[TaskChunk], last: bool) -> Any:
+    """A barrier stage of a kind in :data:`RAY_BARRIERS` on its whole input as chunks: its outputs as
+    chunks left in the object store, or (``last``) as tasks in the driver."""
+    if stage.kind == "gang":
+        from curator_exec_ray.gang import gang_chunks
+
+        return gang_chunks(ray_run, stage, chunks, last)  # type: ignore[arg-type]
+    from curator_exec_ray.shuffle import shuffle_chunks
+
+    return shuffle_chunks(ray_run, stage, chunks, last)  # type: ignore[arg-type]
+
+
+def _fetched(chunks: list[TaskChunk]) -> Iterator[Task]:
+    """The tasks of ``chunks``, fetched one chunk at a time (and each let go once handed out)."""
+    chunks.reverse()
+    while chunks:
+        yield from chunks.pop().resolve()
 
 
 class RayExecutorBase(BaseExecutor):
@@ -186,6 +208,8 @@ class RayExecutorBase(BaseExecutor):
         ray_run = self.ray_run(stages)
         segments = split_segments(stages)
         if len(segments) == 1 and isinstance(segments[0], MapSegment):
+            if ray_run.run.checkpoint is not None:  # the core reads them as it goes: fetched chunk by chunk
+                return _fetched(self.execute_chunks(stages, [TaskChunk(initial_tasks)], True))  # type: ignore[return-value]
             outputs: list[Task] = self.execute_chunks(stages, [TaskChunk(initial_tasks)], False)
             return outputs
         self.ensure_ray()
@@ -195,13 +219,7 @@ class RayExecutorBase(BaseExecutor):
             return self.execute_chunks(list(segment.stages), chunks, not last)
 
         def run_barrier(segment: BarrierSegment, chunks: list[TaskChunk], last: bool) -> Any:
-            if segment.kind == "gang":
-                from curator_exec_ray.gang import gang_chunks
-
-                return gang_chunks(ray_run, segment.stage, chunks, last)  # type: ignore[arg-type]
-            from curator_exec_ray.shuffle import shuffle_chunks
-
-            return shuffle_chunks(ray_run, segment.stage, chunks, last)  # type: ignore[arg-type]
+            return barrier_chunks(ray_run, segment.stage, chunks, last)
 
         # chunks between segments; the last segment's outputs as tasks or as chunks
         out: list[Any] = run_segments(segments, data, run_map=run_map, run_barrier=run_barrier)
@@ -222,6 +240,30 @@ class RayExecutorBase(BaseExecutor):
             return super().run_barrier(stage, tasks)
         ray_run = self.ray_run([stage])
         return runner(ray_run, stage, tasks)
+
+    def stream_barrier(self, stage: ManagedStage, tasks: Iterable[Task]) -> Iterable[Task]:
+        """A barrier stage on Ray in a run whose segments stream (a checkpointed run): its input goes
+        into the object store as it comes (:data:`STREAM_WINDOW` tasks at a time), its outputs are
+        fetched chunk by chunk as the run reads them, so the driver holds a window, never the data."""
+        if stage.kind not in RAY_BARRIERS:
+            return super().stream_barrier(stage, tasks)
+        ray_run = self.ray_run([stage])
+        self.ensure_ray()
+        widest = stage.num_workers() or 1
+        chunks: list[TaskChunk] = []
+        window: list[Task] = []
+        for task in tasks:
+            window.append(task)
+            if len(window) >= STREAM_WINDOW:
+                chunks += put_chunks(window, widest)
+                window = []
+        if window:
+            chunks += put_chunks(window, widest)
+        del window
+        if not chunks:
+            return []
+        out: list[TaskChunk] = barrier_chunks(ray_run, stage, chunks, False)
+        return _fetched(out)
 
     def check_shared_path(self, path: str) -> None:
         """Every node writes a marker in the checkpoint directory that the driver reads (bounded, see
