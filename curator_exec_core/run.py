@@ -93,6 +93,7 @@ class Run:
         self.aborted: BaseException | None = None
         self._ticker: StatsTicker | None = None
         self._cleanups: list[Callable[[BaseException | None], None]] = []
+        self._parked: dict[Any, tuple[Any, Callable[[BaseException | None], None]]] = {}
         self._deferred_keys: set[str] = set()
         self._started = time.perf_counter()
 
@@ -117,6 +118,37 @@ class Run:
                 return
             self._deferred_keys.add(key)
         self._cleanups.append(cleanup)
+
+    def park(self, key: Any, workers: Any, release: Callable[[BaseException | None], None]) -> None:
+        """Keep ``workers`` that an ``execute`` call set up for the next call on the same stages (``key``):
+        a run that calls ``execute`` once per window of its source sets its workers up once. Whatever is
+        parked is released (``release(error)``) when it is taken by :meth:`release_parked`, and at the
+        latest when the run ends, before the executor's teardown."""
+        old = self._parked.pop(key, None)
+        if old is not None:
+            old[1](None)
+        self._parked[key] = (workers, release)
+
+    def unpark(self, key: Any) -> Any:
+        """The workers parked under ``key`` (None if there are none); they are the caller's now."""
+        entry = self._parked.pop(key, None)
+        return None if entry is None else entry[0]
+
+    def release_parked(self, keep: Any = None, error: BaseException | None = None) -> None:
+        """Release every parked worker but those under ``keep``: before other work needs their resources
+        (another segment's workers, a barrier's)."""
+        first: Exception | None = None
+        for key in [k for k in self._parked if k != keep]:
+            _, release = self._parked.pop(key)
+            try:
+                release(error)
+            except Exception as exc:  # the others are released all the same
+                if error is None and first is None:
+                    first = exc
+                else:
+                    logger.exception("releasing parked workers of run %s failed", self.id)
+        if first is not None:
+            raise first
 
     # -- the lifecycle ----------------------------------------------------------------------
     def drive(self) -> PipelineResult:
@@ -296,11 +328,17 @@ class Run:
         return outputs
 
     def _finish(self, error: BaseException | None) -> None:
-        """Teardown, whatever happened: in-process workers, the executor's hook, what was deferred."""
+        """Teardown, whatever happened: in-process workers, parked workers, the executor's hook, what
+        was deferred. A teardown that fails after a successful run fails the run."""
         if self._ticker is not None:
             self._ticker.stop()
         if self.checkpoint is not None:
             self.checkpoint.close()
+        failed: Exception | None = None
+        try:
+            self.release_parked(error=error)
+        except Exception as exc:  # (after an error, release_parked logs and goes on)
+            failed = exc
         for stage in self.managed:  # workers that live in this process and ran setup
             if stage.is_set_up:
                 try:
@@ -315,6 +353,8 @@ class Run:
             logger.exception("executor teardown failed after an error")
         finally:
             self._release(error)
+        if failed is not None:
+            raise failed
 
     def _release(self, error: BaseException | None) -> None:
         while self._cleanups:

@@ -84,6 +84,7 @@ def gang_chunks(ray_run: RayRun, stage: ManagedGang, inputs: list[TaskChunk], la
     from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
 
     ray_run.ensure_ray()
+    ray_run.run.release_parked()  # map workers kept for another window would hold the resources
     refs, ids = _chunk_ids(ray_run, stage, inputs)
     offsets = [0]
     for chunk_ids in ids:

@@ -75,6 +75,7 @@ def shuffle_chunks(ray_run: RayRun, stage: ManagedShuffle, inputs: list[TaskChun
     import ray
 
     ray_run.ensure_ray()
+    ray_run.run.release_parked()  # map workers kept for another window would hold the resources
     box = [ray.put(stage)]
     parts = partitions_for(stage, sum(c.n for c in inputs))
     nodes = ray_run.worker_nodes(stage)

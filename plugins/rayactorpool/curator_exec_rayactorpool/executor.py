@@ -9,6 +9,7 @@ is in ``docs/executors/ray_actor_pool.md``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -97,6 +98,15 @@ class _Actor:
 
 
 @attrs.define(eq=False)
+class _Parked:
+    """A pool's set-up actors, kept by the run between two ``execute`` calls on the same stages."""
+
+    actors: list[_Actor]
+    stage_refs: list[Any]
+    started: list[int]
+
+
+@attrs.define(eq=False)
 class _Call:
     stage: int
     actor: _Actor
@@ -129,7 +139,10 @@ class RayActorPoolExecutor(RayExecutorBase):
         chunks left in the object store."""
         self.ensure_ray()
         ray_run = self.ray_run(stages)
-        pool = _PoolRun(self, ray_run, stages, chunks, ray_run.placement(stages), to_chunks)
+        key = ("ray_actor_pool", tuple(s.index for s in stages))
+        ray_run.run.release_parked(keep=key)  # another segment's parked actors would hold the resources
+        pool = _PoolRun(self, ray_run, stages, chunks, ray_run.placement(stages), to_chunks,
+                        adopted=ray_run.run.unpark(key), park=key)
         # whatever happens, the run's end closes the pool; by a weak reference, so that a run that calls
         # execute once per window of its source does not keep every window's pool (its tasks) alive
         ref = weakref.ref(pool)
@@ -172,7 +185,8 @@ class _PoolRun:
     """One run: the actors of every stage and the driver loop."""
 
     def __init__(self, executor: RayActorPoolExecutor, ray_run: RayRun, stages: list[ManagedStage],
-                 chunks: list[TaskChunk], placement: list[list[str | None]] | None, to_chunks: bool) -> None:
+                 chunks: list[TaskChunk], placement: list[list[str | None]] | None, to_chunks: bool,
+                 adopted: _Parked | None = None, park: Any = None) -> None:
         import ray
 
         self.ray = ray
@@ -201,6 +215,14 @@ class _PoolRun:
         self.task_options: dict[tuple[int, str | None], dict[str, Any]] = {}
         #: when to warn about actors Ray has not placed (``placement_warning_s``); when starts were last checked
         self.watch, self.checked = PlacementWatch(ray_run.placement_warning_s), time.monotonic()
+        #: the run's key for parking this pool's set-up actors at a successful end, for the next ``execute``
+        #: on the same stages (a run that calls it once per window sets its actors up once)
+        self.park_key = park
+        if adopted is not None:  # the actors an earlier window of this run set up, ready
+            self.stage_refs, self.started = adopted.stage_refs, list(adopted.started)
+            for actor in adopted.actors:
+                actor.inflight = set()
+                self.actors[actor.stage].append(actor)
 
     # -- actors ------------------------------------------------------------------
     def _options(self, stage: ManagedStage, node: str | None, task: bool = False) -> dict[str, Any]:
@@ -240,11 +262,12 @@ class _PoolRun:
         return actor
 
     def start_all(self) -> None:
-        self.stage_refs = [self.ray.put(stage) for stage in self.stages]
+        if not self.stage_refs:
+            self.stage_refs = [self.ray.put(stage) for stage in self.stages]
         counts = [stage.num_workers() or 1 for stage in self.stages]
         for k in range(max(counts)):  # interleaved, so that every stage gets its first actor early
             for s in range(self.n):
-                if k < counts[s]:
+                if len(self.actors[s]) <= k < counts[s]:  # (adopted actors are there already)
                     self.start_actor(s, self.placement[s][k] if self.placement else None)
 
     def on_death(self, actor: _Actor, err: BaseException) -> None:
@@ -462,14 +485,29 @@ class _PoolRun:
             unplaced = [a for a in unplaced if a.placed_ref not in placed]
             kill([a.handle for a in unplaced])
             live = [a for a in live if a not in unplaced]
-        # after a failure, the stage's error is what matters (teardown problems are not logged) and nothing is kept
-        kept, _ = stop_workers([a.handle for a in live], self.run_id, self.opts.teardown_timeout,
-                                       spare=self.opts.reuse_actors and error is None,
-                                       log=logger if error is None else None, indices=[st.index for st in self.stages])
-        if error is not None:
-            self.executor.close()
-        self.executor.keep_idle([a for a in live if any(a.handle is h for h in kept)])
+        if error is None and self.park_key is not None and not self.calls:
+            ready = [a for a in live if a.ready]
+            if ready:  # set up once per run: the next window's pool takes them (or the run's end stops them)
+                parked = _Parked(ready, self.stage_refs, list(self.started))
+                self.ray_run.run.park(self.park_key, parked, functools.partial(
+                    _stop, self.executor, self.run_id, [st.index for st in self.stages], ready))
+                live = [a for a in live if not a.ready]
+        _stop(self.executor, self.run_id, [st.index for st in self.stages], live, error)
         self.calls.clear()
         self.setups.clear()
         self.queues = [deque() for _ in self.stages]
         self.stage_refs = []
+        self.source = []
+
+
+def _stop(executor: RayActorPoolExecutor, run_id: str, indices: list[int], actors: list[_Actor],
+          error: BaseException | None) -> None:
+    """Teardown on ``actors``, then kill them (or keep them idle for the next run: ``reuse_actors``)."""
+    opts = executor.options
+    # after a failure, the stage's error is what matters (teardown problems are not logged) and nothing is kept
+    kept, _ = stop_workers([a.handle for a in actors], run_id, opts.teardown_timeout,
+                           spare=opts.reuse_actors and error is None, log=logger if error is None else None,
+                           indices=indices)
+    if error is not None:
+        executor.close()
+    executor.keep_idle([a for a in actors if any(a.handle is h for h in kept)])

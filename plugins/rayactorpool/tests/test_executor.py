@@ -442,3 +442,29 @@ def test_a_default_run_prints_no_engine_chatter(ray_driver_env: dict, tmp_path: 
     assert len(results) == 1 and results[0].split()[1] == "24"
     with open(results[0].split()[2]) as f:  # Ray's "Connecting to existing Ray cluster" line
         assert "Connecting to existing Ray cluster" in f.read()
+
+
+def test_a_windowed_run_sets_its_actors_up_once_and_tears_them_down_at_its_end(ray_attached, tmp_path):
+    """A generator source (or a checkpoint) makes the run call execute once per window: the actors a
+    window set up serve the next windows (one setup and one teardown per actor for the whole run),
+    and a barrier after them gets their resources (a shuffle on two cores)."""
+    from curator_exec_core.testing.kit.base import canonical, reference_run
+    from curator_exec_core.testing.stages import KeepFirst
+
+    stage = Logged(tmp_path, "windowed", cpus=0.5)
+    ex = RayActorPoolExecutor(pool_size=2, source_window=25, show_progress=False)
+    result = ex.run([stage], (Task(data=i) for i in range(200)))  # 8 windows
+    assert sorted(t.data for t in result) == list(range(1, 201))
+    events = read(stage.log)
+    setups = [e for e in events if e["event"] == "setup"]
+    teardowns = [e for e in events if e["event"] == "teardown"]
+    assert 1 <= len(setups) <= 2, f"{len(setups)} setups for 8 windows on a pool of 2: actors set up per window"
+    assert len(teardowns) == len(setups)
+    assert alive_pool_actors() == []
+    # with a checkpoint the map part is windowed too, then its actors make room for the shuffle
+    stage2 = Logged(tmp_path, "before_shuffle", cpus=1.0)
+    got = ex.run([stage2, KeepFirst(modulo=7)], (Task(data=i) for i in range(100)),
+                 checkpoint_path=tmp_path / "ck")
+    assert canonical(got) == canonical(reference_run([stage2, KeepFirst(modulo=7)], ints(100)))
+    assert len([e for e in read(stage2.log) if e["event"] == "setup"]) <= 2
+    assert alive_pool_actors() == []
