@@ -12,8 +12,9 @@ holds settings only; code that needs the run (the Ray layer, a plugin's ``execut
 
 The execute phase is one ``execute`` call, or, when the pipeline has barrier stages the executor
 does not run itself (or a checkpoint), the pipeline's segments through the one segment loop
-(:func:`curator_exec_core.runner.segments.run_segments`): map segments through ``execute``, barriers
-through ``executor.run_barrier``; with a checkpoint, finished work is taken from it.
+(:func:`curator_exec_core.runner.segments.run_segments`) with iterators between segments: map segments
+through ``execute`` window by window, barriers through ``executor.stream_barrier``; with a checkpoint,
+the initial tasks are checked as they are read and finished work is taken from it.
 """
 
 from __future__ import annotations

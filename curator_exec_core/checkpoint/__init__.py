@@ -18,9 +18,10 @@ them when ``execute`` returns. Records repeated by an engine that re-ran a chunk
 recognised by their key (the stage and task id) and counted once.
 
 Barrier stages (shuffle, gang) split the pipeline into parts. A map part's sources are the tasks that
-enter it: the initial tasks for the first part, the barrier's outputs after one. Once a barrier stage
-finished, its outputs are written as one file (atomically: temporary file, fsync, rename), so a
-resumed run starts after the last finished barrier and redoes nothing before it.
+enter it: the initial tasks for the first part, the barrier's outputs after one; a part takes them
+window by window (:meth:`Checkpoint.run_map`). A barrier stage's outputs are written as they come to
+one file of blocks, made visible atomically once whole (temporary file, fsync, rename), so a resumed
+run starts after the last finished barrier and redoes nothing before it.
 
 The package: :mod:`.lineage` (shares), :mod:`.journal` (the runner's observer, typed records, block
 framing), :mod:`.recovery` (finished sources from journals), :mod:`.inputs` (the initial tasks' ids
@@ -29,8 +30,11 @@ and content, digested in one pass), :mod:`.manifest` (fingerprint, lock, atomic 
 
 ``DIR/manifest.json`` holds the format version and the fingerprint of the pipeline (stage classes,
 names, order, each stage's :meth:`~curator_exec_core.stages.ProcessingStage.fingerprint`,
-``ignore_failures``) and of the initial tasks: their ids, and the digest of their content, with one
-24-byte record per task in ``DIR/inputs.digests`` so that a changed task is named. ``DIR/lock`` is held (``flock``) for the whole
+``ignore_failures``) and, once a run has read the source to its end, of the initial tasks: their
+count, ids and the digest of their content. ``DIR/inputs.digests`` holds one 24-byte record per
+initial task read so far (:class:`~.inputs.InputLedger`), written before the task's work starts and
+compared with the task on every later read, so that a changed task is refused, and named, before
+any of its recorded work is trusted. ``DIR/lock`` is held (``flock``) for the whole
 run, so a second run on the same checkpoint is refused instead of interleaved.
 """
 

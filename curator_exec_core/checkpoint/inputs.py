@@ -1,15 +1,14 @@
 """The initial tasks' fingerprint: their ids *and* their content, digested as the source is read.
 
-:class:`SourceDigest` is fed the initial tasks one by one (``add``) and finishes at the end
-(``finish``): one pass over the tasks as they are read, nothing kept per task in memory but the
-distinct-id check's reference to the id. Each task gives one fixed-size record, the digest of its
-id and of its content (:func:`content_digest`), written in source order to a side file of the
-checkpoint directory, :data:`DIGESTS_FILE` (a header, then :data:`RECORD` records: 24 bytes a task).
-The manifest keeps the count, the ids' sha256 (as format 1 did), and the blake2b of all the records
-with the file's name. When the previous checkpoint's file is there, each new record is compared with
-the old one at the same position while the tasks are read (the old file is read in windows of
-:data:`WINDOW` records), so a mismatch names the first changed task without holding any digest as
-a Python object.
+:class:`InputLedger` is given the initial tasks window by window as the run reads them: one pass,
+nothing kept per task in memory but the distinct-id check's reference to the id. Each task gives one
+fixed-size record, the digest of its id and of its content (:func:`content_digest`), kept in source
+order in a side file of the checkpoint directory, :data:`DIGESTS_FILE` (a header, then :data:`RECORD`
+records: 24 bytes a task), which grows as runs read the source. A task at a position the file
+records is compared with that record (the file is read in windows of :data:`WINDOW` records), so a
+mismatch names the changed task without holding any digest as a Python object. Once a run has read
+the source to its end, the manifest keeps the count, the ids' sha256 (as format 1 did), and the
+blake2b of all the records with the file's name.
 
 **Same content.** A task's content is its ``data``, ``dataset_name`` and ``metadata``. Plain data
 (``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes``, ``bytearray``, ``list``, ``tuple``,
