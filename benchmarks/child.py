@@ -57,16 +57,25 @@ def loadavg() -> list[float] | None:
             return None
 
 
-def current_rss_bytes() -> int | None:
-    """This process's resident set size (VmRSS), or None where /proc is missing."""
+def rss_parts() -> dict[str, int]:
+    """This process's ``VmRSS`` and its parts ``RssAnon`` (private) and ``RssShmem`` (shared memory it
+    touched: a Ray driver that puts or gets objects maps the object store's pages), in bytes; empty
+    where /proc is missing."""
+    parts: dict[str, int] = {}
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
+                key = line.split(":", 1)[0]
+                if key in ("VmRSS", "RssAnon", "RssShmem"):
+                    parts[key] = int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    return parts
+
+
+def current_rss_bytes() -> int | None:
+    """This process's resident set size (VmRSS), or None where /proc is missing."""
+    return rss_parts().get("VmRSS")
 
 
 def ru_maxrss_bytes() -> int | None:
@@ -85,6 +94,9 @@ class RssSampler:
         self.interval = interval
         self.peak = 0
         self.samples = 0
+        #: peak private memory, and the shared-memory part of the RSS at its peak
+        self.peak_anon = 0
+        self.shmem_at_peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
 
@@ -94,11 +106,14 @@ class RssSampler:
         return self
 
     def _sample(self) -> None:
-        rss = current_rss_bytes()
+        parts = rss_parts()
+        rss = parts.get("VmRSS")
         if rss is not None:
             self.samples += 1
+            self.peak_anon = max(self.peak_anon, parts.get("RssAnon", 0))
             if rss > self.peak:
                 self.peak = rss
+                self.shmem_at_peak = parts.get("RssShmem", 0)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -107,6 +122,7 @@ class RssSampler:
     def reset(self) -> None:
         self.peak = 0
         self.samples = 0
+        self.peak_anon = self.shmem_at_peak = 0
         self._sample()
 
     def snapshot(self) -> tuple[int, int]:
@@ -290,7 +306,8 @@ def _measure(subject: _Subject, spec: dict[str, Any], phase: str, stages: list, 
     record["driver_cpu_seconds"] = time.process_time() - cpu0  # this process only (contention check)
     if sampler is not None:
         peak, samples = sampler.snapshot()
-        record.update(peak_rss_mb=peak / MB, rss_samples=samples,
+        record.update(peak_rss_mb=peak / MB, rss_samples=samples, peak_rss_anon_mb=sampler.peak_anon / MB,
+                      rss_shmem_at_peak_mb=sampler.shmem_at_peak / MB,
                       rss_before_mb=rss_before / MB if rss_before is not None else None)
         if rss_before is not None:  # what the run added to the driver (W8's metric)
             record["rss_growth_mb"] = (peak - rss_before) / MB

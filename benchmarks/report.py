@@ -89,6 +89,9 @@ def _notes(workload: str, cold: dict | None, warm: dict | None, large: dict | No
         budget = f", budget {rec['shuffle_memory_budget']}" if rec.get("shuffle_memory_budget") else ""
         checkpoint = (f"; checkpoint {rec['checkpoint_mb']:.0f} MB on disk, {rec.get('resumed_tasks')} resumed"
                       if rec.get("checkpoint_mb") is not None else "")
+        if rec.get("rss_shmem_at_peak_mb"):
+            checkpoint += (f"; RSS peak = {rec['rss_shmem_at_peak_mb']:.0f} MB shared (object store pages) + rest; "
+                           f"private peak {rec.get('peak_rss_anon_mb', 0):.0f} MB")
         return f"{rec['shuffled_bytes'] / GB:.2f} GB shuffled into {rec['tasks_out']} keys{budget}{checkpoint}"
     if workload == "W3" and "intermediate_bytes" in rec:
         return f"{rec['intermediate_bytes'] / GB:.2f} GB flowed per run; RSS before warm {rec.get('rss_before_mb', 0):.0f} MB"
