@@ -288,6 +288,17 @@ class Run:
         return run_segments(segments, data, run_map=self._run_map, run_barrier=self._run_barrier,
                             empty=lambda d: d.empty())
 
+    def next_barrier(self, stages: Sequence[ManagedStage]) -> ManagedStage | None:
+        """The barrier stage that the outputs of ``stages`` (one map segment) go straight into, when the
+        core runs it (through ``executor.stream_barrier``); else None. ``execute`` may then return items
+        of its own that only its ``stream_barrier`` understands for that stage's kind (the Ray layer:
+        chunks left in the object store), so the data does not come to the driver between them."""
+        after = stages[-1].index + 1 if stages else len(self.managed)
+        native = frozenset() if self.checkpoint is not None else self.executor.native_stage_kinds
+        if after < len(self.managed) and needs_split(self.managed[after:after + 1], native):
+            return self.managed[after]
+        return None
+
     def _windowable(self) -> bool:
         """Whether ``execute`` may take the source window by window: only a pipeline of map stages is
         per-task independent. A barrier stage the executor runs itself (a shuffle, a gang) needs every

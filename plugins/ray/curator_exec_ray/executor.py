@@ -208,8 +208,12 @@ class RayExecutorBase(BaseExecutor):
         ray_run = self.ray_run(stages)
         segments = split_segments(stages)
         if len(segments) == 1 and isinstance(segments[0], MapSegment):
-            if ray_run.run.checkpoint is not None:  # the core reads them as it goes: fetched chunk by chunk
-                return _fetched(self.execute_chunks(stages, [TaskChunk(initial_tasks)], True))  # type: ignore[return-value]
+            if ray_run.run.checkpoint is not None:  # the core reads them as it goes
+                stored: list[TaskChunk] = self.execute_chunks(stages, [TaskChunk(initial_tasks)], True)
+                barrier = ray_run.run.next_barrier(stages)
+                if barrier is not None and barrier.kind in RAY_BARRIERS:  # into our stream_barrier as they are
+                    return stored  # type: ignore[return-value]
+                return _fetched(stored)  # type: ignore[return-value]  # fetched chunk by chunk
             outputs: list[Task] = self.execute_chunks(stages, [TaskChunk(initial_tasks)], False)
             return outputs
         self.ensure_ray()
@@ -253,6 +257,9 @@ class RayExecutorBase(BaseExecutor):
         chunks: list[TaskChunk] = []
         window: list[Task] = []
         for task in tasks:
+            if isinstance(task, TaskChunk):  # a map segment's outputs left in the object store (next_barrier)
+                chunks.append(task)
+                continue
             window.append(task)
             if len(window) >= STREAM_WINDOW:
                 chunks += put_chunks(window, widest)
