@@ -284,7 +284,7 @@ class Run:
             checkpoint.resumed = source.read  # every source task's work up to that barrier is done
             self.stats.resume(segments[position].first.index, count)
             segments = segments[position + 1:]
-            data = _Flow(outputs)
+            data = _Flow.of_blocks(outputs)
         return run_segments(segments, data, run_map=self._run_map, run_barrier=self._run_barrier,
                             empty=lambda d: d.empty())
 
@@ -327,7 +327,7 @@ class Run:
         outputs = self.executor.stream_barrier(segment.stage, data)
         if self.checkpoint is None:
             return _Flow(iter(outputs))
-        return _Flow(self.checkpoint.save_barrier(segment, outputs)[1])
+        return _Flow.of_blocks(self.checkpoint.save_barrier(segment, outputs)[1])
 
     def call_execute(self, stages: list[ManagedStage], tasks: Iterable[Task]) -> Iterable[Task]:
         """The execute phase (its hook) on ``stages``: the outputs, a list or (an executor that streams)
@@ -418,32 +418,76 @@ class Run:
         return f"<Run {self.id} of {len(self.stages)} stages on {self.executor!r}>"
 
 
+#: bytes of a barrier's outputs (as pickled in its file) per window of the map segment after it, at most
+WINDOW_BYTES = 64 << 20
+
+
 class _Flow(Iterator[Task]):
     """The tasks between two segments, as an iterator that can say whether it is empty (by reading one
-    ahead) and hand itself out in windows."""
+    ahead) and hand itself out in windows. Made from blocks of a barrier's outputs file
+    (:meth:`of_blocks`), a window also ends at about :data:`WINDOW_BYTES` of them, so large tasks make
+    small windows."""
 
-    def __init__(self, tasks: Iterator[Task]) -> None:
+    def __init__(self, tasks: Iterator[Task] | None, blocks: Iterator[tuple[list[Task], int]] | None = None) -> None:
         self._tasks = tasks
-        self._head: list[Task] = []
+        self._blocks = blocks
+        self._head: list[Task] = []  # read ahead, next last (a block's tasks, reversed)
+        self._head_bytes = 0
+
+    @classmethod
+    def of_blocks(cls, blocks: Iterator[tuple[list[Task], int]]) -> _Flow:
+        return cls(None, blocks)
+
+    def _fill(self) -> bool:
+        """Read ahead: one task, or the next block of tasks."""
+        if self._blocks is None:
+            assert self._tasks is not None
+            self._head, self._head_bytes = list(itertools.islice(self._tasks, 1)), 0
+            return bool(self._head)
+        for tasks, nbytes in self._blocks:
+            if tasks:
+                self._head, self._head_bytes = tasks[::-1], nbytes
+                return True
+        return False
 
     def empty(self) -> bool:
-        if not self._head:
-            self._head = list(itertools.islice(self._tasks, 1))
-        return not self._head
+        return not self._head and not self._fill()
 
     def __next__(self) -> Task:
         if self._head:
             return self._head.pop()
-        return next(self._tasks)
+        if self._blocks is None:
+            assert self._tasks is not None
+            return next(self._tasks)
+        if not self._fill():
+            raise StopIteration
+        return self._head.pop()
 
     def windows(self, size: int) -> Iterator[list[Task]]:
-        while True:
-            window = list(itertools.islice(self, max(1, size)))
-            if not window:
-                return
+        """Lists of at most ``size`` tasks (and, from blocks, about :data:`WINDOW_BYTES`)."""
+        size = max(1, size)
+        if self._blocks is None:
+            while True:
+                window = list(itertools.islice(self, size))
+                if not window:
+                    return
+                yield window
+        window, nbytes = self._head[::-1], self._head_bytes if self._head else 0
+        self._head = []
+        for tasks, block_bytes in self._blocks:
+            window += tasks
+            nbytes += block_bytes
+            while len(window) >= size:
+                yield window[:size]
+                window, nbytes = window[size:], 0
+            if nbytes >= WINDOW_BYTES:
+                yield window
+                window, nbytes = [], 0
+        if window:
             yield window
 
     def close(self) -> None:
-        close = getattr(self._tasks, "close", None)
-        if close is not None:
-            close()
+        for it in (self._tasks, self._blocks):
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()

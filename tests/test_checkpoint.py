@@ -439,7 +439,13 @@ def test_a_first_start_killed_before_its_manifest_starts_again(tmp_path):
 
 
 def test_barrier_outputs_file_blocks_trailer_and_the_format_2_file(tmp_path):
-    from curator_exec_core.checkpoint import BARRIER_BLOCK, Checkpoint, barrier_count, read_barrier
+    from curator_exec_core.checkpoint import (
+        BARRIER_BLOCK,
+        Checkpoint,
+        barrier_count,
+        read_barrier,
+        read_barrier_blocks,
+    )
     from curator_exec_core.checkpoint.journal import frame
     from curator_exec_core.runner.segments import BarrierSegment
 
@@ -448,7 +454,21 @@ def test_barrier_outputs_file_blocks_trailer_and_the_format_2_file(tmp_path):
     outputs = (Task(data=i, task_id=str(i)) for i in range(n))
     count, back = ck.save_barrier(BarrierSegment(1, None), outputs)
     path = tmp_path / "part-1.outputs"
-    assert count == n == barrier_count(str(path)) and [t.data for t in back] == list(range(n))
+    blocks = list(back)
+    assert count == n == barrier_count(str(path)) and [t.data for b, _ in blocks for t in b] == list(range(n))
+    assert [len(b) for b, _ in blocks] == [BARRIER_BLOCK, BARRIER_BLOCK, 5]
+    # large tasks: a block of about BARRIER_BLOCK_BYTES (or one task), and windows of about WINDOW_BYTES
+    from curator_exec_core.checkpoint import BARRIER_BLOCK_BYTES
+    from curator_exec_core.run import WINDOW_BYTES, _Flow
+
+    big = BARRIER_BLOCK_BYTES // 3 + 1
+    count, back = ck.save_barrier(BarrierSegment(3, None), (Task(data=b"x" * big, task_id=str(i)) for i in range(40)))
+    flow = _Flow.of_blocks(back)
+    assert not flow.empty()
+    windows = list(flow.windows(10_000))
+    assert [t.task_id for w in windows for t in w] == [str(i) for i in range(40)]
+    assert all(sum(len(t.data) for t in w) <= WINDOW_BYTES + 3 * big for w in windows) and len(windows) > 1
+    assert [len(b) for b, _ in read_barrier_blocks(str(tmp_path / "part-3.outputs"))][:2] == [3, 3]
     assert not list(tmp_path.glob("*.tmp-*"))
     data = path.read_bytes()
     path.write_bytes(data[:-3])  # cut short: never trusted
@@ -466,3 +486,15 @@ def test_barrier_outputs_file_blocks_trailer_and_the_format_2_file(tmp_path):
     with pytest.raises(RuntimeError, match="the barrier failed"):
         ck.save_barrier(BarrierSegment(2, None), failing())
     assert not (tmp_path / "part-2.outputs").exists() and not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_barrier_blocks_keep_shared_objects_of_each_task_apart(tmp_path):
+    from curator_exec_core.checkpoint import Checkpoint, read_barrier
+    from curator_exec_core.runner.segments import BarrierSegment
+
+    shared = {"k": [1, 2]}
+    tasks = [Task(data={"a": shared, "b": shared, "i": i}, metadata={"m": {"x": i}}, task_id=str(i)) for i in range(5)]
+    Checkpoint(tmp_path).save_barrier(BarrierSegment(1, None), iter(tasks))
+    back = list(read_barrier(str(tmp_path / "part-1.outputs")))
+    assert [(t.task_id, t.data, t.metadata) for t in back] == [(t.task_id, t.data, t.metadata) for t in tasks]
+    assert back[0].data["a"] is back[0].data["b"]  # shared within a task, as pickled

@@ -41,6 +41,7 @@ run, so a second run on the same checkpoint is refused instead of interleaved.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import pickle
@@ -50,7 +51,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from curator_exec_core.checkpoint.inputs import DIGESTS_FILE, DIGESTS_MAGIC, RECORD, InputLedger
-from curator_exec_core.checkpoint.journal import HEADER_SIZE, Journal, block_length, frame, read_journal, unframe
+from curator_exec_core.checkpoint.journal import (
+    HEADER_SIZE,
+    Journal,
+    block_length,
+    read_journal,
+    unframe,
+    write_frame,
+)
 from curator_exec_core.checkpoint.lineage import merge_lineage, split_lineage
 from curator_exec_core.checkpoint.manifest import (
     FORMAT_VERSION,
@@ -175,9 +183,10 @@ class Checkpoint:
     def _barrier_file(self, position: int) -> str:
         return os.path.join(self.path, f"part-{position}.outputs")
 
-    def last_barrier(self, segments: Sequence[Segment]) -> tuple[int, int, Iterator[Task]] | None:
+    def last_barrier(self, segments: Sequence[Segment]) -> tuple[int, int, Iterator[tuple[list[Task], int]]] | None:
         """The last barrier segment that finished in an earlier attempt: its position, how many outputs
-        it made, and the outputs (read from its file as they are asked for)."""
+        it made, and the outputs (read from its file block by block as they are asked for: each block's
+        tasks and its size in bytes)."""
         for segment in reversed(segments):
             path = self._barrier_file(segment.position)
             if not isinstance(segment, BarrierSegment) or not os.path.exists(path):
@@ -185,31 +194,34 @@ class Checkpoint:
             count = barrier_count(path)
             if count is not None:
                 self.resumed_after = segment.name
-                return segment.position, count, read_barrier(path)
+                return segment.position, count, read_barrier_blocks(path)
             logger.warning("checkpoint: ignoring the damaged %s", path)
         return None
 
-    def save_barrier(self, segment: BarrierSegment, outputs: Iterable[Task]) -> tuple[int, Iterator[Task]]:
-        """A barrier segment's outputs, as they come, into its file (blocks of :data:`BARRIER_BLOCK`
-        tasks, then a trailer with their count; made visible atomically, after an fsync, once whole);
-        returns their count and the outputs read back from the file as they are asked for. The driver
-        holds one block at a time, never the barrier's outputs."""
+    def save_barrier(self, segment: BarrierSegment,
+                     outputs: Iterable[Task]) -> tuple[int, Iterator[tuple[list[Task], int]]]:
+        """A barrier segment's outputs, as they come, into its file (blocks of at most
+        :data:`BARRIER_BLOCK` tasks and about :data:`BARRIER_BLOCK_BYTES`, each the tasks' pickles one
+        after the other, then a trailer with their count; made visible atomically, after an fsync, once
+        whole); returns their count and the outputs read back block by block (tasks, bytes). The driver
+        holds a block at a time, never the barrier's outputs."""
         path = self._barrier_file(segment.position)
         tmp = f"{path}.tmp-{self.attempt}"
         count = 0
         try:
             with open(tmp, "wb") as f:
-                block: list[Task] = []
+                pickles: list[bytes] = []
+                size = 0
                 for task in outputs:
-                    block.append(task)
-                    if len(block) >= BARRIER_BLOCK:
-                        f.write(frame(pickle.dumps(block, protocol=pickle.HIGHEST_PROTOCOL)))
-                        count += len(block)
-                        block = []
-                if block:
-                    f.write(frame(pickle.dumps(block, protocol=pickle.HIGHEST_PROTOCOL)))
-                    count += len(block)
-                f.write(frame(pickle.dumps({"count": count})))
+                    pickles.append(pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL))
+                    size += len(pickles[-1])
+                    if len(pickles) >= BARRIER_BLOCK or size >= BARRIER_BLOCK_BYTES:
+                        write_frame(f, b"".join(pickles))
+                        count, pickles, size = count + len(pickles), [], 0
+                if pickles:
+                    write_frame(f, b"".join(pickles))
+                    count += len(pickles)
+                write_frame(f, pickle.dumps({"count": count}))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -217,7 +229,7 @@ class Checkpoint:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
             raise
-        return count, read_barrier(path)
+        return count, read_barrier_blocks(path)
 
     def run_map(self, segment: MapSegment, sources: list[Task], run: Callable[[list[Task]], Iterable[Task]],
                 resumed: Callable[[int], None]) -> Iterator[Task]:
@@ -254,8 +266,9 @@ class Checkpoint:
                 stage.observer = None
 
 
-#: tasks per block of a barrier's outputs file
+#: at most this many tasks, and about this many bytes (or one task), per block of a barrier's outputs file
 BARRIER_BLOCK = 256
+BARRIER_BLOCK_BYTES = 8 << 20
 
 
 class _Part:
@@ -292,6 +305,13 @@ def _blocks(path: str) -> Iterator[bytes]:
             yield body
 
 
+def _objects(body: bytes) -> Iterator[Any]:
+    """The pickles of one block, one after the other."""
+    stream = io.BytesIO(body)
+    while stream.tell() < len(body):
+        yield pickle.load(stream)  # a new unpickler each: every pickle has its own memo
+
+
 def barrier_count(path: str) -> int | None:
     """How many outputs a barrier's outputs file holds (checking every block's checksum, unpickling
     only the trailer); None if it is damaged. A file of format 2 (one block, the list) is unpickled."""
@@ -310,12 +330,23 @@ def barrier_count(path: str) -> int | None:
     return len(value) if blocks == 1 and isinstance(value, list) else None
 
 
-def read_barrier(path: str) -> Iterator[Task]:
-    """The outputs of a barrier's outputs file, block by block."""
+def read_barrier_blocks(path: str) -> Iterator[tuple[list[Task], int]]:
+    """The outputs of a barrier's outputs file, block by block: (tasks, the block's size in bytes)."""
     for body in _blocks(path):
-        value = pickle.loads(body)
-        if isinstance(value, list):
-            yield from value
+        tasks: list[Task] = []
+        for value in _objects(body):
+            if isinstance(value, list):  # format 2: one block, the list
+                tasks += value
+            elif isinstance(value, Task):
+                tasks.append(value)
+        if tasks:
+            yield tasks, len(body)
+
+
+def read_barrier(path: str) -> Iterator[Task]:
+    """The outputs of a barrier's outputs file, one by one."""
+    for tasks, _ in read_barrier_blocks(path):
+        yield from tasks
 
 
 def _records_usable(folder: str, expected: dict[str, Any]) -> bool:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from curator_exec_core.runner import ManagedStage
 
 __all__ = ["FLUSH_SECONDS", "Journal", "Dropped", "Output", "Record", "read_journal", "frame", "unframe",
-           "HEADER_SIZE", "block_length"]
+           "HEADER_SIZE", "block_length", "write_frame"]
 
 logger = logging.getLogger("curator_exec")
 
@@ -70,6 +70,12 @@ def _process_token() -> str:
 def frame(body: bytes) -> bytes:
     """One block: ``magic | length | crc32 | body`` (journals and barrier files)."""
     return _HEADER.pack(_MAGIC, len(body), zlib.crc32(body)) + body
+
+
+def write_frame(f: Any, body: bytes) -> None:
+    """Write one block to the file ``f`` (the header, then the body: no copy of the body)."""
+    f.write(_HEADER.pack(_MAGIC, len(body), zlib.crc32(body)))
+    f.write(body)
 
 
 def block_length(header: bytes) -> int:
