@@ -101,14 +101,13 @@ class Source:
             end()
 
     def __iter__(self) -> Iterator[Task]:
-        if self.checker is None or self._all is not None:
-            if self._all is not None:
-                yield from self._all
-            else:
-                yield from self._raw()
-            return
-        for batch in self._batches(CHECK_CHUNK):
-            yield from batch
+        if self._all is not None:
+            yield from self._all
+        elif self.checker is None:
+            yield from self._raw()
+        else:
+            for batch in self._batches(CHECK_CHUNK):
+                yield from batch
 
     def whole(self) -> Iterable[Task]:
         """The source for a consumer that reads as it goes: a list stays a list, a generator is an iterator."""

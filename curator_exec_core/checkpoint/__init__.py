@@ -126,7 +126,7 @@ class Checkpoint:
         try:
             old = read_manifest(self.path, self.overwrite, self._error)
             fingerprint = pipeline_fingerprint(stages, ignore_failures)
-            started = start_manifest(self.path, old, fingerprint, self.overwrite, self._error)
+            started = start_manifest(self.path, old, fingerprint, self.overwrite, self._refused)
             fresh = started is not None
             self._manifest = started if started is not None else {**(old or {}), **fingerprint}
             entry = self._manifest.get("initial_tasks", {})

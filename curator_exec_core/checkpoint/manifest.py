@@ -163,21 +163,20 @@ def read_manifest(folder: str, overwrite: bool, error: ErrorFactory) -> dict[str
 
 
 def start_manifest(folder: str, old: dict[str, Any] | None, fingerprint: dict[str, Any], overwrite: bool,
-                   error: ErrorFactory) -> dict[str, Any] | None:
+                   refuse: ErrorFactory) -> dict[str, Any] | None:
     """Accept ``folder`` (its manifest ``old``, from :func:`read_manifest`) for a run of the pipeline
     ``fingerprint``: a checkpoint of the same pipeline is resumed (its initial tasks are checked as the
     run reads them); with ``overwrite``, or a new or empty directory, the run starts over: what a
     checkpoint holds is removed and a manifest without the initial tasks' part is written (and
-    returned; None: the checkpoint is resumed). A checkpoint of another pipeline is refused (nothing changed)."""
+    returned; None: the checkpoint is resumed). A checkpoint of another pipeline is refused with
+    ``refuse(what changed)`` (nothing changed)."""
     for name in os.listdir(folder):  # digests of an earlier version's run killed while it read its inputs
         if name.startswith(f"{DIGESTS_FILE}.tmp-"):
             os.remove(os.path.join(folder, name))
     if old is not None and not overwrite:
         changes = differences(old, fingerprint)
         if changes:
-            raise error("was written by a different pipeline or inputs: " + "; ".join(changes)
-                        + ". Pass overwrite=True (curator-exec run --fresh) to discard it and start over, "
-                          "or use another directory.")
+            raise refuse("; ".join(changes))
         return None
     for name in os.listdir(folder):  # only what a checkpoint holds
         if name.startswith(("part-", "stats")) or name in (MANIFEST, DIGESTS_FILE):
