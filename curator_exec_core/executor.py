@@ -88,6 +88,11 @@ class BaseExecutor(ABC):
     #: source tasks (the ``source_window`` option) on a pipeline of map stages, so the driver still holds
     #: a window, not the source; a pipeline with a barrier in ``native_stage_kinds`` gets it whole.
     streams_input: ClassVar[bool] = False
+    #: in a checkpointed run, may ``execute`` and ``stream_barrier`` get
+    #: :class:`~curator_exec_core.checkpoint.barrier.StoredBlock` items among their tasks (blocks of a
+    #: saved barrier's outputs, for the workers to ``load()``), so that the part after a barrier is not
+    #: read back through the driver? If not, the driver reads them and passes tasks.
+    loads_stored_blocks: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any] | None = None, ignore_head_node: bool = False, **options: Any) -> None:
         self.config: dict[str, Any] = dict(config or {})

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from curator_exec_core.checkpoint import Checkpoint
+from curator_exec_core.checkpoint import BarrierStore, Checkpoint, StoredBlock
 from curator_exec_core.errors import FailureBudgetExceeded, find_stage_error
 from curator_exec_core.lifecycle import capacity_and_plan
 from curator_exec_core.progress import ProgressEvent, ProgressReporter
@@ -96,6 +96,7 @@ class Run:
         self._cleanups: list[Callable[[BaseException | None], None]] = []
         self._parked: dict[Any, tuple[Any, Callable[[BaseException | None], None]]] = {}
         self._deferred_keys: set[str] = set()
+        self._stores: dict[int, BarrierStore] = {}
         self._started = time.perf_counter()
 
     @classmethod
@@ -277,7 +278,8 @@ class Run:
         # through a file): iterators between segments, so the driver holds a window, never the data
         data: Source | _Flow = source
         checkpoint = self.checkpoint
-        if checkpoint is not None and (found := checkpoint.last_barrier(segments)) is not None:
+        stored = executor.loads_stored_blocks
+        if checkpoint is not None and (found := checkpoint.last_barrier(segments, stored)) is not None:
             position, count, outputs = found
             for _ in source.windows(self.window):  # the inputs are still checked (their work is done)
                 pass
@@ -324,10 +326,24 @@ class Run:
     def _run_barrier(self, segment: BarrierSegment, data: Source | _Flow, last: bool) -> _Flow:
         """A barrier stage on its input as it comes (``stream_barrier``); with a checkpoint its outputs
         go to a file before the next segment starts (a resume starts after it), and are read back."""
-        outputs = self.executor.stream_barrier(segment.stage, data)
         if self.checkpoint is None:
-            return _Flow(iter(outputs))
-        return _Flow.of_blocks(self.checkpoint.save_barrier(segment, outputs)[1])
+            return _Flow(iter(self.executor.stream_barrier(segment.stage, data)))
+        self._stores[segment.stage.index] = self.checkpoint.barrier_store(segment)
+        try:
+            outputs = self.executor.stream_barrier(segment.stage, data)
+            stored = not last and self.executor.loads_stored_blocks
+            return _Flow.of_blocks(self.checkpoint.save_barrier(segment, outputs, stored)[1])
+        finally:
+            del self._stores[segment.stage.index]
+
+    def barrier_store(self, stage: ManagedStage) -> BarrierStore | None:
+        """Where the workers of the barrier ``stage`` may write its outputs, while the core saves them
+        into the run's checkpoint (None: no checkpoint, or not now). An executor whose outputs of
+        ``stream_barrier`` are held by workers has them call :meth:`BarrierStore.write
+        <curator_exec_core.checkpoint.barrier.BarrierStore.write>` and returns the
+        :class:`~curator_exec_core.checkpoint.barrier.BlockRef` records it sends back instead of the
+        tasks: the outputs are saved without passing through the driver."""
+        return self._stores.get(stage.index)
 
     def call_execute(self, stages: list[ManagedStage], tasks: Iterable[Task]) -> Iterable[Task]:
         """The execute phase (its hook) on ``stages``: the outputs, a list or (an executor that streams)
@@ -474,15 +490,18 @@ class _Flow(Iterator[Task]):
                 yield window
         window, nbytes = self._head[::-1], self._head_bytes if self._head else 0
         self._head = []
+        held = _weight(window)  # tasks in the window (a stored block counts its tasks)
         for tasks, block_bytes in self._blocks:
             window += tasks
             nbytes += block_bytes
-            while len(window) >= size:
+            held += _weight(tasks)
+            while held >= size and len(window) > 1 and held == len(window):  # tasks: cut at size
                 yield window[:size]
                 window, nbytes = window[size:], 0
-            if nbytes >= WINDOW_BYTES:
+                held = len(window)
+            if held >= size or nbytes >= WINDOW_BYTES:
                 yield window
-                window, nbytes = [], 0
+                window, nbytes, held = [], 0, 0
         if window:
             yield window
 
@@ -491,3 +510,8 @@ class _Flow(Iterator[Task]):
             close = getattr(it, "close", None)
             if close is not None:
                 close()
+
+
+def _weight(items: list[Any]) -> int:
+    """How many tasks ``items`` stand for (a :class:`StoredBlock` for its tasks)."""
+    return sum(item.count if isinstance(item, StoredBlock) else 1 for item in items)

@@ -40,25 +40,28 @@ run, so a second run on the same checkpoint is refused instead of interleaved.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
-import pickle
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from curator_exec_core.checkpoint.inputs import DIGESTS_FILE, DIGESTS_MAGIC, RECORD, InputLedger
-from curator_exec_core.checkpoint.journal import (
-    HEADER_SIZE,
-    Journal,
-    block_length,
-    read_journal,
-    unframe,
-    write_frame,
+from curator_exec_core.checkpoint.barrier import (
+    BARRIER_BLOCK,
+    BARRIER_BLOCK_BYTES,
+    BarrierStore,
+    BlockRef,
+    StoredBlock,
+    barrier_count,
+    blocks_folder,
+    loaded,
+    read_barrier,
+    read_barrier_blocks,
+    write_outputs,
 )
+from curator_exec_core.checkpoint.inputs import DIGESTS_FILE, DIGESTS_MAGIC, RECORD, InputLedger
+from curator_exec_core.checkpoint.journal import Journal, read_journal
 from curator_exec_core.checkpoint.lineage import merge_lineage, split_lineage
 from curator_exec_core.checkpoint.manifest import (
     FORMAT_VERSION,
@@ -75,7 +78,8 @@ from curator_exec_core.errors import CheckpointError
 from curator_exec_core.runner.segments import BarrierSegment, MapSegment, Segment
 from curator_exec_core.tasks import Task
 
-__all__ = ["FORMAT_VERSION", "Checkpoint", "Journal", "read_journal", "split_lineage", "merge_lineage"]
+__all__ = ["FORMAT_VERSION", "Checkpoint", "Journal", "read_journal", "split_lineage", "merge_lineage", "BarrierStore",
+           "BlockRef", "StoredBlock", "BARRIER_BLOCK", "BARRIER_BLOCK_BYTES", "barrier_count", "read_barrier", "read_barrier_blocks"]
 
 logger = logging.getLogger("curator_exec")
 
@@ -183,10 +187,12 @@ class Checkpoint:
     def _barrier_file(self, position: int) -> str:
         return os.path.join(self.path, f"part-{position}.outputs")
 
-    def last_barrier(self, segments: Sequence[Segment]) -> tuple[int, int, Iterator[tuple[list[Task], int]]] | None:
+    def last_barrier(self, segments: Sequence[Segment],
+                     stored: bool = False) -> tuple[int, int, Iterator[tuple[list[Any], int]]] | None:
         """The last barrier segment that finished in an earlier attempt: its position, how many outputs
         it made, and the outputs (read from its file block by block as they are asked for: each block's
-        tasks and its size in bytes)."""
+        tasks and its size in bytes; ``stored``: a block a worker wrote as a :class:`StoredBlock`,
+        unless the barrier is the last segment, whose outputs are the run's)."""
         for segment in reversed(segments):
             path = self._barrier_file(segment.position)
             if not isinstance(segment, BarrierSegment) or not os.path.exists(path):
@@ -194,42 +200,28 @@ class Checkpoint:
             count = barrier_count(path)
             if count is not None:
                 self.resumed_after = segment.name
-                return segment.position, count, read_barrier_blocks(path)
+                return segment.position, count, read_barrier_blocks(path, stored and segment is not segments[-1])
             logger.warning("checkpoint: ignoring the damaged %s", path)
         return None
 
-    def save_barrier(self, segment: BarrierSegment,
-                     outputs: Iterable[Task]) -> tuple[int, Iterator[tuple[list[Task], int]]]:
-        """A barrier segment's outputs, as they come, into its file (blocks of at most
-        :data:`BARRIER_BLOCK` tasks and about :data:`BARRIER_BLOCK_BYTES`, each the tasks' pickles one
-        after the other, then a trailer with their count; made visible atomically, after an fsync, once
-        whole); returns their count and the outputs read back block by block (tasks, bytes). The driver
-        holds a block at a time, never the barrier's outputs."""
+    def barrier_store(self, segment: BarrierSegment) -> BarrierStore:
+        """Where the workers of ``segment``'s stage may write its outputs (see :mod:`.barrier`)."""
+        return BarrierStore(blocks_folder(self._barrier_file(segment.position)), self.attempt)
+
+    def save_barrier(self, segment: BarrierSegment, outputs: Iterable[Task | BlockRef],
+                     stored: bool = False) -> tuple[int, Iterator[tuple[list[Any], int]]]:
+        """A barrier segment's outputs, as they come (tasks, or references to blocks its workers wrote
+        through :meth:`barrier_store`), into its outputs file (:func:`.barrier.write_outputs`); returns
+        their count and the outputs read back block by block (tasks, bytes; ``stored``: a block a
+        worker wrote as a :class:`StoredBlock`). The driver holds a block at a time, never the
+        barrier's outputs."""
         path = self._barrier_file(segment.position)
-        tmp = f"{path}.tmp-{self.attempt}"
-        count = 0
-        try:
-            with open(tmp, "wb") as f:
-                pickles: list[bytes] = []
-                size = 0
-                for task in outputs:
-                    pickles.append(pickle.dumps(task, protocol=pickle.HIGHEST_PROTOCOL))
-                    size += len(pickles[-1])
-                    if len(pickles) >= BARRIER_BLOCK or size >= BARRIER_BLOCK_BYTES:
-                        write_frame(f, b"".join(pickles))
-                        count, pickles, size = count + len(pickles), [], 0
-                if pickles:
-                    write_frame(f, b"".join(pickles))
-                    count += len(pickles)
-                write_frame(f, pickle.dumps({"count": count}))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
-            raise
-        return count, read_barrier_blocks(path)
+        count = write_outputs(path, self.attempt, outputs)
+        if os.path.isdir(blocks_folder(path)) and os.listdir(blocks_folder(path)) \
+                and int(self._manifest.get("format", 0)) < FORMAT_VERSION:
+            self._manifest["format"] = FORMAT_VERSION  # an older version must refuse what it cannot read
+            write_manifest(self.path, self._manifest)
+        return count, read_barrier_blocks(path, stored)
 
     def run_map(self, segment: MapSegment, sources: list[Task], run: Callable[[list[Task]], Iterable[Task]],
                 resumed: Callable[[int], None]) -> Iterator[Task]:
@@ -242,15 +234,14 @@ class Checkpoint:
             os.makedirs(folder, mode=PRIVATE_MODE, exist_ok=True)
             part = self._parts[segment.position] = _Part(folder)
         for task in sources:
-            if task.lineage:  # a source holds all of its own share: empty lineage (see lineage.shares)
+            if isinstance(task, Task) and task.lineage:  # a source holds all of its share (see lineage.shares)
                 task.lineage = ()
-        outputs, pending = part.take(sources)
-        done = len(sources) - len(pending)
+        outputs, pending, done = part.take(sources)
         if segment.position == 0:
             self.resumed += done
         if done:
             logger.info("checkpoint %s: %d of %d source tasks of part %d resumed", self.path, done,
-                        len(sources), segment.position)
+                        done + len(pending), segment.position)
             resumed(done)
         yield from outputs
         if not pending:
@@ -266,11 +257,6 @@ class Checkpoint:
                 stage.observer = None
 
 
-#: at most this many tasks, and about this many bytes (or one task), per block of a barrier's outputs file
-BARRIER_BLOCK = 256
-BARRIER_BLOCK_BYTES = 8 << 20
-
-
 class _Part:
     """What the journals of one map part recorded as finished, read once per run: the finished
     sources and their outputs, handed out (and let go) window by window."""
@@ -278,75 +264,20 @@ class _Part:
     def __init__(self, folder: str) -> None:
         self.done, self.outputs, _ = finished_by_source(folder, None)
 
-    def take(self, sources: list[Task]) -> tuple[list[Task], list[Task]]:
-        """For one window of sources: the outputs of the finished ones, and the others."""
+    def take(self, sources: list[Any]) -> tuple[list[Task], list[Any], int]:
+        """For one window of sources: the outputs of the finished ones, the others, and how many finished."""
         if not self.done:
-            return [], sources
+            return [], sources, 0
         outputs: list[Task] = []
         pending: list[Task] = []
-        for task in sources:
+        done = 0
+        for task in loaded(sources):  # stored blocks of a part resumed midway are read here
             if task.task_id in self.done:
                 outputs += self.outputs.pop(task.task_id, ())
+                done += 1
             else:
                 pending.append(task)
-        return outputs, pending
-
-
-def _blocks(path: str) -> Iterator[bytes]:
-    """The block bodies of a barrier's outputs file; raises ValueError at a damaged one."""
-    with open(path, "rb") as f:
-        while True:
-            head = f.read(HEADER_SIZE)
-            if not head:
-                return
-            body = f.read(block_length(head))
-            if unframe(head + body) is None:
-                raise ValueError(f"{path} is damaged")
-            yield body
-
-
-def _objects(body: bytes) -> Iterator[Any]:
-    """The pickles of one block, one after the other."""
-    stream = io.BytesIO(body)
-    while stream.tell() < len(body):
-        yield pickle.load(stream)  # a new unpickler each: every pickle has its own memo
-
-
-def barrier_count(path: str) -> int | None:
-    """How many outputs a barrier's outputs file holds (checking every block's checksum, unpickling
-    only the trailer); None if it is damaged. A file of format 2 (one block, the list) is unpickled."""
-    try:
-        last = None
-        blocks = 0
-        for body in _blocks(path):
-            last, blocks = body, blocks + 1
-        if last is None:
-            return None
-        value = pickle.loads(last)
-    except (OSError, ValueError, pickle.UnpicklingError, EOFError):
-        return None
-    if isinstance(value, dict):
-        return int(value["count"])
-    return len(value) if blocks == 1 and isinstance(value, list) else None
-
-
-def read_barrier_blocks(path: str) -> Iterator[tuple[list[Task], int]]:
-    """The outputs of a barrier's outputs file, block by block: (tasks, the block's size in bytes)."""
-    for body in _blocks(path):
-        tasks: list[Task] = []
-        for value in _objects(body):
-            if isinstance(value, list):  # format 2: one block, the list
-                tasks += value
-            elif isinstance(value, Task):
-                tasks.append(value)
-        if tasks:
-            yield tasks, len(body)
-
-
-def read_barrier(path: str) -> Iterator[Task]:
-    """The outputs of a barrier's outputs file, one by one."""
-    for tasks, _ in read_barrier_blocks(path):
-        yield from tasks
+        return outputs, pending, done
 
 
 def _records_usable(folder: str, expected: dict[str, Any]) -> bool:

@@ -388,6 +388,34 @@ class HashDedup(ShuffleStage):
         return Task(data=min(t.data for t in tasks))
 
 
+class HeldGroups(ShuffleStage):
+    """Groups tasks by ``data % modulo``; each output's data (the key and the group's sorted data) is
+    a :class:`DriverRefuses`: the driver ``driver_pid`` cannot load the shuffle's outputs."""
+
+    resources = Resources(cpus=0.5)
+    name = "held_groups"
+
+    def __init__(self, driver_pid: int, modulo: int = 5) -> None:
+        self.driver_pid = driver_pid
+        self.modulo = modulo
+
+    def keys(self, task: Task) -> list[int]:
+        return [task.data % self.modulo]
+
+    def reduce(self, key: Any, tasks: list[Task]) -> Task:
+        return Task(data=DriverRefuses({"key": key, "members": sorted(t.data for t in tasks)}, self.driver_pid))
+
+
+class Opened(ProcessingStage):
+    """A map stage after :class:`HeldGroups`: the data inside, which the driver may load."""
+
+    name = "opened"
+    resources = Resources(cpus=0.5)
+
+    def process(self, task: Task) -> Task:
+        return Task(data=task.data.value)
+
+
 class Unwrap(ProcessingStage):
     """A map stage after a shuffle: the first data of a :class:`KeepFirst` output."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,16 @@ from curator_exec_core.errors import CheckpointError
 from curator_exec_core.pipeline import Pipeline
 from curator_exec_core.tasks import Task
 from curator_exec_core.testing.kit.base import ConformanceBase, MakeExecutor, _ints, canonical, reference_run
-from curator_exec_core.testing.stages import AddOne, FailOn, FanOut, LifecycleLog, Recorded, WrapForDriver
+from curator_exec_core.testing.stages import (
+    AddOne,
+    FailOn,
+    FanOut,
+    HeldGroups,
+    LifecycleLog,
+    Opened,
+    Recorded,
+    WrapForDriver,
+)
 
 
 class _Counted:
@@ -130,3 +140,26 @@ class DataPlaneTests(ConformanceBase):
             executor.run(stages, ints(self.lazy_n - 1), checkpoint_path=ck)
         last = executor.run(stages, ints(self.lazy_n), checkpoint_path=ck)  # the refusals changed nothing
         assert last.metrics["checkpoint"]["resumed_tasks"] == self.lazy_n and canonical(last) == canonical(done)
+
+    def test_a_checkpointed_barriers_outputs_are_saved_and_read_back_by_the_workers(
+            self, make_executor: MakeExecutor, tmp_path: Path) -> None:
+        """An executor that declares ``loads_stored_blocks`` keeps a barrier's outputs off the driver in
+        a checkpointed run: its workers write them into the checkpoint (``Run.barrier_store``) and load
+        them for the part after the barrier (``StoredBlock.load``), in the run and in a resume after the
+        barrier. The shuffle's outputs here cannot be loaded by the driver process."""
+        executor = make_executor(show_progress=False)
+        if not executor.loads_stored_blocks:
+            pytest.skip(f"executor {executor.executor_name!r} does not declare loads_stored_blocks: its driver "
+                        "saves and reads back a checkpointed barrier's outputs")
+        stages = [AddOne(), HeldGroups(os.getpid()), Opened()]
+        expected = reference_run(stages, _ints(self.n))
+        ck = tmp_path / "ck"
+        got = executor.run(stages, _ints(self.n), checkpoint_path=ck)
+        assert canonical(got) == canonical(expected)
+        assert got.metrics["stages"] == expected.metrics["stages"]
+        files = os.listdir(ck / "part-1.blocks")
+        assert files and all(name.endswith(".blocks") for name in files), files  # whole files only, no temporary
+        shutil.rmtree(ck / "part-2")  # the part after the barrier runs again, from the saved outputs
+        again = make_executor(show_progress=False).run(stages, _ints(self.n), checkpoint_path=ck)
+        assert again.metrics["checkpoint"]["resumed_tasks"] == self.n
+        assert canonical(again) == canonical(expected)

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import attrs
 
 from curator_exec_core.capacity import Capacity
+from curator_exec_core.checkpoint import StoredBlock, loaded
 from curator_exec_core.config import ExecutorOptions, option
 from curator_exec_core.errors import ConfigError
 from curator_exec_core.executor import BaseExecutor
@@ -128,6 +129,8 @@ class RayExecutorBase(BaseExecutor):
     #: shuffles and gangs run through the Ray layer with the data in the object store (with a
     #: checkpoint: the core's split, then :data:`RAY_BARRIERS`)
     native_stage_kinds = frozenset({"shuffle", "gang"})
+    #: a checkpointed run's saved barrier outputs are loaded by Ray tasks (:mod:`curator_exec_ray.saving`)
+    loads_stored_blocks = True
     #: the engine cannot work without Ray's dashboard (state API)
     needs_dashboard: ClassVar[bool] = False
     #: environment the Ray processes need when this executor starts Ray (set only around ``ray.init``)
@@ -209,7 +212,9 @@ class RayExecutorBase(BaseExecutor):
         segments = split_segments(stages)
         if len(segments) == 1 and isinstance(segments[0], MapSegment):
             if ray_run.run.checkpoint is not None:  # the core reads them as it goes
-                stored: list[TaskChunk] = self.execute_chunks(stages, [TaskChunk(initial_tasks)], True)
+                from curator_exec_ray.saving import stored_chunks
+
+                stored: list[TaskChunk] = self.execute_chunks(stages, stored_chunks(initial_tasks), True)
                 barrier = ray_run.run.next_barrier(stages)
                 if barrier is not None and barrier.kind in RAY_BARRIERS:  # into our stream_barrier as they are
                     return stored  # type: ignore[return-value]
@@ -247,10 +252,14 @@ class RayExecutorBase(BaseExecutor):
 
     def stream_barrier(self, stage: ManagedStage, tasks: Iterable[Task]) -> Iterable[Task]:
         """A barrier stage on Ray in a run whose segments stream (a checkpointed run): its input goes
-        into the object store as it comes (:data:`STREAM_WINDOW` tasks at a time), its outputs are
-        fetched chunk by chunk as the run reads them, so the driver holds a window, never the data."""
+        into the object store as it comes (:data:`STREAM_WINDOW` tasks at a time); its outputs are
+        saved into the checkpoint by Ray workers where they are (:mod:`curator_exec_ray.saving`: the
+        driver gets block references), or else fetched chunk by chunk as the run reads them, so the
+        driver holds a window, never the data."""
         if stage.kind not in RAY_BARRIERS:
-            return super().stream_barrier(stage, tasks)
+            return super().stream_barrier(stage, loaded(tasks))
+        from curator_exec_ray.saving import stored_chunks
+
         ray_run = self.ray_run([stage])
         self.ensure_ray()
         widest = stage.num_workers() or 1
@@ -259,6 +268,9 @@ class RayExecutorBase(BaseExecutor):
         for task in tasks:
             if isinstance(task, TaskChunk):  # a map segment's outputs left in the object store (next_barrier)
                 chunks.append(task)
+                continue
+            if isinstance(task, StoredBlock):  # a saved barrier's outputs block, loaded by a worker
+                chunks += stored_chunks([task])
                 continue
             window.append(task)
             if len(window) >= STREAM_WINDOW:
@@ -270,6 +282,11 @@ class RayExecutorBase(BaseExecutor):
         if not chunks:
             return []
         out: list[TaskChunk] = barrier_chunks(ray_run, stage, chunks, False)
+        store = ray_run.run.barrier_store(stage)
+        if store is not None:  # saved into the checkpoint where they are: the driver gets block references
+            from curator_exec_ray.saving import save_chunks
+
+            return save_chunks(out, store)  # type: ignore[return-value]
         return _fetched(out)
 
     def check_shared_path(self, path: str) -> None:
