@@ -315,7 +315,7 @@ def _measure(subject: _Subject, spec: dict[str, Any], phase: str, stages: list, 
     record.update(construct_seconds=construct, run_seconds=seconds - construct,
                   ru_maxrss_mb=(ru_maxrss_bytes() or 0) / MB, loadavg_after=loadavg(),
                   ray_initialized=_ray_state())
-    if data in ("W3", "W6", "W9"):
+    if data in ("W3", "W6", "W9", "W6R"):
         record["intermediate_bytes_expected"] = n * wl.W3_BLOB_BYTES
     if checkpoint is not None:
         ck = (getattr(outputs, "metrics", None) or {}).get("checkpoint") or {}

@@ -19,7 +19,7 @@ def _fmt_metric(workload: str, rec: dict | None) -> str:
         return f"{pct:+.1f}%" if pct is not None else f"{rec['us_per_task_stage']:.1f} µs"
     if workload == "W2":
         return f"{rec['efficiency']:.2f}" if rec.get("efficiency") is not None else "-"
-    if workload in ("W3", "W6", "W9"):
+    if workload in ("W3", "W6", "W9", "W6R"):
         return f"{rec['peak_rss_mb']:.0f}" if rec.get("peak_rss_mb") is not None else "-"
     if workload == "W8":
         return f"{rec['rss_growth_mb']:+.0f}" if rec.get("rss_growth_mb") is not None else "-"
@@ -85,7 +85,7 @@ def _notes(workload: str, cold: dict | None, warm: dict | None, large: dict | No
         return f"warm speed vs Pool(2): {rec['speed_vs_mp_pool2']:.2f}x"
     if workload == "W5" and "unique_documents" in rec:
         return f"{rec['tasks']} documents -> {rec['unique_documents']} distinct"
-    if workload in ("W6", "W9") and "shuffled_bytes" in rec:
+    if workload in ("W6", "W9", "W6R") and "shuffled_bytes" in rec:
         budget = f", budget {rec['shuffle_memory_budget']}" if rec.get("shuffle_memory_budget") else ""
         checkpoint = (f"; checkpoint {rec['checkpoint_mb']:.0f} MB on disk, {rec.get('resumed_tasks')} resumed"
                       if rec.get("checkpoint_mb") is not None else "")

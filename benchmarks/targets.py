@@ -90,6 +90,7 @@ TARGETS: dict[str, dict[str, tuple[Target, ...]]] = {
         "W5": _W5_RAY,
         "W6": _W6_RSS,
         "W6C": _W6_RSS,
+        "W6R": _W6_RSS,
         "W7": _W7_OVERHEAD,
         "W8": _W8_SCALE,
     },
@@ -101,6 +102,7 @@ TARGETS: dict[str, dict[str, tuple[Target, ...]]] = {
         "W5": _W5_RAY,
         "W6": _W6_RSS,
         "W6C": _W6_RSS,
+        "W6R": _W6_RSS,
         "W8": _W8_SCALE,
     },
     "xenna": {
@@ -110,6 +112,7 @@ TARGETS: dict[str, dict[str, tuple[Target, ...]]] = {
         "W4": _NO_RAY_IMPORT,
         "W6": _W6_RSS,
         "W6C": _W6_RSS,
+        "W6R": _W6_RSS,
         "W8": _W8_SCALE,
     },
 }

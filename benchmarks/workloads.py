@@ -23,6 +23,10 @@ Workloads (full size; ``--quick`` divides the task counts by 10):
 * **W6C shuffle 2 GB, checkpoint**: W6 (its stages, data and output check: ``Workload.same_as``) with
   ``checkpoint_path`` set to a new empty directory each run (``Workload.checkpoint``; made and removed
   in ``child.py``).
+* **W6R repartition 2 GB, checkpoint**: W6's tasks repartitioned into ``W6R_PARTS`` tasks of about
+  10 MB each (:class:`Repartition`: a barrier whose outputs are as large as its input), then a map
+  that weighs them (:class:`Weigh`), with a checkpoint: the barrier's outputs are saved and read back
+  for the map part after it (by the workers on the Ray backends, by the driver on ``local``).
 * **W7 checkpoint overhead**: W1's stages, warm runs without and with a checkpoint
   (measured in ``child.py``).
 * **W8 scale**: ``W8_TASKS`` generated source tasks (:func:`w8_source`, a generator) through two
@@ -55,6 +59,7 @@ W5_TASKS = 200_000
 W5_DUPLICATE_SHARE = 0.3  # of the documents, duplicates of another one after normalisation
 W6_TASKS = 20_000
 W6_KEYS = 100
+W6R_PARTS = 200
 W8_TASKS = 1_000_000  # W8 scale: source tasks of the full-size run (BENCH_W8_TASKS overrides)
 W8_TASKS_BY_EXECUTOR = {"xenna": 100_000}  # its per-task cost is higher
 W8_SMALL_DIVISOR = 10  # W8's cold and warm runs are at a tenth of the full size (100,000)
@@ -103,6 +108,7 @@ WORKLOADS: dict[str, Workload] = {w.id: w for w in (
     Workload("W5", "exact dedup", "docs/s", (DICT, RAYDATA_GROUPBY)),
     Workload("W6", "shuffle 2 GB", "peak RSS MB", (DICT,), sample_rss=True),
     Workload("W6C", "shuffle 2 GB, checkpoint", "peak RSS MB", (), sample_rss=True, same_as="W6", checkpoint=True),
+    Workload("W6R", "repartition 2 GB, checkpoint", "peak RSS MB", (), sample_rss=True, checkpoint=True),
     Workload("W7", "checkpoint overhead", "checkpoint overhead", ()),
     Workload("W8", "scale", "RSS growth MB", (), sample_rss=True),
     Workload("W9", "shuffle 4 GB, budget", "peak RSS MB", (), sample_rss=True),
@@ -239,6 +245,30 @@ class Bucket(ShuffleStage):
         return Task(data={"key": key, "tasks": len(tasks), "bytes": sum(len(t.data["blob"]) for t in tasks)})
 
 
+class Repartition(ShuffleStage):
+    """Repartitions the 100 KB tasks into ``W6R_PARTS`` tasks holding their blobs (about 10 MB each)."""
+
+    name = "repartition"
+    resources = Resources(cpus=1.0)
+
+    def keys(self, task: Task) -> list[int]:
+        return [task.data["i"] % W6R_PARTS]
+
+    def reduce(self, key: int, tasks: list[Task]) -> Task:
+        return Task(data={"key": key, "tasks": len(tasks), "blob": b"".join(t.data["blob"] for t in tasks)})
+
+
+class Weigh(ProcessingStage):
+    """The size of a :class:`Repartition` output (its blob dropped)."""
+
+    name = "weigh"
+    resources = Resources(cpus=1.0)
+    batch_size = 1
+
+    def process(self, task: Task) -> Task:
+        return Task(data={"key": task.data["key"], "tasks": task.data["tasks"], "bytes": len(task.data["blob"])})
+
+
 # -- workload table -------------------------------------------------------------------------
 
 
@@ -247,7 +277,8 @@ def task_count(workload: str, quick: bool = False, executor: str = "") -> int:
     if workload == "W8":
         n = int(os.environ.get("BENCH_W8_TASKS", W8_TASKS_BY_EXECUTOR.get(executor, W8_TASKS)))
         return max(1, n // W8_QUICK_DIVISOR) if quick else n
-    n = {"W1": W1_TASKS, "W2": W2_TASKS, "W3": W3_TASKS, "W5": W5_TASKS, "W6": W6_TASKS, "W7": W1_TASKS,
+    n = {"W1": W1_TASKS, "W2": W2_TASKS, "W3": W3_TASKS, "W5": W5_TASKS, "W6": W6_TASKS, "W6R": W6_TASKS,
+         "W7": W1_TASKS,
          "W9": int(os.environ.get("BENCH_W9_TASKS", W9_TASKS))}[workload]
     return max(1, n // QUICK_DIVISOR) if quick else n
 
@@ -263,6 +294,8 @@ def make_stages(workload: str) -> list[ProcessingStage]:
         return [Normalize(), KeepFirst()]
     if workload in ("W6", "W9"):
         return [AttachBytes("attach_bytes"), Bucket()]
+    if workload == "W6R":
+        return [AttachBytes("attach_bytes"), Repartition(), Weigh()]
     if workload == "W8":  # a new output directory each time (each run writes its own files)
         from benchmarks import w8_scale
 
@@ -317,8 +350,8 @@ def check_outputs(workload: str, n: int, outputs: Sequence[Task],
         if len(outputs) != 0:
             problems.append(f"return_outputs=False, yet {len(outputs)} outputs came back")
         problems.extend(w8_scale.check_written(stages[-1], n, facts))
-    elif workload in ("W6", "W9"):
-        keys = min(n, W6_KEYS)
+    elif workload in ("W6", "W9", "W6R"):
+        keys = min(n, W6R_PARTS if workload == "W6R" else W6_KEYS)
         total = sum(t.data["bytes"] for t in outputs)
         facts["shuffled_bytes"] = total
         if len(outputs) != keys or total != n * W3_BLOB_BYTES or sum(t.data["tasks"] for t in outputs) != n:

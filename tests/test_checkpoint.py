@@ -12,7 +12,7 @@ from fractions import Fraction
 import pytest
 
 from curator_exec_core import CheckpointError, Pipeline, ProcessingStage, Task, get_executor
-from curator_exec_core.checkpoint import Journal, read_journal
+from curator_exec_core.checkpoint import FORMAT_VERSION, Journal, read_journal
 from curator_exec_core.checkpoint.journal import HEADER_SIZE, frame
 from curator_exec_core.checkpoint.recovery import finished
 from curator_exec_core.cli import main
@@ -277,7 +277,7 @@ def test_changed_content_with_the_same_ids_is_refused_naming_the_first_changed_t
     kept = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name != "lock"}
     assert {"manifest.json", "inputs.digests"} <= set(kept)
     manifest = json.loads(kept["manifest.json"])
-    assert manifest["format"] == 3 and manifest["initial_tasks"]["content"]["file"] == "inputs.digests"
+    assert manifest["format"] == FORMAT_VERSION == 4 and manifest["initial_tasks"]["content"]["file"] == "inputs.digests"
     assert len(kept["inputs.digests"]) == 8 + 24 * 6  # a header, 24 bytes a task
     with pytest.raises(CheckpointError, match=rf"checkpoint {tmp_path}: .*content of initial task 'doc-2' "
                                               r"\(position 2\) changed \(the first of 2 changed tasks\).*"
@@ -337,7 +337,7 @@ def test_a_format_1_checkpoint_resumes_with_a_warning_and_is_upgraded(tmp_path, 
     assert "format 1, which recorded the initial tasks' ids but not their content" in caplog.text
     assert again.metrics["checkpoint"]["resumed_tasks"] == 6 and canonical(again) == canonical(first)
     upgraded = json.loads((tmp_path / "manifest.json").read_text())
-    assert upgraded["format"] == 3 and "content" in upgraded["initial_tasks"]
+    assert upgraded["format"] == FORMAT_VERSION and "content" in upgraded["initial_tasks"]
     assert upgraded["started_by"] == manifest["started_by"] and upgraded["created"] == manifest["created"]
     with pytest.raises(CheckpointError, match="content of initial task 'doc-1'"):  # checked from now on
         ex.run([Words()], docs(changed={1: "new"}), checkpoint_path=tmp_path)
@@ -498,3 +498,52 @@ def test_barrier_blocks_keep_shared_objects_of_each_task_apart(tmp_path):
     back = list(read_barrier(str(tmp_path / "part-1.outputs")))
     assert [(t.task_id, t.data, t.metadata) for t in back] == [(t.task_id, t.data, t.metadata) for t in tasks]
     assert back[0].data["a"] is back[0].data["b"]  # shared within a task, as pickled
+
+
+def test_barrier_outputs_written_by_workers_are_named_checked_and_loaded_where_asked(tmp_path):
+    """Blocks files a worker wrote (BarrierStore.write, here in another process) are named by the
+    outputs file; read back by the driver, or as StoredBlock items a worker loads (no lineage); a
+    missing or cut blocks file makes the barrier unfinished; files it does not name are removed."""
+    from types import SimpleNamespace
+
+    from curator_exec_core.checkpoint import BARRIER_BLOCK, BlockRef, Checkpoint, StoredBlock, barrier_count
+    from curator_exec_core.run import _Flow
+    from curator_exec_core.runner.segments import BarrierSegment
+
+    ck = Checkpoint(tmp_path)
+    segment = BarrierSegment(1, SimpleNamespace(name="groups"))
+    store = pickle.loads(pickle.dumps(ck.barrier_store(segment)))  # it travels to the workers
+    script = ("import pickle, sys; from curator_exec_core import Task\n"
+              "store, first, n = pickle.loads(sys.stdin.buffer.read())\n"
+              "tasks = [Task(data=i, task_id=str(i), lineage=(('s', 1),)) for i in range(first, first + n)]\n"
+              "sys.stdout.buffer.write(pickle.dumps(store.write(tasks)))")
+    refs: list = []
+    for first, n in ((0, BARRIER_BLOCK + 10), (BARRIER_BLOCK + 10, 7)):
+        done = subprocess.run([sys.executable, "-c", script], input=pickle.dumps((store, first, n)),
+                              capture_output=True, check=True)
+        refs += pickle.loads(done.stdout)
+    assert [r.count for r in refs] == [BARRIER_BLOCK, 10, 7] and all(isinstance(r, BlockRef) for r in refs)
+    folder = tmp_path / "part-1.blocks"
+    (folder / "orphan-of-a-retried-writer.blocks").write_bytes(b"x")
+    count, back = ck.save_barrier(segment, iter([*refs, Task(data=-1, task_id="inline")]))
+    total = BARRIER_BLOCK + 17 + 1
+    assert count == total == barrier_count(str(tmp_path / "part-1.outputs"))
+    assert len(os.listdir(folder)) == 2 and not list(folder.glob("*.tmp")), "only the named files are kept"
+    assert sorted(t.data for b, _ in back for t in b) == list(range(-1, BARRIER_BLOCK + 17))
+    after = BarrierSegment(2, SimpleNamespace(name="not_run"))
+    _, _, stored = ck.last_barrier([segment, after], stored=True)  # not the last segment: stored blocks
+    items = [item for block, _ in stored for item in block]
+    assert sum(isinstance(i, StoredBlock) for i in items) == 3 and sum(isinstance(i, Task) for i in items) == 1
+    first = next(i for i in items if isinstance(i, StoredBlock))
+    loaded = pickle.loads(pickle.dumps(first)).load()  # what a worker does
+    assert [t.data for t in loaded] == list(range(BARRIER_BLOCK)) and all(t.lineage == () for t in loaded)
+    windows = list(_Flow.of_blocks(iter([([i], 0) for i in items])).windows(100))
+    assert [sum(i.count if isinstance(i, StoredBlock) else 1 for i in w) for w in windows] == [1 + BARRIER_BLOCK, 17]
+    _, _, last = ck.last_barrier([segment], stored=True)  # the run's outputs: tasks, read here
+    assert all(isinstance(t, Task) for block, _ in last for t in block)
+    victim = folder / refs[-1].file
+    data = victim.read_bytes()
+    victim.write_bytes(data[:-5])
+    assert barrier_count(str(tmp_path / "part-1.outputs")) is None
+    victim.unlink()
+    assert barrier_count(str(tmp_path / "part-1.outputs")) is None

@@ -21,9 +21,10 @@ Barrier stages (shuffle, gang) split the pipeline into parts. A map part's sourc
 enter it: the initial tasks for the first part, the barrier's outputs after one; a part takes them
 window by window (:meth:`Checkpoint.run_map`). A barrier stage's outputs are written as they come to
 one file of blocks, made visible atomically once whole (temporary file, fsync, rename), so a resumed
-run starts after the last finished barrier and redoes nothing before it.
+run starts after the last finished barrier and redoes nothing before it; the blocks may be in files
+the workers wrote, which that file names (:mod:`.barrier`).
 
-The package: :mod:`.lineage` (shares), :mod:`.journal` (the runner's observer, typed records, block
+The package: :mod:`.barrier` (a barrier's outputs file and the workers' blocks), :mod:`.lineage` (shares), :mod:`.journal` (the runner's observer, typed records, block
 framing), :mod:`.recovery` (finished sources from journals), :mod:`.inputs` (the initial tasks' ids
 and content, digested in one pass), :mod:`.manifest` (fingerprint, lock, atomic writes), and
 :class:`Checkpoint` here, the driver's use of a directory.

@@ -132,6 +132,7 @@ def write_outputs(path: str, attempt: str, outputs: Iterable[Task | BlockRef]) -
     tmp = f"{path}.tmp-{attempt}"
     count = 0
     files: dict[str, int] = {}
+    refs: list[BlockRef] = []
 
     def tasks_and_refs() -> Iterator[Task]:
         nonlocal refs
@@ -152,7 +153,6 @@ def write_outputs(path: str, attempt: str, outputs: Iterable[Task | BlockRef]) -
                 count += r.count
             refs = []
 
-    refs: list[BlockRef] = []
     try:
         with open(tmp, "wb") as f:
             for body, n in pack_blocks(tasks_and_refs()):

@@ -38,8 +38,9 @@ PRIVATE_MODE = 0o700
 #: the checkpoint layout this version writes and reads; a newer one is refused. 2: the manifest's
 #: ``initial_tasks`` has a ``content`` digest and names the digests file; 3: ``initial_tasks`` has its
 #: ``count`` only once a run read the source to its end, the digests file grows as a run reads it,
-#: and a barrier's outputs file is a sequence of blocks (formats 1 and 2 are still read)
-FORMAT_VERSION = 3
+#: and a barrier's outputs file is a sequence of blocks; 4: that file may name blocks files the workers
+#: wrote (``part-<p>.blocks/``), which an older version would skip (formats 1 to 3 are still read)
+FORMAT_VERSION = 4
 
 ErrorFactory = Callable[[str], CheckpointError]
 
