@@ -434,8 +434,10 @@ class Run:
         return f"<Run {self.id} of {len(self.stages)} stages on {self.executor!r}>"
 
 
-#: bytes of a barrier's outputs (as pickled in its file) per window of the map segment after it, at most
+#: bytes of a barrier's outputs (as pickled in its file) per window of the map segment after it, at most,
+#: when the driver reads them; and when its workers load them (stored blocks: in the engine's memory, not here)
 WINDOW_BYTES = 64 << 20
+STORED_WINDOW_BYTES = 1 << 30
 
 
 class _Flow(Iterator[Task]):
@@ -480,7 +482,9 @@ class _Flow(Iterator[Task]):
         return self._head.pop()
 
     def windows(self, size: int) -> Iterator[list[Task]]:
-        """Lists of at most ``size`` tasks (and, from blocks, about :data:`WINDOW_BYTES`)."""
+        """Lists of at most ``size`` tasks (and, from blocks, about :data:`WINDOW_BYTES` read here or
+        :data:`STORED_WINDOW_BYTES` of stored blocks; a stored block is not split, so a window of them
+        may pass ``size`` by less than a block)."""
         size = max(1, size)
         if self._blocks is None:
             while True:
@@ -488,20 +492,24 @@ class _Flow(Iterator[Task]):
                 if not window:
                     return
                 yield window
-        window, nbytes = self._head[::-1], self._head_bytes if self._head else 0
+        window, nbytes, stored = [], 0, 0  # stored: bytes of stored blocks (the engine's memory, not the driver's)
+        held = 0  # tasks in the window (a stored block counts its tasks)
+        head = [(self._head[::-1], self._head_bytes)] if self._head else []
         self._head = []
-        held = _weight(window)  # tasks in the window (a stored block counts its tasks)
-        for tasks, block_bytes in self._blocks:
+        for tasks, block_bytes in itertools.chain(head, self._blocks):
             window += tasks
-            nbytes += block_bytes
             held += _weight(tasks)
+            if any(isinstance(item, StoredBlock) for item in tasks):
+                stored += block_bytes
+            else:
+                nbytes += block_bytes
             while held >= size and len(window) > 1 and held == len(window):  # tasks: cut at size
                 yield window[:size]
                 window, nbytes = window[size:], 0
                 held = len(window)
-            if held >= size or nbytes >= WINDOW_BYTES:
+            if held >= size or nbytes >= WINDOW_BYTES or stored >= STORED_WINDOW_BYTES:
                 yield window
-                window, nbytes, held = [], 0, 0
+                window, nbytes, held, stored = [], 0, 0, 0
         if window:
             yield window
 

@@ -214,7 +214,8 @@ class RayExecutorBase(BaseExecutor):
             if ray_run.run.checkpoint is not None:  # the core reads them as it goes
                 from curator_exec_ray.saving import stored_chunks
 
-                stored: list[TaskChunk] = self.execute_chunks(stages, stored_chunks(initial_tasks), True)
+                stored: list[TaskChunk] = self.execute_chunks(stages, stored_chunks(ray_run, stages[0], initial_tasks),
+                                                              True)
                 barrier = ray_run.run.next_barrier(stages)
                 if barrier is not None and barrier.kind in RAY_BARRIERS:  # into our stream_barrier as they are
                     return stored  # type: ignore[return-value]
@@ -270,7 +271,7 @@ class RayExecutorBase(BaseExecutor):
                 chunks.append(task)
                 continue
             if isinstance(task, StoredBlock):  # a saved barrier's outputs block, loaded by a worker
-                chunks += stored_chunks([task])
+                chunks += stored_chunks(ray_run, stage, [task])
                 continue
             window.append(task)
             if len(window) >= STREAM_WINDOW:
@@ -286,7 +287,7 @@ class RayExecutorBase(BaseExecutor):
         if store is not None:  # saved into the checkpoint where they are: the driver gets block references
             from curator_exec_ray.saving import save_chunks
 
-            return save_chunks(out, store)  # type: ignore[return-value]
+            return save_chunks(ray_run, stage, out, store)  # type: ignore[return-value]
         return _fetched(out)
 
     def check_shared_path(self, path: str) -> None:

@@ -8,22 +8,30 @@ checkpoint, which every node sees) and returns the block references. The driver 
 references and writes the outputs file that names them. The part after the barrier gets them back
 as :class:`~curator_exec_core.checkpoint.barrier.StoredBlock` items (the Ray executors declare
 ``loads_stored_blocks``), each loaded into the object store by a Ray task (:func:`stored_chunks`).
+
+Both kinds of task take no CPU of the plan's (they are I/O, and the stages' workers may hold every
+CPU), carry the run's ``runtime_env`` (they unpickle the user's data), keep to the nodes the
+schedule allows the stage they serve, and are retried like any Ray task (a retried writer writes a
+new file; the file the outputs file does not name is removed).
 """
 
 from __future__ import annotations
 
-import functools
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
 from curator_exec_core.checkpoint import BarrierStore, BlockRef, StoredBlock
+from curator_exec_core.runner import ManagedStage
 from curator_exec_core.tasks import Task
+from curator_exec_ray.actors import remote
 from curator_exec_ray.chunking import TaskChunk
+from curator_exec_ray.context import RayRun
+from curator_exec_ray.placement import node_selector, remote_options
 
 __all__ = ["WRITERS_IN_FLIGHT", "save_chunks", "stored_chunks"]
 
-#: chunks being written at a time (each writer holds one chunk; they take no CPU of the plan's)
+#: chunks being written at a time (each writer holds one chunk)
 WRITERS_IN_FLIGHT = 4
 
 
@@ -35,38 +43,20 @@ def _load(block: StoredBlock) -> list[Task]:
     return block.load()
 
 
-@functools.cache
-def _remote_writer() -> Any:
+def _options(ray_run: RayRun, stage: ManagedStage) -> dict[str, Any]:
+    """A saving or loading task's ``.options``: no CPU, the run's runtime env, the stage's nodes."""
+    selector = node_selector(*ray_run.allowed_nodes(stage))
+    return remote_options(runtime_env=ray_run.runtime_env, max_retries=3,
+                          **({"label_selector": selector} if selector else {}))
+
+
+def save_chunks(ray_run: RayRun, stage: ManagedStage, chunks: list[TaskChunk], store: BarrierStore) -> Iterator[BlockRef]:
+    """The tasks of ``chunks`` (the barrier ``stage``'s outputs) written through ``store`` where they
+    are (at most :data:`WRITERS_IN_FLIGHT` at a time); their block references, in chunk order. A chunk
+    held here (not in the object store) is written by this process."""
     import ray
 
-    # no CPU reserved: writing is I/O, and the stages' workers may hold every CPU; retried like any Ray task
-    # (a retry writes a new file; the one the outputs file does not name is removed)
-    return ray.remote(num_cpus=0, max_retries=3)(_write)
-
-
-@functools.cache
-def _remote_loader() -> Any:
-    import ray
-
-    return ray.remote(num_cpus=0, max_retries=3)(_load)
-
-
-def stored_chunks(items: list[Any]) -> list[TaskChunk]:
-    """``items`` (tasks and stored blocks) as chunks: the tasks as they are, each stored block as the
-    object ref of a Ray task that loads it (the driver never reads it)."""
-    tasks = [t for t in items if not isinstance(t, StoredBlock)]
-    loader = _remote_loader()
-    blocks = [TaskChunk(ref=loader.remote(b), n=b.count) for b in items if isinstance(b, StoredBlock)]
-    return ([TaskChunk(tasks)] if tasks else []) + blocks
-
-
-def save_chunks(chunks: list[TaskChunk], store: BarrierStore) -> Iterator[BlockRef]:
-    """The tasks of ``chunks`` written through ``store`` where they are (at most
-    :data:`WRITERS_IN_FLIGHT` at a time); their block references, in chunk order. A chunk held here
-    (not in the object store) is written by this process."""
-    import ray
-
-    writer = _remote_writer()
+    writer = remote(_write).options(**_options(ray_run, stage))
     pending: deque[Any] = deque()
     chunks.reverse()
     while chunks or pending:
@@ -75,3 +65,15 @@ def save_chunks(chunks: list[TaskChunk], store: BarrierStore) -> Iterator[BlockR
             pending.append(writer.remote(store, chunk.ref) if chunk.in_store else store.write(chunk.tasks or []))
         head = pending.popleft()
         yield from head if isinstance(head, list) else ray.get(head)
+
+
+def stored_chunks(ray_run: RayRun, stage: ManagedStage, items: list[Any]) -> list[TaskChunk]:
+    """``items`` (tasks and stored blocks, the input of ``stage``) as chunks: the tasks as they are,
+    each stored block as the object ref of a Ray task that loads it (the driver never reads it)."""
+    tasks = [t for t in items if not isinstance(t, StoredBlock)]
+    blocks = [b for b in items if isinstance(b, StoredBlock)]
+    chunks = [TaskChunk(tasks)] if tasks else []
+    if blocks:
+        loader = remote(_load).options(**_options(ray_run, stage))
+        chunks += [TaskChunk(ref=loader.remote(b), n=b.count) for b in blocks]
+    return chunks

@@ -293,6 +293,31 @@ class RayPlacementTests:
         nodes = {e["node"] for name in ("first", "second") for e in read_trace(tmp_path, name)}
         assert nodes == {c.worker_node_ids[0]}
 
+    def test_ignore_head_node_with_a_checkpointed_barrier(self, ray_two_node_cluster: RayTestCluster,
+                                                          make_executor: Any, tmp_path: Any) -> None:
+        """With a checkpoint, a shuffle's outputs are saved and loaded again by Ray tasks that keep to
+        the schedule's nodes too (a label selector off the head); the run and a resume after the
+        shuffle give the answer, and the stages' work stays off the head."""
+        import shutil
+
+        from curator_exec_core import Task
+        from curator_exec_core.testing.stages import KeepFirst, Traced, Unwrap, read_trace
+
+        c = ray_two_node_cluster
+        stages = [Traced(str(tmp_path), "first", cpus=0.25), KeepFirst(modulo=5), Unwrap(),
+                  Traced(str(tmp_path), "second", cpus=0.25)]
+        want = [2, 3, 4, 5, 6]  # each group's first task (ids in order: data 0..4 become 1..5), plus one
+        ck = tmp_path / "ck"
+        got = make_executor(ignore_head_node=True, show_progress=False).run(
+            stages, [Task(data=i) for i in range(30)], checkpoint_path=ck)
+        assert sorted(t.data for t in got) == want
+        shutil.rmtree(ck / "part-2")  # the part after the shuffle runs again, from its saved outputs
+        again = make_executor(ignore_head_node=True, show_progress=False).run(
+            stages, [Task(data=i) for i in range(30)], checkpoint_path=ck)
+        assert sorted(t.data for t in again) == want
+        nodes = {e["node"] for name in ("first", "second") for e in read_trace(tmp_path, name)}
+        assert nodes == {c.worker_node_ids[0]}
+
     def test_a_schedule_wrapper_pins_a_stage_to_a_node(self, ray_two_node_cluster: RayTestCluster,
                                                        make_executor: Any, tmp_path: Any) -> None:
         from curator_exec_core import Task, register_plugin, unregister_plugin
