@@ -31,7 +31,8 @@ from curator_exec_ray.placement import node_selector, remote_options
 
 __all__ = ["WRITERS_IN_FLIGHT", "save_chunks", "stored_chunks"]
 
-#: chunks being written at a time (each writer holds one chunk)
+#: chunks being written, and blocks being loaded, at a time (each such task holds one chunk or block; they
+#: take no CPU, so without a bound Ray would start a worker process for each)
 WRITERS_IN_FLIGHT = 4
 
 
@@ -39,8 +40,9 @@ def _write(store: BarrierStore, tasks: list[Any]) -> list[BlockRef]:
     return store.write(tasks)
 
 
-def _load(block: StoredBlock) -> list[Task]:
-    return block.load()
+def _load(block: StoredBlock, *after: Any) -> tuple[list[Task], None]:
+    """A stored block's tasks, and a marker the next load of its lane waits for (``after``)."""
+    return block.load(), None
 
 
 def _options(ray_run: RayRun, stage: ManagedStage) -> dict[str, Any]:
@@ -74,6 +76,10 @@ def stored_chunks(ray_run: RayRun, stage: ManagedStage, items: list[Any]) -> lis
     blocks = [b for b in items if isinstance(b, StoredBlock)]
     chunks = [TaskChunk(tasks)] if tasks else []
     if blocks:
-        loader = remote(_load).options(**_options(ray_run, stage))
-        chunks += [TaskChunk(ref=loader.remote(b), n=b.count) for b in blocks]
+        loader = remote(_load).options(num_returns=2, **_options(ray_run, stage))
+        lanes: list[Any] = [None] * WRITERS_IN_FLIGHT  # block i waits for block i - WRITERS_IN_FLIGHT's marker
+        for i, block in enumerate(blocks):
+            lane = i % WRITERS_IN_FLIGHT
+            ref, lanes[lane] = loader.remote(block, *([lanes[lane]] if lanes[lane] is not None else []))
+            chunks.append(TaskChunk(ref=ref, n=block.count))
     return chunks
