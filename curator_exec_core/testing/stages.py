@@ -388,22 +388,28 @@ class HashDedup(ShuffleStage):
         return Task(data=min(t.data for t in tasks))
 
 
+def _held_key(data: Any) -> Any:
+    return data.value["key"] if isinstance(data, DriverRefuses) else data
+
+
 class HeldGroups(ShuffleStage):
-    """Groups tasks by ``data % modulo``; each output's data (the key and the group's sorted data) is
-    a :class:`DriverRefuses`: the driver ``driver_pid`` cannot load the shuffle's outputs."""
+    """Groups tasks by ``data % modulo`` (a :class:`HeldGroups` output by its key); each output's data
+    (the key and the group's sorted members) is a :class:`DriverRefuses`: the driver ``driver_pid``
+    cannot load the shuffle's outputs."""
 
     resources = Resources(cpus=0.5)
-    name = "held_groups"
 
-    def __init__(self, driver_pid: int, modulo: int = 5) -> None:
+    def __init__(self, driver_pid: int, modulo: int = 5, name: str = "held_groups") -> None:
         self.driver_pid = driver_pid
         self.modulo = modulo
+        self.name = name
 
     def keys(self, task: Task) -> list[int]:
-        return [task.data % self.modulo]
+        return [_held_key(task.data) % self.modulo]
 
     def reduce(self, key: Any, tasks: list[Task]) -> Task:
-        return Task(data=DriverRefuses({"key": key, "members": sorted(t.data for t in tasks)}, self.driver_pid))
+        members = sorted(_held_key(t.data) for t in tasks)
+        return Task(data=DriverRefuses({"key": key, "members": members}, self.driver_pid))
 
 
 class Opened(ProcessingStage):

@@ -146,20 +146,23 @@ class DataPlaneTests(ConformanceBase):
         """An executor that declares ``loads_stored_blocks`` keeps a barrier's outputs off the driver in
         a checkpointed run: its workers write them into the checkpoint (``Run.barrier_store``) and load
         them for the part after the barrier (``StoredBlock.load``), in the run and in a resume after the
-        barrier. The shuffle's outputs here cannot be loaded by the driver process."""
+        barrier. The shuffles' outputs here cannot be loaded by the driver process; the second takes the
+        first's outputs as they were saved."""
         executor = make_executor(show_progress=False)
         if not executor.loads_stored_blocks:
             pytest.skip(f"executor {executor.executor_name!r} does not declare loads_stored_blocks: its driver "
                         "saves and reads back a checkpointed barrier's outputs")
-        stages = [AddOne(), HeldGroups(os.getpid()), Opened()]
+        stages = [AddOne(), HeldGroups(os.getpid()), HeldGroups(os.getpid(), 2, "regrouped"), Opened()]
         expected = reference_run(stages, _ints(self.n))
         ck = tmp_path / "ck"
         got = executor.run(stages, _ints(self.n), checkpoint_path=ck)
         assert canonical(got) == canonical(expected)
         assert got.metrics["stages"] == expected.metrics["stages"]
-        files = os.listdir(ck / "part-1.blocks")
-        assert files and all(name.endswith(".blocks") for name in files), files  # whole files only, no temporary
-        shutil.rmtree(ck / "part-2")  # the part after the barrier runs again, from the saved outputs
+        for part in (1, 2):
+            files = os.listdir(ck / f"part-{part}.blocks")
+            assert files and all(name.endswith(".blocks") for name in files), files  # whole files, no temporary
+        for path in ("part-2.outputs", "part-2.blocks", "part-3"):  # resume after the first shuffle
+            shutil.rmtree(ck / path) if (ck / path).is_dir() else (ck / path).unlink()
         again = make_executor(show_progress=False).run(stages, _ints(self.n), checkpoint_path=ck)
         assert again.metrics["checkpoint"]["resumed_tasks"] == self.n
         assert canonical(again) == canonical(expected)

@@ -266,12 +266,13 @@ class RayExecutorBase(BaseExecutor):
         widest = stage.num_workers() or 1
         chunks: list[TaskChunk] = []
         window: list[Task] = []
+        stored: list[StoredBlock] = []
         for task in tasks:
             if isinstance(task, TaskChunk):  # a map segment's outputs left in the object store (next_barrier)
                 chunks.append(task)
                 continue
             if isinstance(task, StoredBlock):  # a saved barrier's outputs block, loaded by a worker
-                chunks += stored_chunks(ray_run, stage, [task])
+                stored.append(task)
                 continue
             window.append(task)
             if len(window) >= STREAM_WINDOW:
@@ -280,6 +281,7 @@ class RayExecutorBase(BaseExecutor):
         if window:
             chunks += put_chunks(window, widest)
         del window
+        chunks += stored_chunks(ray_run, stage, stored)  # in lanes (a barrier after a checkpointed barrier)
         if not chunks:
             return []
         out: list[TaskChunk] = barrier_chunks(ray_run, stage, chunks, False)
