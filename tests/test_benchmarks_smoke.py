@@ -5,6 +5,7 @@ No timing assertions here: speed targets live in ``benchmarks/targets.py`` (``TA
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -109,21 +110,24 @@ def test_shuffle_workloads_check_their_output_beside_the_dict_baseline(tmp_path:
 
 
 def test_checkpointed_shuffle_workload_records_its_checkpoint_and_removes_it(tmp_path: Path) -> None:
-    """W6C quick on local: W6's data and check with a new checkpoint directory per run, made under
-    BENCH_CHECKPOINT_DIR; the record has the directory's size and resumed_tasks, and nothing is left."""
+    """W6C and W6R quick on local: W6's data (W6R: repartitioned into 200 tasks, then a map) and check
+    with a new checkpoint directory per run, made under BENCH_CHECKPOINT_DIR; the record has the
+    directory's size and resumed_tasks, and nothing is left."""
     out, root = tmp_path / "w6c.jsonl", tmp_path / "checkpoints"
-    proc = subprocess.run([sys.executable, str(RUN), "local", "--quick", "--workloads", "W6C", "--json-out", str(out)],
+    proc = subprocess.run([sys.executable, str(RUN), "local", "--quick", "--workloads", "W6C,W6R", "--json-out",
+                           str(out)],
                           capture_output=True, text=True, timeout=600, cwd=REPO,
                           env={**os.environ, "BENCH_CHECKPOINT_DIR": str(root)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
-    for phase in ("cold", "warm"):
-        rec = _find(records, "local", "W6C", phase)
+    for workload, phase in itertools.product(("W6C", "W6R"), ("cold", "warm")):
+        rec = _find(records, "local", workload, phase)
         assert rec["status"] == "ok" and rec["correct"] is True, rec
-        assert rec["shuffled_bytes"] == 2_000 * 100_000 and rec["tasks_out"] == 100 and rec["peak_rss_mb"] > 0
+        keys = 100 if workload == "W6C" else 200
+        assert rec["shuffled_bytes"] == 2_000 * 100_000 and rec["tasks_out"] == keys and rec["peak_rss_mb"] > 0
         assert rec["checkpoint_mb"] > 0 and rec["resumed_tasks"] == 0 and rec["checkpoint_root"] == str(root)
     assert list(root.iterdir()) == []  # each phase's directory removed
-    assert "W6C shuffle 2 GB, checkpoint" in proc.stdout
+    assert "W6C shuffle 2 GB, checkpoint" in proc.stdout and "W6R repartition 2 GB, checkpoint" in proc.stdout
 
 
 def test_budgeted_local_shuffle_workload_stays_below_its_input(tmp_path: Path) -> None:
