@@ -135,7 +135,6 @@ def write_outputs(path: str, attempt: str, outputs: Iterable[Task | BlockRef]) -
     refs: list[BlockRef] = []
 
     def tasks_and_refs() -> Iterator[Task]:
-        nonlocal refs
         for item in outputs:
             if isinstance(item, BlockRef):
                 refs.append(item)
@@ -240,9 +239,13 @@ def _read_ref(folder: str, ref: BlockRef) -> bytes:
     return body
 
 
+def _tasks(body: bytes) -> list[Task]:
+    return [v for v in _objects(body) if isinstance(v, Task)]
+
+
 def read_block(folder: str, ref: BlockRef) -> list[Task]:
     """The tasks of one block a worker wrote (any process that sees the checkpoint may read it)."""
-    return [v for v in _objects(_read_ref(folder, ref)) if isinstance(v, Task)]
+    return _tasks(_read_ref(folder, ref))
 
 
 @dataclass(frozen=True)
@@ -288,7 +291,7 @@ def read_barrier_blocks(path: str, stored: bool = False) -> Iterator[tuple[list[
                     yield [StoredBlock(folder, value)], value.length
                     continue
                 block = _read_ref(folder, value)
-                yield [v for v in _objects(block) if isinstance(v, Task)], len(block)
+                yield _tasks(block), len(block)
             elif isinstance(value, list):  # format 2: one block, the list
                 tasks += value
             elif isinstance(value, Task):
